@@ -1,0 +1,17 @@
+# Common tasks; `just --list` shows them. Each is a thin wrapper.
+
+# Install test dependencies and run every check and test (what CI runs).
+test:
+    scripts/test
+
+# A self-contained demo: local tracker + libtorrent seeder + rtc on loopback.
+demo:
+    scripts/demo
+
+# Side-by-side benchmark against aria2c and libtorrent; writes md/benchmarks.md.
+bench:
+    scripts/bench
+
+check:
+    cargo fmt --all -- --check
+    cargo clippy --all-targets -- -D warnings

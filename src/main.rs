@@ -1,0 +1,286 @@
+//! The `rtc` command: parses flags (pico-args), calls the library, prints
+//! progress and maps errors to the documented exit codes. Owns no download
+//! logic.
+#![forbid(unsafe_code)]
+
+use rtc::session::{Download, Error as SessionError, Options};
+use rtc::Torrent;
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Exit codes (also in README.md).
+mod exit {
+    pub const OK: u8 = 0;
+    pub const INTERNAL: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const BAD_TORRENT: u8 = 3;
+    pub const NO_PEERS: u8 = 4;
+    pub const IO: u8 = 5;
+    pub const CANCELLED: u8 = 130;
+}
+
+const HELP: &str = "\
+rtc - download a torrent, verifying every byte
+
+USAGE:
+    rtc [OPTIONS] <FILE.torrent | ->     download (use - to read the torrent from stdin)
+    rtc info <FILE.torrent | ->          print what a torrent contains
+
+OPTIONS:
+    -o, --output DIR       directory to download into (default: .)
+        --max-peers N      most peer connections at once (default: 50)
+        --peer HOST:PORT   also connect to this peer (repeatable)
+        --port N           port announced to trackers (default: 6881)
+        --timeout SECS     give up when no peer is connected for SECS (default: 60)
+    -q, --quiet            print nothing but errors
+    -v, --verbose          log more (-v info, -vv debug); RUST_LOG also works
+    -h, --help             print this help
+    -V, --version          print the version
+
+EXIT CODES:
+    0 done, every piece verified   2 usage error       3 invalid torrent
+    4 no peers / tracker failure   5 I/O error         1 internal error
+    130 cancelled
+";
+
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn new(code: u8, message: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(f) => {
+            eprintln!("rtc: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn usage(msg: impl std::fmt::Display) -> Failure {
+    Failure::new(exit::USAGE, format!("{msg}\n(run `rtc --help` for usage)"))
+}
+
+fn run() -> Result<(), Failure> {
+    let mut args = pico_args::Arguments::from_env();
+    if args.contains(["-h", "--help"]) {
+        print!("{HELP}");
+        return Ok(());
+    }
+    if args.contains(["-V", "--version"]) {
+        println!("rtc {}", env!("CARGO_PKG_VERSION"));
+        return Ok(());
+    }
+    let quiet = args.contains(["-q", "--quiet"]);
+    let mut verbosity = 0;
+    while args.contains(["-v", "--verbose"]) {
+        verbosity += 1;
+    }
+    let output: Option<PathBuf> = args.opt_value_from_str(["-o", "--output"]).map_err(usage)?;
+    let max_peers: Option<usize> = args.opt_value_from_str("--max-peers").map_err(usage)?;
+    let port: Option<u16> = args.opt_value_from_str("--port").map_err(usage)?;
+    let timeout: Option<u64> = args.opt_value_from_str("--timeout").map_err(usage)?;
+    let peers: Vec<String> = args.values_from_str("--peer").map_err(usage)?;
+
+    init_logging(quiet, verbosity);
+
+    let rest: Vec<String> = args
+        .finish()
+        .into_iter()
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect();
+    if let Some(flag) = rest.iter().find(|a| a.starts_with('-') && a.len() > 1) {
+        return Err(usage(format!("unknown option {flag}")));
+    }
+    let (command, source) = match rest.as_slice() {
+        [cmd, src] if cmd == "info" => ("info", src.clone()),
+        [src] => ("download", src.clone()),
+        [] => return Err(usage("missing torrent file")),
+        _ => return Err(usage(format!("unexpected arguments: {}", rest.join(" ")))),
+    };
+
+    let torrent = load_torrent(&source)?;
+    if command == "info" {
+        print_info(&torrent);
+        return Ok(());
+    }
+
+    let mut opts = Options::new(output.unwrap_or_else(|| PathBuf::from(".")));
+    if let Some(n) = max_peers {
+        if n == 0 {
+            return Err(usage("--max-peers must be at least 1"));
+        }
+        opts.max_peers = n;
+    }
+    if let Some(p) = port {
+        opts.port = p;
+    }
+    if let Some(t) = timeout {
+        opts.no_peer_timeout = Duration::from_secs(t);
+    }
+    for p in peers {
+        use std::net::ToSocketAddrs;
+        let addrs = p
+            .to_socket_addrs()
+            .map_err(|e| usage(format!("--peer {p}: {e}")))?;
+        opts.peers.extend(addrs);
+    }
+    download(torrent, opts, quiet)
+}
+
+fn init_logging(quiet: bool, verbosity: u32) {
+    let default = match (quiet, verbosity) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        _ => "debug",
+    };
+    let env = env_logger::Env::default().default_filter_or(default);
+    env_logger::Builder::from_env(env)
+        .format_target(false)
+        .init();
+}
+
+/// Reads a .torrent from a path or, for `-`, from stdin. Torrent files are
+/// small; anything over 64 MiB is refused before it is all read.
+fn load_torrent(source: &str) -> Result<Torrent, Failure> {
+    const MAX: u64 = 64 * 1024 * 1024;
+    let mut bytes = Vec::new();
+    let read = if source == "-" {
+        std::io::stdin()
+            .lock()
+            .take(MAX + 1)
+            .read_to_end(&mut bytes)
+    } else {
+        std::fs::File::open(source).and_then(|f| f.take(MAX + 1).read_to_end(&mut bytes))
+    };
+    let name = if source == "-" { "<stdin>" } else { source };
+    read.map_err(|e| Failure::new(exit::IO, format!("cannot read {name}: {e}")))?;
+    if bytes.len() as u64 > MAX {
+        return Err(Failure::new(
+            exit::BAD_TORRENT,
+            format!("{name}: invalid torrent: larger than 64 MiB"),
+        ));
+    }
+    Torrent::from_bytes(&bytes)
+        .map_err(|e| Failure::new(exit::BAD_TORRENT, format!("{name}: invalid torrent: {e}")))
+}
+
+fn print_info(t: &Torrent) {
+    println!("name:         {}", t.name());
+    println!("info hash:    {}", t.info_hash());
+    println!(
+        "total size:   {} ({} bytes)",
+        human(t.total_length()),
+        t.total_length()
+    );
+    println!(
+        "pieces:       {} x {}",
+        t.piece_count(),
+        human(t.piece_length() as u64)
+    );
+    println!("private:      {}", if t.private() { "yes" } else { "no" });
+    println!("files:        {}", t.files().len());
+    for f in t.files() {
+        println!("  {:>12}  {}", f.length(), f.path().display());
+    }
+    let tiers = t.trackers();
+    if tiers.is_empty() {
+        println!("trackers:     none");
+    } else {
+        println!("trackers:");
+        for (i, tier) in tiers.iter().enumerate() {
+            for url in tier {
+                println!("  tier {i}: {url}");
+            }
+        }
+    }
+}
+
+fn download(torrent: Torrent, opts: Options, quiet: bool) -> Result<(), Failure> {
+    let name = torrent.name().to_string();
+    let dl = Download::start(torrent, opts).map_err(session_failure)?;
+    let show = !quiet && std::io::stderr().is_terminal();
+    let mut drew = false;
+    while !dl.is_finished() {
+        // Wake on any event or every 200 ms to redraw; drain the rest so
+        // the bounded channel never holds stale events.
+        let _ = dl.events().recv_timeout(Duration::from_millis(200));
+        while dl.events().try_recv().is_ok() {}
+        if show {
+            let p = dl.progress();
+            let eta = (p.total_bytes - p.verified_bytes)
+                .checked_div(p.rate)
+                .map_or_else(|| "--:--".into(), |s| fmt_duration(Duration::from_secs(s)));
+            eprint!(
+                "\r\x1b[2K{:5.1}%  {}/s  {} peers  ETA {}",
+                p.fraction() * 100.0,
+                human(p.rate),
+                p.peers,
+                eta
+            );
+            let _ = std::io::stderr().flush();
+            drew = true;
+        }
+    }
+    if drew {
+        eprint!("\r\x1b[2K");
+    }
+    let summary = dl.wait().map_err(session_failure)?;
+    if !quiet {
+        let secs = summary.elapsed.as_secs_f64().max(0.001);
+        eprintln!(
+            "rtc: {name}: {} verified in {:.1}s ({}/s)",
+            human(summary.total_bytes),
+            secs,
+            human((summary.downloaded_bytes as f64 / secs) as u64)
+        );
+    }
+    Ok(())
+}
+
+fn session_failure(e: SessionError) -> Failure {
+    let code = match &e {
+        SessionError::Storage(_) => exit::IO,
+        SessionError::Tracker(_) | SessionError::NoPeers { .. } => exit::NO_PEERS,
+        SessionError::Cancelled => exit::CANCELLED,
+        SessionError::Thread(_) => exit::INTERNAL,
+    };
+    Failure::new(code, e.to_string())
+}
+
+fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn fmt_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 3600 {
+        format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+    } else {
+        format!("{}:{:02}", s / 60, s % 60)
+    }
+}

@@ -1,0 +1,592 @@
+//! One peer connection on one OS thread, over a blocking `TcpStream`.
+//! Owns the socket, the receive buffer, the request pipeline and the pieces
+//! this peer is assembling. Takes piece indices from the shared work queue
+//! and hands complete (unverified) pieces back; it never verifies, never
+//! writes to disk and never decides which peers to connect to.
+
+use super::message::{self, decode_frame, Bitfield, Handshake, Message};
+use super::{Command, CompletedPiece, ConnId, Event};
+use crate::geometry::{Layout, BLOCK_LEN};
+use crate::types::{Block, InfoHash, PeerId, PieceIndex};
+use crossbeam_channel::{Receiver, Sender};
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Timeouts and pipeline sizes for a connection. `Default` holds the values
+/// rtc uses; tests shorten them.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub connect: Duration,
+    pub handshake: Duration,
+    pub write: Duration,
+    /// How long the thread blocks in `read` before it looks at its commands
+    /// and the work queue again.
+    pub poll: Duration,
+    /// Requests outstanding with no block arriving for this long: the peer
+    /// is stalled and dropped so its pieces go back to the queue.
+    pub stall: Duration,
+    /// No bytes at all for this long: dropped (peers keep-alive every 2 min).
+    pub idle: Duration,
+    /// Choked while holding pieces for this long: give them back.
+    pub choked_hold: Duration,
+    /// 16 KiB requests kept in flight (see md/DESIGN.md for the measurement).
+    pub pipeline: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            connect: Duration::from_secs(5),
+            handshake: Duration::from_secs(10),
+            write: Duration::from_secs(30),
+            poll: Duration::from_millis(100),
+            stall: Duration::from_secs(30),
+            idle: Duration::from_secs(150),
+            choked_hold: Duration::from_secs(20),
+            pipeline: 128,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum Error {
+    Connect(io::Error),
+    Io(io::Error),
+    Closed,
+    Protocol(message::Error),
+    SelfConnection,
+    BadBitfield,
+    BadHave(u32),
+    BadBlock {
+        piece: u32,
+        offset: u32,
+        len: usize,
+    },
+    Unrequested {
+        piece: u32,
+    },
+    Stalled(Duration),
+    Idle(Duration),
+    /// The session asked us to go (ban after bad data, or shutdown).
+    SessionGone,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Connect(e) => write!(f, "connect failed: {e}"),
+            Error::Io(e) => write!(f, "connection error: {e}"),
+            Error::Closed => f.write_str("peer closed the connection"),
+            Error::Protocol(e) => write!(f, "protocol error: {e}"),
+            Error::SelfConnection => f.write_str("connected to ourselves"),
+            Error::BadBitfield => f.write_str("bitfield of the wrong size or with spare bits set"),
+            Error::BadHave(i) => write!(f, "have for piece {i}, which does not exist"),
+            Error::BadBlock { piece, offset, len } => {
+                write!(
+                    f,
+                    "block piece {piece} offset {offset} length {len} is out of range"
+                )
+            }
+            Error::Unrequested { piece } => {
+                write!(f, "sent piece {piece}, which we never asked for")
+            }
+            Error::Stalled(d) => write!(
+                f,
+                "no block for {}s while requests were pending",
+                d.as_secs()
+            ),
+            Error::Idle(d) => write!(f, "silent for {}s", d.as_secs()),
+            Error::SessionGone => f.write_str("session ended"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<message::Error> for Error {
+    fn from(e: message::Error) -> Self {
+        Error::Protocol(e)
+    }
+}
+
+/// Everything a connection thread needs, moved into it at spawn.
+pub struct Params {
+    pub id: ConnId,
+    pub addr: SocketAddr,
+    pub info_hash: InfoHash,
+    pub peer_id: PeerId,
+    pub layout: Arc<Layout>,
+    /// Pieces we already have (verified and written) when the thread starts.
+    pub have: Bitfield,
+    pub work: Receiver<PieceIndex>,
+    pub requeue: Sender<PieceIndex>,
+    pub events: Sender<Event>,
+    pub pieces: Sender<CompletedPiece>,
+    pub commands: Receiver<Command>,
+    pub limits: Limits,
+}
+
+pub fn spawn(p: Params) -> io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("rtc-peer-{}", p.addr))
+        .spawn(move || run(p))
+}
+
+/// Thread body: whatever happens, report `Exited` with the pieces we held.
+fn run(p: Params) {
+    let events = p.events.clone();
+    let (id, addr) = (p.id, p.addr);
+    let mut conn = Conn::new(p);
+    let result = conn.run();
+    let abandoned = conn.active.iter().map(|a| a.piece).collect();
+    let error = match result {
+        Ok(()) => None,
+        Err(e) => {
+            log::debug!("peer {addr}: {e}");
+            Some(e)
+        }
+    };
+    let _ = events.send(Event::Exited {
+        id,
+        addr,
+        error,
+        connected: conn.connected,
+        abandoned,
+    });
+}
+
+const NONE: u8 = 0;
+const REQUESTED: u8 = 1;
+const RECEIVED: u8 = 2;
+
+/// A piece this connection is assembling.
+struct Active {
+    piece: PieceIndex,
+    data: Vec<u8>,
+    /// Per block: NONE, REQUESTED or RECEIVED.
+    blocks: Vec<u8>,
+    /// No block before this index is NONE (a scan hint).
+    next: usize,
+    received: usize,
+}
+
+struct Conn {
+    p: Params,
+    connected: bool,
+    remote: Bitfield,
+    ours: Bitfield,
+    peer_choking: bool,
+    choked_since: Instant,
+    active: Vec<Active>,
+    max_active: usize,
+    outstanding: usize,
+    out: Vec<u8>,
+    last_block: Instant,
+    last_recv: Instant,
+    last_send: Instant,
+    starved_until: Option<Instant>,
+    /// Blocks of pieces we cancelled may still be on the wire; tolerate a
+    /// bounded number of them rather than calling the peer hostile.
+    late_blocks_allowed: usize,
+}
+
+impl Conn {
+    fn new(p: Params) -> Conn {
+        let n = p.layout.piece_count();
+        let piece_len = p.layout.piece_length().max(1) as usize;
+        // Enough pieces to keep `pipeline` blocks in flight, plus one.
+        let max_active = (p.limits.pipeline * BLOCK_LEN as usize).div_ceil(piece_len) + 1;
+        let now = Instant::now();
+        Conn {
+            ours: p.have.clone(),
+            p,
+            connected: false,
+            remote: Bitfield::new(n),
+            peer_choking: true,
+            choked_since: now,
+            active: Vec::new(),
+            max_active,
+            outstanding: 0,
+            out: Vec::with_capacity(4096),
+            last_block: now,
+            last_recv: now,
+            last_send: now,
+            starved_until: None,
+            late_blocks_allowed: 0,
+        }
+    }
+
+    fn run(&mut self) -> Result<(), Error> {
+        let limits = self.p.limits.clone();
+        let mut stream =
+            TcpStream::connect_timeout(&self.p.addr, limits.connect).map_err(Error::Connect)?;
+        stream.set_nodelay(true).map_err(Error::Io)?;
+        stream
+            .set_write_timeout(Some(limits.write))
+            .map_err(Error::Io)?;
+        stream
+            .set_read_timeout(Some(limits.handshake))
+            .map_err(Error::Io)?;
+
+        let ours = Handshake::new(self.p.info_hash, self.p.peer_id);
+        stream.write_all(&ours.encode()).map_err(Error::Io)?;
+        let mut theirs = [0u8; message::HANDSHAKE_LEN];
+        stream.read_exact(&mut theirs).map_err(|e| match e.kind() {
+            io::ErrorKind::UnexpectedEof => Error::Closed,
+            _ => Error::Io(e),
+        })?;
+        let theirs = Handshake::decode(&theirs, Some(self.p.info_hash))?;
+        if theirs.peer_id == self.p.peer_id {
+            return Err(Error::SelfConnection);
+        }
+        self.connected = true;
+        if self
+            .p
+            .events
+            .send(Event::Connected {
+                id: self.p.id,
+                peer_id: theirs.peer_id,
+            })
+            .is_err()
+        {
+            return Err(Error::SessionGone);
+        }
+        log::debug!("peer {}: connected", self.p.addr);
+        stream
+            .set_read_timeout(Some(limits.poll))
+            .map_err(Error::Io)?;
+
+        if self.ours.count() > 0 {
+            message::encode(&Message::Bitfield(self.ours.as_bytes()), &mut self.out);
+        }
+        message::encode(&Message::Interested, &mut self.out);
+
+        let max_frame = message::max_frame_for(self.p.layout.piece_count());
+        let mut rx = RecvBuf::new(max_frame as usize + 4);
+        loop {
+            while let Ok(cmd) = self.p.commands.try_recv() {
+                match cmd {
+                    Command::Have(piece) => self.on_have_cmd(piece)?,
+                    Command::Shutdown => return Ok(()),
+                }
+            }
+            if !self.peer_choking {
+                self.fill_pipeline()?;
+            }
+            let now = Instant::now();
+            if self.out.is_empty() && now.duration_since(self.last_send) > limits.idle / 2 {
+                message::encode(&Message::KeepAlive, &mut self.out);
+            }
+            if !self.out.is_empty() {
+                stream.write_all(&self.out).map_err(Error::Io)?;
+                self.out.clear();
+                self.last_send = now;
+            }
+
+            match stream.read(rx.space()) {
+                Ok(0) => return Err(Error::Closed),
+                Ok(n) => {
+                    rx.filled(n);
+                    self.last_recv = Instant::now();
+                    while let Some((msg, used)) = decode_frame(rx.data(), max_frame)? {
+                        self.on_message(msg)?;
+                        rx.consume(used);
+                    }
+                    rx.compact();
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => return Err(Error::Io(e)),
+            }
+
+            let now = Instant::now();
+            if self.outstanding > 0 && now.duration_since(self.last_block) > limits.stall {
+                return Err(Error::Stalled(limits.stall));
+            }
+            if now.duration_since(self.last_recv) > limits.idle {
+                return Err(Error::Idle(limits.idle));
+            }
+            if self.peer_choking
+                && !self.active.is_empty()
+                && now.duration_since(self.choked_since) > limits.choked_hold
+            {
+                self.abandon_all()?;
+            }
+        }
+    }
+
+    fn send_event(&self, e: Event) -> Result<(), Error> {
+        self.p.events.send(e).map_err(|_| Error::SessionGone)
+    }
+
+    /// The session has this piece: drop our copy (cancelling what is still
+    /// requested) so endgame duplicates stop costing bandwidth.
+    fn on_have_cmd(&mut self, piece: PieceIndex) -> Result<(), Error> {
+        self.ours.set(piece);
+        if let Some(i) = self.active.iter().position(|a| a.piece == piece) {
+            let a = self.active.remove(i);
+            self.cancel_requested(&a);
+            self.send_event(Event::Abandoned {
+                id: self.p.id,
+                piece,
+            })?;
+        }
+        Ok(())
+    }
+
+    fn cancel_requested(&mut self, a: &Active) {
+        for (bi, &st) in a.blocks.iter().enumerate() {
+            if st == REQUESTED {
+                message::encode(&Message::Cancel(self.block(a.piece, bi)), &mut self.out);
+                self.outstanding -= 1;
+                self.late_blocks_allowed += 1;
+            }
+        }
+    }
+
+    fn abandon_all(&mut self) -> Result<(), Error> {
+        for a in std::mem::take(&mut self.active) {
+            // Choked peers have already dropped our requests (BEP 3).
+            self.send_event(Event::Abandoned {
+                id: self.p.id,
+                piece: a.piece,
+            })?;
+        }
+        self.outstanding = 0;
+        Ok(())
+    }
+
+    fn block(&self, piece: PieceIndex, bi: usize) -> Block {
+        let offset = bi as u32 * BLOCK_LEN;
+        let len = (self.p.layout.piece_len(piece) - offset).min(BLOCK_LEN);
+        Block {
+            piece,
+            offset,
+            length: len,
+        }
+    }
+
+    /// Keeps `pipeline` requests in flight, taking new pieces from the work
+    /// queue as the ones we hold are fully requested.
+    fn fill_pipeline(&mut self) -> Result<(), Error> {
+        while self.outstanding < self.p.limits.pipeline {
+            let next = self.active.iter_mut().enumerate().find_map(|(ai, a)| {
+                while a.next < a.blocks.len() && a.blocks[a.next] != NONE {
+                    a.next += 1;
+                }
+                (a.next < a.blocks.len()).then_some((ai, a.next))
+            });
+            if let Some((ai, bi)) = next {
+                let piece = self.active[ai].piece;
+                self.active[ai].blocks[bi] = REQUESTED;
+                let block = self.block(piece, bi);
+                message::encode(&Message::Request(block), &mut self.out);
+                if self.outstanding == 0 {
+                    self.last_block = Instant::now();
+                }
+                self.outstanding += 1;
+                continue;
+            }
+            if self.active.len() >= self.max_active {
+                break;
+            }
+            match self.take_piece()? {
+                Some(piece) => {
+                    let len = self.p.layout.piece_len(piece) as usize;
+                    let nblocks = self.p.layout.block_count(piece) as usize;
+                    self.active.push(Active {
+                        piece,
+                        data: vec![0; len],
+                        blocks: vec![NONE; nblocks],
+                        next: 0,
+                        received: 0,
+                    });
+                }
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Pulls the next piece this peer can serve. Pieces it lacks go back to
+    /// the queue for other peers; stale endgame duplicates are dropped.
+    fn take_piece(&mut self) -> Result<Option<PieceIndex>, Error> {
+        let now = Instant::now();
+        if self.starved_until.is_some_and(|t| now < t) {
+            return Ok(None);
+        }
+        // Look at each queued piece at most once per attempt.
+        let mut tries = self.p.work.len() + 1;
+        while tries > 0 {
+            tries -= 1;
+            let Ok(piece) = self.p.work.try_recv() else {
+                break;
+            };
+            if self.ours.has(piece) || self.active.iter().any(|a| a.piece == piece) {
+                continue;
+            }
+            if !self.remote.has(piece) {
+                if self.p.requeue.send(piece).is_err() {
+                    return Err(Error::SessionGone);
+                }
+                continue;
+            }
+            self.send_event(Event::Took {
+                id: self.p.id,
+                piece,
+            })?;
+            return Ok(Some(piece));
+        }
+        self.starved_until = Some(now + self.p.limits.poll);
+        Ok(None)
+    }
+
+    fn on_message(&mut self, msg: Message<'_>) -> Result<(), Error> {
+        match msg {
+            Message::KeepAlive | Message::Port(_) | Message::Other { .. } => {}
+            Message::Choke => {
+                if !self.peer_choking {
+                    self.peer_choking = true;
+                    self.choked_since = Instant::now();
+                    // The peer discards our requests when it chokes us.
+                    for a in &mut self.active {
+                        for st in a.blocks.iter_mut() {
+                            if *st == REQUESTED {
+                                *st = NONE;
+                            }
+                        }
+                        a.next = 0;
+                    }
+                    self.outstanding = 0;
+                }
+            }
+            Message::Unchoke => {
+                self.peer_choking = false;
+                self.last_block = Instant::now();
+            }
+            // We do not serve yet: interest and requests from the peer are
+            // ignored and the peer stays choked.
+            Message::Interested | Message::NotInterested | Message::Request(_) => {}
+            Message::Cancel(_) => {}
+            Message::Have(piece) => {
+                if !self.remote.set(piece) {
+                    return Err(Error::BadHave(piece.0));
+                }
+                self.starved_until = None;
+            }
+            Message::Bitfield(bits) => {
+                self.remote = Bitfield::from_wire(bits, self.p.layout.piece_count())
+                    .ok_or(Error::BadBitfield)?;
+                self.starved_until = None;
+            }
+            Message::Piece {
+                piece,
+                offset,
+                data,
+            } => self.on_block(piece, offset, data)?,
+        }
+        Ok(())
+    }
+
+    fn on_block(&mut self, piece: PieceIndex, offset: u32, data: &[u8]) -> Result<(), Error> {
+        let Some(ai) = self.active.iter().position(|a| a.piece == piece) else {
+            if self.late_blocks_allowed > 0 {
+                self.late_blocks_allowed -= 1;
+                return Ok(());
+            }
+            return Err(Error::Unrequested { piece: piece.0 });
+        };
+        let a = &mut self.active[ai];
+        let bi = (offset / BLOCK_LEN) as usize;
+        let piece_len = a.data.len();
+        let expect = piece_len
+            .saturating_sub(offset as usize)
+            .min(BLOCK_LEN as usize);
+        if offset % BLOCK_LEN != 0 || bi >= a.blocks.len() || data.len() != expect {
+            return Err(Error::BadBlock {
+                piece: piece.0,
+                offset,
+                len: data.len(),
+            });
+        }
+        match a.blocks[bi] {
+            RECEIVED => return Ok(()),
+            REQUESTED => self.outstanding -= 1,
+            _ => {}
+        }
+        a.blocks[bi] = RECEIVED;
+        a.received += 1;
+        let start = offset as usize;
+        a.data[start..start + data.len()].copy_from_slice(data);
+        self.last_block = Instant::now();
+        if a.received == a.blocks.len() {
+            let a = self.active.remove(ai);
+            let done = CompletedPiece {
+                from: self.p.id,
+                piece,
+                data: a.data,
+            };
+            // Blocks when the verify/write pipeline is full: backpressure
+            // reaches the peer through TCP instead of growing our memory.
+            self.p.pieces.send(done).map_err(|_| Error::SessionGone)?;
+        }
+        Ok(())
+    }
+}
+
+/// Receive buffer: bytes from `start` to `end` are undecoded. Sized to hold
+/// at least one maximal frame so a frame never needs a second allocation.
+struct RecvBuf {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    min_free: usize,
+}
+
+impl RecvBuf {
+    fn new(max_frame: usize) -> RecvBuf {
+        RecvBuf {
+            buf: vec![0; (256 * 1024).max(2 * max_frame)],
+            start: 0,
+            end: 0,
+            min_free: max_frame,
+        }
+    }
+
+    fn space(&mut self) -> &mut [u8] {
+        &mut self.buf[self.end..]
+    }
+
+    fn filled(&mut self, n: usize) {
+        self.end += n;
+    }
+
+    fn data(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.start += n;
+    }
+
+    /// Moves undecoded bytes to the front when the tail could no longer hold
+    /// a whole frame.
+    fn compact(&mut self) {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        } else if self.buf.len() - self.end < self.min_free {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! Peers: the wire codec (`message`, pure) and the per-peer connection
+//! thread (`conn`, blocking sockets). This file holds the vocabulary the
+//! session and a connection thread use to talk: [`Command`] in, [`Event`]
+//! and [`CompletedPiece`] out.
+
+pub mod conn;
+pub mod message;
+
+use crate::types::{PeerId, PieceIndex};
+use std::net::SocketAddr;
+
+/// Session-unique number of one connection (a reconnect gets a new one).
+pub type ConnId = u64;
+
+/// Commands from the session to one connection thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// This piece is verified and on disk: stop fetching it (endgame
+    /// duplicates are cancelled) and never take it from the queue again.
+    Have(PieceIndex),
+    /// Close the connection and end the thread.
+    Shutdown,
+}
+
+/// Events from a connection thread to the session. Every `Took` is answered
+/// by exactly one `CompletedPiece`, `Abandoned`, or entry in
+/// `Exited::abandoned`, so the session always knows who holds what.
+#[derive(Debug)]
+pub enum Event {
+    Connected {
+        id: ConnId,
+        peer_id: PeerId,
+    },
+    Took {
+        id: ConnId,
+        piece: PieceIndex,
+    },
+    Abandoned {
+        id: ConnId,
+        piece: PieceIndex,
+    },
+    Exited {
+        id: ConnId,
+        addr: SocketAddr,
+        /// `None` for a clean shutdown.
+        error: Option<conn::Error>,
+        /// Whether the peer ever completed the handshake.
+        connected: bool,
+        abandoned: Vec<PieceIndex>,
+    },
+}
+
+/// All blocks of one piece, assembled but not yet verified.
+#[derive(Debug)]
+pub struct CompletedPiece {
+    pub from: ConnId,
+    pub piece: PieceIndex,
+    pub data: Vec<u8>,
+}

@@ -1,0 +1,633 @@
+//! The session thread. Owns every piece's state, the set of peer
+//! connections, the verify/write pipeline and the tracker's announcer.
+//! Other threads never touch this state: peers, hashers, the writer and the
+//! announcer send it messages, and it answers with commands.
+//!
+//! Piece states (see md/DESIGN.md):
+//! `Queued` (index is in the work queue) -> `InFlight` (one or more peers
+//! hold it) -> `Verifying` (on the rayon pool) -> `Writing` (queued at the
+//! writer) -> `Done` (verified bytes are on disk). A failed hash, a dead
+//! peer or an abandoned piece sends it back to `Queued`.
+
+use super::{Error, Event, Options, Shared, Summary};
+use crate::geometry::Layout;
+use crate::metainfo::Torrent;
+use crate::peer::message::Bitfield;
+use crate::peer::{self, conn, CompletedPiece, ConnId};
+use crate::storage::{self, Storage, WriteCmd};
+use crate::tracker::{self, Announcer};
+use crate::types::PieceIndex;
+use crossbeam_channel::{bounded, never, select, unbounded, Receiver, Sender};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const TICK: Duration = Duration::from_millis(100);
+/// Bytes of pieces allowed between "assembled" and "written". Bounds memory
+/// independently of torrent size; 16 MiB keeps both hash threads busy.
+const PIPELINE_BYTES: u64 = 16 * 1024 * 1024;
+/// A peer that sent this many pieces failing their hash is dropped and its
+/// address never tried again.
+const MAX_HASH_FAILS: u32 = 2;
+/// Connection attempts to one address before we give up on it.
+const MAX_CONNECT_FAILS: u32 = 5;
+/// Endgame: how often one in-flight piece may be offered to another peer.
+const DUP_EVERY: Duration = Duration::from_millis(500);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Queued,
+    InFlight,
+    Verifying,
+    Writing,
+    Done,
+}
+
+struct Piece {
+    state: State,
+    /// Peers currently assembling this piece (more than one in endgame).
+    holders: u8,
+    last_dup: Option<Instant>,
+}
+
+struct PeerHandle {
+    addr: SocketAddr,
+    commands: Sender<peer::Command>,
+    connected: bool,
+    hash_fails: u32,
+}
+
+#[derive(Default)]
+struct AddrInfo {
+    live: bool,
+    failures: u32,
+    next_try: Option<Instant>,
+    banned: bool,
+}
+
+struct Hashed {
+    from: ConnId,
+    piece: PieceIndex,
+    data: Vec<u8>,
+    ok: bool,
+}
+
+pub(super) struct Coordinator {
+    torrent: Arc<Torrent>,
+    layout: Arc<Layout>,
+    opts: Options,
+    pieces: Vec<Piece>,
+    have: Bitfield,
+    shared: Arc<Shared>,
+    events: Sender<Event>,
+    cancel: Receiver<()>,
+    storage: Arc<Storage>,
+    pool: rayon::ThreadPool,
+
+    work_tx: Sender<PieceIndex>,
+    work_rx: Receiver<PieceIndex>,
+    peer_tx: Sender<peer::Event>,
+    peer_rx: Receiver<peer::Event>,
+    piece_tx: Sender<CompletedPiece>,
+    piece_rx: Receiver<CompletedPiece>,
+    hashed_tx: Sender<Hashed>,
+    hashed_rx: Receiver<Hashed>,
+
+    peers: HashMap<ConnId, PeerHandle>,
+    addrs: HashMap<SocketAddr, AddrInfo>,
+    candidates: VecDeque<SocketAddr>,
+    next_conn: ConnId,
+    /// Bytes assembled but not yet written (Verifying + Writing).
+    pipeline_bytes: u64,
+    downloaded: u64,
+    connected_count: u32,
+    last_peer_seen: Instant,
+    last_tracker_error: Option<String>,
+    rate_window: VecDeque<(Instant, u64)>,
+    started: Instant,
+}
+
+impl Coordinator {
+    pub(super) fn new(
+        torrent: Torrent,
+        opts: Options,
+        cancel: Receiver<()>,
+        events: Sender<Event>,
+        shared: Arc<Shared>,
+    ) -> Result<Coordinator, Error> {
+        let storage = Storage::open(&opts.output_dir, &torrent).map_err(Error::Storage)?;
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("rtc-hash-{i}"))
+            .build()
+            .map_err(|e| Error::Thread(e.to_string()))?;
+        let n = torrent.piece_count();
+        let layout = Arc::new(torrent.layout().clone());
+        let (work_tx, work_rx) = unbounded();
+        let (peer_tx, peer_rx) = unbounded();
+        let (piece_tx, piece_rx) = bounded(2);
+        let (hashed_tx, hashed_rx) = unbounded();
+        let pieces = (0..n)
+            .map(|_| Piece {
+                state: State::Queued,
+                holders: 0,
+                last_dup: None,
+            })
+            .collect();
+        for i in 0..n {
+            let _ = work_tx.send(PieceIndex(i));
+        }
+        Ok(Coordinator {
+            torrent: Arc::new(torrent),
+            layout,
+            pieces,
+            have: Bitfield::new(n),
+            shared,
+            events,
+            cancel,
+            storage: Arc::new(storage),
+            pool,
+            work_tx,
+            work_rx,
+            peer_tx,
+            peer_rx,
+            piece_tx,
+            piece_rx,
+            hashed_tx,
+            hashed_rx,
+            peers: HashMap::new(),
+            addrs: HashMap::new(),
+            candidates: VecDeque::new(),
+            next_conn: 0,
+            pipeline_bytes: 0,
+            downloaded: 0,
+            connected_count: 0,
+            last_peer_seen: Instant::now(),
+            last_tracker_error: None,
+            rate_window: VecDeque::new(),
+            started: Instant::now(),
+            opts,
+        })
+    }
+
+    pub(super) fn run(mut self) -> Result<Summary, Error> {
+        let (write_tx, write_rx) = bounded::<WriteCmd>(8);
+        let (written_tx, written_rx) = unbounded();
+        let writer = storage::spawn_writer(Arc::clone(&self.storage), write_rx, written_tx)
+            .map_err(|e| Error::Thread(e.to_string()))?;
+
+        let counters = Arc::new(tracker::Counters::default());
+        counters
+            .left
+            .store(self.torrent.total_length(), Ordering::Relaxed);
+        let (tracker_cmd_tx, tracker_cmd_rx) = unbounded();
+        let (report_tx, report_rx) = unbounded();
+        let tiers = self.torrent.trackers();
+        let announcer = if tiers.is_empty() {
+            None
+        } else {
+            let a = Announcer {
+                tiers,
+                info_hash: self.torrent.info_hash(),
+                peer_id: self.opts.peer_id,
+                port: self.opts.port,
+                counters: Arc::clone(&counters),
+            };
+            Some(
+                a.spawn(tracker_cmd_rx, report_tx)
+                    .map_err(|e| Error::Thread(e.to_string()))?,
+            )
+        };
+        for addr in self.opts.peers.clone() {
+            self.add_candidate(addr);
+        }
+
+        let result = self.event_loop(
+            &write_tx,
+            &written_rx,
+            &report_rx,
+            &counters,
+            &tracker_cmd_tx,
+        );
+
+        // Shut down in dependency order: peers first (they feed us), then
+        // the writer (drains queued writes), then the tracker (`stopped`).
+        for p in self.peers.values() {
+            let _ = p.commands.send(peer::Command::Shutdown);
+        }
+        let _ = write_tx.send(WriteCmd::Shutdown);
+        let _ = writer.join();
+        let _ = tracker_cmd_tx.send(tracker::Command::Shutdown);
+        if let Some(t) = announcer {
+            // The stopped announce is bounded by its own timeout; do not
+            // wait longer than that for a tracker that hangs.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
+        self.shared.peers.store(0, Ordering::Relaxed);
+        result.map(|()| Summary {
+            total_bytes: self.torrent.total_length(),
+            downloaded_bytes: self.downloaded,
+            elapsed: self.started.elapsed(),
+        })
+    }
+
+    fn event_loop(
+        &mut self,
+        write_tx: &Sender<WriteCmd>,
+        written_rx: &Receiver<(PieceIndex, Result<(), storage::Error>)>,
+        report_rx: &Receiver<tracker::Report>,
+        counters: &tracker::Counters,
+        tracker_cmd: &Sender<tracker::Command>,
+    ) -> Result<(), Error> {
+        let never_pieces = never::<CompletedPiece>();
+        let mut next_tick = Instant::now();
+        let mut completed_sent = false;
+        loop {
+            if self.have.is_full() {
+                if !completed_sent {
+                    let _ = tracker_cmd.send(tracker::Command::Completed);
+                }
+                let _ = self.events.try_send(Event::Finished);
+                return Ok(());
+            }
+            let room = self.pipeline_bytes < PIPELINE_BYTES;
+            let pieces_rx = if room { &self.piece_rx } else { &never_pieces };
+            let timeout = next_tick.saturating_duration_since(Instant::now());
+            select! {
+                recv(self.peer_rx) -> ev => {
+                    if let Ok(ev) = ev { self.on_peer_event(ev); }
+                }
+                recv(pieces_rx) -> cp => {
+                    if let Ok(cp) = cp { self.on_completed(cp); }
+                }
+                recv(self.hashed_rx) -> h => {
+                    if let Ok(h) = h { self.on_hashed(h, write_tx)?; }
+                }
+                recv(written_rx) -> w => {
+                    if let Ok((piece, result)) = w {
+                        self.on_written(piece, result, counters)?;
+                        if self.have.is_full() {
+                            completed_sent = true;
+                            let _ = tracker_cmd.send(tracker::Command::Completed);
+                        }
+                    }
+                }
+                recv(report_rx) -> r => {
+                    if let Ok(r) = r { self.on_tracker(r)?; }
+                }
+                recv(self.cancel) -> _ => return Err(Error::Cancelled),
+                default(timeout) => {}
+            }
+            if Instant::now() >= next_tick {
+                next_tick = Instant::now() + TICK;
+                self.tick(tracker_cmd)?;
+            }
+        }
+    }
+
+    fn add_candidate(&mut self, addr: SocketAddr) {
+        let info = self.addrs.entry(addr).or_default();
+        if info.banned || info.live || info.failures >= MAX_CONNECT_FAILS {
+            return;
+        }
+        if !self.candidates.contains(&addr) {
+            self.candidates.push_back(addr);
+        }
+    }
+
+    fn tick(&mut self, tracker_cmd: &Sender<tracker::Command>) -> Result<(), Error> {
+        let now = Instant::now();
+        self.connect_more(now);
+        self.endgame(now);
+        self.update_rate(now);
+        if self.connected_count > 0 {
+            self.last_peer_seen = now;
+        } else {
+            if self.peers.is_empty() && self.candidates.is_empty() {
+                let _ = tracker_cmd.send(tracker::Command::WantPeers);
+            }
+            let waited = now.duration_since(self.last_peer_seen);
+            if waited >= self.opts.no_peer_timeout {
+                return Err(Error::NoPeers {
+                    waited,
+                    last_tracker_error: self.last_tracker_error.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn connect_more(&mut self, now: Instant) {
+        let mut tries = self.candidates.len();
+        while self.peers.len() < self.opts.max_peers && tries > 0 {
+            tries -= 1;
+            let Some(addr) = self.candidates.pop_front() else {
+                break;
+            };
+            let info = self.addrs.entry(addr).or_default();
+            if info.banned || info.live {
+                continue;
+            }
+            if info.next_try.is_some_and(|t| now < t) {
+                self.candidates.push_back(addr);
+                continue;
+            }
+            info.live = true;
+            let id = self.next_conn;
+            self.next_conn += 1;
+            let (cmd_tx, cmd_rx) = unbounded();
+            let params = conn::Params {
+                id,
+                addr,
+                info_hash: self.torrent.info_hash(),
+                peer_id: self.opts.peer_id,
+                layout: Arc::clone(&self.layout),
+                have: self.have.clone(),
+                work: self.work_rx.clone(),
+                requeue: self.work_tx.clone(),
+                events: self.peer_tx.clone(),
+                pieces: self.piece_tx.clone(),
+                commands: cmd_rx,
+                limits: self.opts.limits.clone(),
+            };
+            match conn::spawn(params) {
+                Ok(_detached) => {
+                    self.peers.insert(
+                        id,
+                        PeerHandle {
+                            addr,
+                            commands: cmd_tx,
+                            connected: false,
+                            hash_fails: 0,
+                        },
+                    );
+                }
+                Err(e) => {
+                    log::warn!("cannot start a peer thread: {e}");
+                    info.live = false;
+                    self.candidates.push_back(addr);
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Endgame: when nothing is left in the queue, offer pieces that only
+    /// one peer holds to the others, so one slow peer cannot hold the
+    /// download at 99%. The loser's copy is cancelled by `Command::Have`.
+    fn endgame(&mut self, now: Instant) {
+        if !self.work_rx.is_empty() || self.connected_count < 2 {
+            return;
+        }
+        for (i, p) in self.pieces.iter_mut().enumerate() {
+            if p.state == State::InFlight
+                && p.holders == 1
+                && p.last_dup
+                    .is_none_or(|t| now.duration_since(t) >= DUP_EVERY)
+            {
+                p.last_dup = Some(now);
+                let _ = self.work_tx.send(PieceIndex(i as u32));
+            }
+        }
+    }
+
+    fn update_rate(&mut self, now: Instant) {
+        let verified = self.shared.verified_bytes.load(Ordering::Relaxed);
+        self.rate_window.push_back((now, verified));
+        while self
+            .rate_window
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) > Duration::from_secs(5))
+        {
+            self.rate_window.pop_front();
+        }
+        if let (Some((t0, b0)), Some((t1, b1))) =
+            (self.rate_window.front(), self.rate_window.back())
+        {
+            let dt = t1.duration_since(*t0).as_secs_f64();
+            let rate = if dt > 0.0 {
+                ((b1 - b0) as f64 / dt) as u64
+            } else {
+                0
+            };
+            self.shared.rate.store(rate, Ordering::Relaxed);
+        }
+    }
+
+    fn requeue(&mut self, piece: PieceIndex) {
+        let p = &mut self.pieces[piece.as_usize()];
+        p.state = State::Queued;
+        p.last_dup = None;
+        let _ = self.work_tx.send(piece);
+    }
+
+    fn release(&mut self, piece: PieceIndex) {
+        let p = &mut self.pieces[piece.as_usize()];
+        p.holders = p.holders.saturating_sub(1);
+        if p.holders == 0 && p.state == State::InFlight {
+            self.requeue(piece);
+        }
+    }
+
+    fn on_peer_event(&mut self, ev: peer::Event) {
+        match ev {
+            peer::Event::Connected { id, .. } => {
+                if let Some(p) = self.peers.get_mut(&id) {
+                    p.connected = true;
+                    self.connected_count += 1;
+                    self.shared
+                        .peers
+                        .store(self.connected_count, Ordering::Relaxed);
+                    if let Some(a) = self.addrs.get_mut(&p.addr) {
+                        a.failures = 0;
+                    }
+                    log::info!("peer {} connected", p.addr);
+                    let _ = self.events.try_send(Event::PeerConnected(p.addr));
+                }
+            }
+            peer::Event::Took { piece, .. } => {
+                let p = &mut self.pieces[piece.as_usize()];
+                p.holders = p.holders.saturating_add(1);
+                if p.state == State::Queued {
+                    p.state = State::InFlight;
+                }
+            }
+            peer::Event::Abandoned { piece, .. } => self.release(piece),
+            peer::Event::Exited {
+                id,
+                addr,
+                error,
+                connected,
+                abandoned,
+            } => {
+                for piece in abandoned {
+                    self.release(piece);
+                }
+                let Some(handle) = self.peers.remove(&id) else {
+                    return;
+                };
+                if handle.connected {
+                    self.connected_count -= 1;
+                    self.shared
+                        .peers
+                        .store(self.connected_count, Ordering::Relaxed);
+                }
+                let reason = error
+                    .as_ref()
+                    .map_or("closed".to_string(), |e| e.to_string());
+                if connected {
+                    log::info!("peer {addr} dropped: {reason}");
+                } else {
+                    log::debug!("peer {addr} not reachable: {reason}");
+                }
+                let _ = self.events.try_send(Event::PeerDropped { addr, reason });
+                let info = self.addrs.entry(addr).or_default();
+                info.live = false;
+                if info.banned {
+                    return;
+                }
+                // A peer that connected and then went away may come back;
+                // one that never answered is retried with backoff.
+                info.failures += 1;
+                let backoff = Duration::from_secs(2u64 << info.failures.min(6));
+                info.next_try = Some(Instant::now() + backoff);
+                if info.failures < MAX_CONNECT_FAILS {
+                    self.candidates.push_back(addr);
+                }
+            }
+        }
+    }
+
+    fn on_completed(&mut self, cp: CompletedPiece) {
+        let p = &mut self.pieces[cp.piece.as_usize()];
+        p.holders = p.holders.saturating_sub(1);
+        if matches!(p.state, State::Verifying | State::Writing | State::Done) {
+            return; // an endgame duplicate that lost the race
+        }
+        p.state = State::Verifying;
+        let len = cp.data.len() as u64;
+        self.pipeline_bytes += len;
+        let expected = *self
+            .torrent
+            .piece_hash(cp.piece)
+            .expect("piece index comes from this torrent");
+        let tx = self.hashed_tx.clone();
+        self.pool.spawn(move || {
+            let ok = sha1_smol::Sha1::from(&cp.data).digest().bytes() == expected;
+            let _ = tx.send(Hashed {
+                from: cp.from,
+                piece: cp.piece,
+                data: cp.data,
+                ok,
+            });
+        });
+    }
+
+    fn on_hashed(&mut self, h: Hashed, write_tx: &Sender<WriteCmd>) -> Result<(), Error> {
+        let len = h.data.len() as u64;
+        if h.ok {
+            self.pieces[h.piece.as_usize()].state = State::Writing;
+            self.downloaded += len;
+            // Blocks when the writer is 8 pieces behind; the writer never
+            // waits on us, so this cannot deadlock.
+            write_tx
+                .send(WriteCmd::Piece {
+                    piece: h.piece,
+                    data: h.data,
+                })
+                .map_err(|_| Error::Thread("writer thread ended".into()))?;
+            return Ok(());
+        }
+        self.pipeline_bytes -= len;
+        log::warn!("piece {} failed its hash check", h.piece);
+        let p = &mut self.pieces[h.piece.as_usize()];
+        if p.holders > 0 {
+            p.state = State::InFlight;
+        } else {
+            self.requeue(h.piece);
+        }
+        if let Some(peer) = self.peers.get_mut(&h.from) {
+            peer.hash_fails += 1;
+            if peer.hash_fails >= MAX_HASH_FAILS {
+                log::warn!("peer {} sent bad data repeatedly; banned", peer.addr);
+                let _ = peer.commands.send(peer::Command::Shutdown);
+                self.addrs.entry(peer.addr).or_default().banned = true;
+            }
+        }
+        Ok(())
+    }
+
+    fn on_written(
+        &mut self,
+        piece: PieceIndex,
+        result: Result<(), storage::Error>,
+        counters: &tracker::Counters,
+    ) -> Result<(), Error> {
+        result.map_err(Error::Storage)?;
+        let len = self.layout.piece_len(piece) as u64;
+        self.pipeline_bytes -= len;
+        self.pieces[piece.as_usize()].state = State::Done;
+        self.have.set(piece);
+        let verified = self.shared.verified_bytes.fetch_add(len, Ordering::Relaxed) + len;
+        let done = self.shared.pieces_done.fetch_add(1, Ordering::Relaxed) + 1;
+        counters
+            .downloaded
+            .store(self.downloaded, Ordering::Relaxed);
+        counters
+            .left
+            .store(self.torrent.total_length() - verified, Ordering::Relaxed);
+        for p in self.peers.values() {
+            let _ = p.commands.send(peer::Command::Have(piece));
+        }
+        let _ = self.events.try_send(Event::PieceDone {
+            piece: piece.0,
+            progress: super::Progress {
+                total_bytes: self.torrent.total_length(),
+                verified_bytes: verified,
+                pieces_done: done,
+                pieces_total: self.torrent.piece_count(),
+                peers: self.connected_count,
+                rate: self.shared.rate.load(Ordering::Relaxed),
+                elapsed: self.started.elapsed(),
+            },
+        });
+        Ok(())
+    }
+
+    fn on_tracker(&mut self, r: tracker::Report) -> Result<(), Error> {
+        match r {
+            tracker::Report::Peers(list) => {
+                log::debug!("tracker returned {} peers", list.len());
+                for addr in list {
+                    self.add_candidate(addr);
+                }
+            }
+            tracker::Report::RoundFailed { error, first_round } => {
+                let _ = self.events.try_send(Event::TrackerError(error.to_string()));
+                self.last_tracker_error = Some(error.to_string());
+                // With nothing else to go on, a tracker that fails the first
+                // round is the answer: fail now rather than wait for peers
+                // that cannot come.
+                if first_round && self.addrs.is_empty() {
+                    return Err(Error::Tracker(error));
+                }
+                if matches!(error, tracker::Error::Refused { .. })
+                    && self.connected_count == 0
+                    && self.candidates.is_empty()
+                {
+                    return Err(Error::Tracker(error));
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,276 @@
+//! Trackers: the announcer thread and the HTTP client it uses. Owns the
+//! tracker list, announce timing and the `started`/`completed`/`stopped`
+//! lifecycle. Does not own peers: it only reports addresses to the session.
+//!
+//! The announcer is its own thread so that a slow or dead tracker never
+//! blocks the session or a peer thread. The session talks to it with
+//! [`Command`]; it answers with [`Report`]s.
+
+pub mod http;
+
+use crate::types::{InfoHash, PeerId};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use http::{AnnounceEvent, AnnounceRequest, AnnounceResponse};
+
+/// Whole-request bound for an announce (connect, send, receive): a tracker
+/// that hangs costs at most this long per attempt.
+pub const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(15);
+/// The `stopped` announce is a courtesy: never hold up exit for long.
+const STOPPED_TIMEOUT: Duration = Duration::from_secs(3);
+/// Retry delay after a failed round, doubled per failure up to the interval.
+const RETRY_FIRST: Duration = Duration::from_secs(5);
+/// Tracker answers larger than this are not tracker answers.
+const MAX_RESPONSE: u64 = 2 * 1024 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// The tracker answered with `failure reason`.
+    Refused {
+        url: String,
+        reason: String,
+    },
+    /// Connect, timeout, HTTP status, TLS...
+    Http {
+        url: String,
+        detail: String,
+    },
+    /// The answer was not a valid tracker response.
+    Protocol {
+        url: String,
+        detail: String,
+    },
+    UnsupportedScheme {
+        url: String,
+    },
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Refused { url, reason } => write!(f, "tracker {url} refused: {reason}"),
+            Error::Http { url, detail } => write!(f, "tracker {url}: {detail}"),
+            Error::Protocol { url, detail } => write!(f, "tracker {url}: {detail}"),
+            Error::UnsupportedScheme { url } => {
+                write!(f, "tracker {url}: unsupported scheme (only http and https)")
+            }
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// Transfer counters the announcer reports; the session updates them.
+#[derive(Default, Debug)]
+pub struct Counters {
+    pub uploaded: AtomicU64,
+    pub downloaded: AtomicU64,
+    pub left: AtomicU64,
+}
+
+/// Commands from the session to the announcer thread.
+#[derive(Debug)]
+pub enum Command {
+    /// The last piece verified: announce `completed` now.
+    Completed,
+    /// More peers wanted (e.g. all known peers failed): announce early, but
+    /// never before the tracker's `min interval`.
+    WantPeers,
+    /// Announce `stopped` (if a tracker ever answered) and end the thread.
+    Shutdown,
+}
+
+/// Reports from the announcer thread to the session.
+#[derive(Debug)]
+pub enum Report {
+    Peers(Vec<SocketAddr>),
+    /// One full round over every tracker failed; carries the last error.
+    RoundFailed {
+        error: Error,
+        first_round: bool,
+    },
+}
+
+/// Performs one HTTP(S) announce. Blocking, bounded by `timeout`.
+pub fn announce_http(
+    agent: &ureq::Agent,
+    base: &str,
+    req: &AnnounceRequest,
+    timeout: Duration,
+) -> Result<AnnounceResponse, Error> {
+    if !(base.starts_with("http://") || base.starts_with("https://")) {
+        return Err(Error::UnsupportedScheme { url: base.into() });
+    }
+    let url = http::announce_url(base, req);
+    let http_err = |e: ureq::Error| Error::Http {
+        url: base.into(),
+        detail: e.to_string(),
+    };
+    let mut resp = agent
+        .get(&url)
+        .config()
+        .timeout_global(Some(timeout))
+        .build()
+        .call()
+        .map_err(http_err)?;
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(MAX_RESPONSE)
+        .read_to_vec()
+        .map_err(http_err)?;
+    http::parse_response(&body).map_err(|e| match e {
+        http::Error::Failure(reason) => Error::Refused {
+            url: base.into(),
+            reason,
+        },
+        other => Error::Protocol {
+            url: base.into(),
+            detail: other.to_string(),
+        },
+    })
+}
+
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_connect(Some(Duration::from_secs(10)))
+        .user_agent(concat!("rtc/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .into()
+}
+
+pub struct Announcer {
+    pub tiers: Vec<Vec<String>>,
+    pub info_hash: InfoHash,
+    pub peer_id: PeerId,
+    pub port: u16,
+    pub counters: Arc<Counters>,
+}
+
+impl Announcer {
+    /// Runs the announce loop on a new thread until [`Command::Shutdown`] or
+    /// until the command sender is dropped.
+    pub fn spawn(
+        self,
+        commands: Receiver<Command>,
+        reports: Sender<Report>,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("rtc-tracker".into())
+            .spawn(move || self.run(commands, reports))
+    }
+
+    fn request(&self, event: Option<AnnounceEvent>) -> AnnounceRequest {
+        AnnounceRequest {
+            info_hash: self.info_hash,
+            peer_id: self.peer_id,
+            port: self.port,
+            uploaded: self.counters.uploaded.load(Ordering::Relaxed),
+            downloaded: self.counters.downloaded.load(Ordering::Relaxed),
+            left: self.counters.left.load(Ordering::Relaxed),
+            event,
+            numwant: 200,
+        }
+    }
+
+    /// One round (BEP 12): tiers in order, trackers in a tier in order; the
+    /// first tracker that answers is moved to the front of its tier.
+    fn round(
+        &mut self,
+        agent: &ureq::Agent,
+        event: Option<AnnounceEvent>,
+        timeout: Duration,
+    ) -> Result<AnnounceResponse, Error> {
+        let req = self.request(event);
+        let mut last = None;
+        for t in 0..self.tiers.len() {
+            for i in 0..self.tiers[t].len() {
+                let url = self.tiers[t][i].clone();
+                match announce_http(agent, &url, &req, timeout) {
+                    Ok(resp) => {
+                        let tier = &mut self.tiers[t];
+                        let hit = tier.remove(i);
+                        tier.insert(0, hit);
+                        if let Some(w) = &resp.warning {
+                            log::warn!("tracker {url}: {w}");
+                        }
+                        log::debug!(
+                            "tracker {url}: {} peers, interval {:?}",
+                            resp.peers.len(),
+                            resp.interval
+                        );
+                        return Ok(resp);
+                    }
+                    Err(e) => {
+                        log::warn!("{e}");
+                        last = Some(e);
+                    }
+                }
+            }
+        }
+        Err(last.unwrap_or(Error::UnsupportedScheme { url: String::new() }))
+    }
+
+    fn run(mut self, commands: Receiver<Command>, reports: Sender<Report>) {
+        let agent = agent();
+        let mut event = Some(AnnounceEvent::Started);
+        let mut ever_answered = false;
+        let mut first_round = true;
+        let mut retry = RETRY_FIRST;
+        loop {
+            let started = std::time::Instant::now();
+            let (wait, min_wait) = match self.round(&agent, event, ANNOUNCE_TIMEOUT) {
+                Ok(resp) => {
+                    ever_answered = true;
+                    event = None;
+                    retry = RETRY_FIRST;
+                    let min = resp.min_interval.unwrap_or(Duration::from_secs(30));
+                    if reports.send(Report::Peers(resp.peers)).is_err() {
+                        return;
+                    }
+                    (resp.interval, min)
+                }
+                Err(error) => {
+                    if reports
+                        .send(Report::RoundFailed { error, first_round })
+                        .is_err()
+                    {
+                        return;
+                    }
+                    let wait = retry;
+                    retry = (retry * 2).min(Duration::from_secs(300));
+                    (wait, wait)
+                }
+            };
+            first_round = false;
+            // Wait for the interval, a command, or the session going away.
+            loop {
+                let left = wait.saturating_sub(started.elapsed());
+                match commands.recv_timeout(left) {
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Ok(Command::Completed) => {
+                        event = Some(AnnounceEvent::Completed);
+                        break;
+                    }
+                    Ok(Command::WantPeers) => {
+                        if started.elapsed() >= min_wait {
+                            break;
+                        }
+                    }
+                    Ok(Command::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
+                        if ever_answered {
+                            let _ =
+                                self.round(&agent, Some(AnnounceEvent::Stopped), STOPPED_TIMEOUT);
+                        }
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
