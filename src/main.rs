@@ -70,7 +70,7 @@ fn main() -> ExitCode {
 }
 
 fn usage(msg: impl std::fmt::Display) -> Failure {
-    Failure::new(exit::USAGE, format!("{msg}\n(run `rtc --help` for usage)"))
+    Failure::new(exit::USAGE, format!("{msg} (see rtc --help)"))
 }
 
 fn run() -> Result<(), Failure> {

@@ -74,6 +74,10 @@ impl Storage {
     /// alone. Symlinks inside the output tree are refused so that a torrent
     /// cannot be steered outside `dir` through a link planted there.
     pub fn open(dir: &Path, torrent: &Torrent) -> Result<Storage, Error> {
+        std::fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
         let mut files = Vec::with_capacity(torrent.files().len());
         for entry in torrent.files() {
             let rel = entry.path();

@@ -207,7 +207,7 @@ impl Announcer {
                         return Ok(resp);
                     }
                     Err(e) => {
-                        log::warn!("{e}");
+                        log::info!("{e}");
                         last = Some(e);
                     }
                 }

@@ -1,0 +1,193 @@
+//! Malformed torrents given to the real `rtc` binary: each must exit with its
+//! documented code and a one-line message, never panic, and write nothing
+//! (in particular nothing outside the output directory).
+
+use rtc::bencode::{encode, Dict, Value};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+const BAD_TORRENT: i32 = 3;
+const USAGE: i32 = 2;
+const IO: i32 = 5;
+
+fn rtc(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rtc"))
+        .args(args)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run rtc")
+}
+
+/// A valid-looking single-file torrent whose info dict is `info`.
+fn torrent_with(info: Dict<'_>) -> Vec<u8> {
+    let mut top = Dict::new();
+    top.insert(b"announce", Value::Bytes(b"http://127.0.0.1:1/announce"));
+    top.insert(b"info", Value::Dict(info));
+    encode(&Value::Dict(top))
+}
+
+fn multi_file_info<'a>(paths: &'a [&'a [&'a [u8]]], pieces: &'a [u8]) -> Dict<'a> {
+    let files = paths
+        .iter()
+        .map(|p| {
+            let mut f = Dict::new();
+            f.insert(b"length", Value::Int(10));
+            f.insert(
+                b"path",
+                Value::List(p.iter().map(|c| Value::Bytes(c)).collect()),
+            );
+            Value::Dict(f)
+        })
+        .collect();
+    let mut info = Dict::new();
+    info.insert(b"name", Value::Bytes(b"dir"));
+    info.insert(b"piece length", Value::Int(16384));
+    info.insert(b"pieces", Value::Bytes(pieces));
+    info.insert(b"files", Value::List(files));
+    info
+}
+
+/// Runs `rtc` over `bytes` (as a file and on stdin) in a fresh directory and
+/// checks the exit code, a one-line message containing `needle`, and that
+/// no file other than the torrent itself exists afterwards.
+fn expect_rejected(bytes: &[u8], code: i32, needle: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("work");
+    std::fs::create_dir(&work).unwrap();
+    std::fs::write(work.join("bad.torrent"), bytes).unwrap();
+    for args in [
+        vec!["-o", "out", "bad.torrent"],
+        vec!["info", "bad.torrent"],
+    ] {
+        let out = rtc(&args, &work);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr:?}");
+        assert!(stderr.starts_with("rtc: "), "{stderr}");
+        assert!(stderr.contains(needle), "{needle:?} not in {stderr:?}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    // stdin path
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rtc"))
+        .args(["-o", "out", "-"])
+        .current_dir(&work)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(bytes).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(code));
+    // Nothing was created: not the output dir, not anything beside it.
+    let mut left: Vec<_> = walk(dir.path());
+    left.sort();
+    assert_eq!(left, vec![work.join("bad.torrent")], "files written");
+}
+
+fn walk(p: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(p).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+#[test]
+fn truncated_torrent() {
+    let mut info = Dict::new();
+    info.insert(b"name", Value::Bytes(b"a"));
+    info.insert(b"piece length", Value::Int(16384));
+    info.insert(b"pieces", Value::Bytes(&[0u8; 20]));
+    info.insert(b"length", Value::Int(100));
+    let full = torrent_with(info);
+    expect_rejected(&full[..full.len() / 2], BAD_TORRENT, "invalid torrent");
+}
+
+#[test]
+fn non_bencode_bytes() {
+    expect_rejected(b"<html>not a torrent</html>", BAD_TORRENT, "invalid torrent");
+}
+
+#[test]
+fn path_with_dot_dot() {
+    let evil: &[&[u8]] = &[b"..", b"..", b"escaped"];
+    let ok: &[&[u8]] = &[b"fine"];
+    let paths = [ok, evil];
+    let pieces = [0u8; 40];
+    let bytes = torrent_with(multi_file_info(&paths, &pieces));
+    expect_rejected(&bytes, BAD_TORRENT, "..");
+}
+
+#[test]
+fn absolute_and_separator_paths() {
+    let pieces = [0u8; 20];
+    let abs: &[&[u8]] = &[b"/etc/passwd"];
+    expect_rejected(
+        &torrent_with(multi_file_info(&[abs], &pieces)),
+        BAD_TORRENT,
+        "invalid torrent",
+    );
+    let sep: &[&[u8]] = &[b"a/../../b"];
+    expect_rejected(
+        &torrent_with(multi_file_info(&[sep], &pieces)),
+        BAD_TORRENT,
+        "invalid torrent",
+    );
+}
+
+#[test]
+fn pieces_length_not_a_multiple_of_20() {
+    let mut info = Dict::new();
+    info.insert(b"name", Value::Bytes(b"a"));
+    info.insert(b"piece length", Value::Int(16384));
+    info.insert(b"pieces", Value::Bytes(&[0u8; 21]));
+    info.insert(b"length", Value::Int(100));
+    expect_rejected(&torrent_with(info), BAD_TORRENT, "21");
+}
+
+#[test]
+fn piece_count_not_matching_length() {
+    let mut info = Dict::new();
+    info.insert(b"name", Value::Bytes(b"a"));
+    info.insert(b"piece length", Value::Int(16384));
+    info.insert(b"pieces", Value::Bytes(&[0u8; 40]));
+    info.insert(b"length", Value::Int(100));
+    expect_rejected(&torrent_with(info), BAD_TORRENT, "invalid torrent");
+}
+
+#[test]
+fn missing_torrent_file_is_an_io_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = rtc(&["nope.torrent"], dir.path());
+    assert_eq!(out.status.code(), Some(IO));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot read nope.torrent"), "{stderr}");
+}
+
+#[test]
+fn usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &[][..],
+        &["--bogus", "x.torrent"][..],
+        &["--max-peers", "many", "x.torrent"][..],
+        &["a.torrent", "b.torrent"][..],
+    ] {
+        let out = rtc(args, dir.path());
+        assert_eq!(out.status.code(), Some(USAGE), "{args:?}");
+    }
+    let out = rtc(&["--help"], dir.path());
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("EXIT CODES"));
+}
