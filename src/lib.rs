@@ -17,5 +17,6 @@ pub mod peer;
 pub mod session;
 pub mod storage;
 pub mod tracker;
+pub mod verify;
 
 pub use session::{Download, Options};

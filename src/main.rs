@@ -18,6 +18,7 @@ mod exit {
     pub const BAD_TORRENT: u8 = 3;
     pub const NO_PEERS: u8 = 4;
     pub const IO: u8 = 5;
+    pub const INCOMPLETE: u8 = 6;
     pub const CANCELLED: u8 = 130;
 }
 
@@ -27,6 +28,7 @@ rtc - download a torrent, verifying every byte
 USAGE:
     rtc [OPTIONS] <FILE.torrent | ->     download (use - to read the torrent from stdin)
     rtc info <FILE.torrent | ->          print what a torrent contains
+    rtc verify <FILE.torrent | -> [-o DIR]   check data on disk, piece by piece
 
 OPTIONS:
     -o, --output DIR       directory to download into (default: .)
@@ -42,7 +44,7 @@ OPTIONS:
 EXIT CODES:
     0 done, every piece verified   2 usage error       3 invalid torrent
     4 no peers / tracker failure   5 I/O error         1 internal error
-    130 cancelled
+    6 verify: data incomplete      130 cancelled
 ";
 
 struct Failure {
@@ -105,7 +107,7 @@ fn run() -> Result<(), Failure> {
         return Err(usage(format!("unknown option {flag}")));
     }
     let (command, source) = match rest.as_slice() {
-        [cmd, src] if cmd == "info" => ("info", src.clone()),
+        [cmd, src] if cmd == "info" || cmd == "verify" => (cmd.as_str(), src.clone()),
         [src] => ("download", src.clone()),
         [] => return Err(usage("missing torrent file")),
         _ => return Err(usage(format!("unexpected arguments: {}", rest.join(" ")))),
@@ -115,6 +117,9 @@ fn run() -> Result<(), Failure> {
     if command == "info" {
         print_info(&torrent);
         return Ok(());
+    }
+    if command == "verify" {
+        return verify(&torrent, &output.unwrap_or_else(|| PathBuf::from(".")));
     }
 
     let mut opts = Options::new(output.unwrap_or_else(|| PathBuf::from(".")));
@@ -209,6 +214,55 @@ fn print_info(t: &Torrent) {
     }
 }
 
+fn verify(torrent: &Torrent, dir: &std::path::Path) -> Result<(), Failure> {
+    use rtc::verify::FileStatus;
+    let io = |e: rtc::storage::Error| Failure::new(exit::IO, e.to_string());
+    let storage = rtc::storage::Storage::open_existing(dir, torrent).map_err(io)?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .build()
+        .map_err(|e| Failure::new(exit::INTERNAL, e.to_string()))?;
+    let have = rtc::verify::check(torrent, &storage, &pool).map_err(io)?;
+    let layout = torrent.layout();
+    let bytes: u64 = (0..have.len())
+        .map(rtc::PieceIndex)
+        .filter(|&p| have.has(p))
+        .map(|p| layout.piece_len(p) as u64)
+        .sum();
+    println!(
+        "{}: {}/{} pieces verified ({} of {})",
+        torrent.name(),
+        have.count(),
+        have.len(),
+        human(bytes),
+        human(torrent.total_length())
+    );
+    for (f, st) in torrent
+        .files()
+        .iter()
+        .zip(rtc::verify::file_status(torrent, &storage, &have))
+    {
+        let st = match st {
+            FileStatus::Complete => "complete".to_string(),
+            FileStatus::Missing => "missing".to_string(),
+            FileStatus::Partial { pieces, of } => format!("partial {pieces}/{of}"),
+        };
+        println!("  {st:<16} {}", f.path().display());
+    }
+    if have.is_full() {
+        Ok(())
+    } else {
+        Err(Failure::new(
+            exit::INCOMPLETE,
+            format!(
+                "{}: incomplete, {} of {} pieces missing or wrong",
+                torrent.name(),
+                have.len() - have.count(),
+                have.len()
+            ),
+        ))
+    }
+}
+
 fn download(torrent: Torrent, opts: Options, quiet: bool) -> Result<(), Failure> {
     let name = torrent.name().to_string();
     let dl = Download::start(torrent, opts).map_err(session_failure)?;
@@ -242,8 +296,9 @@ fn download(torrent: Torrent, opts: Options, quiet: bool) -> Result<(), Failure>
     if !quiet {
         let secs = summary.elapsed.as_secs_f64().max(0.001);
         eprintln!(
-            "rtc: {name}: {} verified in {:.1}s ({}/s)",
+            "rtc: {name}: {} verified; {} downloaded in {:.1}s ({}/s)",
             human(summary.total_bytes),
+            human(summary.downloaded_bytes),
             secs,
             human((summary.downloaded_bytes as f64 / secs) as u64)
         );

@@ -60,75 +60,94 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// One file of the torrent as found or created on disk.
+struct Slot {
+    path: PathBuf,
+    /// `None` when opened read-only and the file does not exist.
+    file: Option<File>,
+    /// The file held bytes before we opened it: its pieces may already be
+    /// downloaded and are worth verifying.
+    had_data: bool,
+}
+
 /// The open files of one torrent. Reads and writes are positional
-/// (`pread`/`pwrite`), so `&self` suffices and no seek state is shared.
+/// (`pread`/`pwrite`), so `&self` suffices and no seek state is shared;
+/// several threads may read while the writer thread writes.
 pub struct Storage {
     layout: Layout,
-    files: Vec<(PathBuf, File)>,
+    files: Vec<Slot>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Create,
+    ReadOnly,
 }
 
 impl Storage {
     /// Creates (or opens) every file of `torrent` under `dir`, creating
-    /// nested directories. Existing files are never truncated: a file shorter
-    /// than its torrent length is extended (sparse), a longer one is left
-    /// alone. Symlinks inside the output tree are refused so that a torrent
-    /// cannot be steered outside `dir` through a link planted there.
+    /// `dir` and nested directories. Existing files are never truncated: a
+    /// file shorter than its torrent length is extended (sparse), a longer
+    /// one is left alone. Symlinks inside the output tree are refused so
+    /// that a torrent cannot be steered outside `dir` through a planted link.
     pub fn open(dir: &Path, torrent: &Torrent) -> Result<Storage, Error> {
         std::fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
             path: dir.to_path_buf(),
             source,
         })?;
+        Self::open_with(dir, torrent, Mode::Create)
+    }
+
+    /// Opens whatever files of `torrent` exist under `dir`, read-only,
+    /// creating nothing (for `rtc verify`).
+    pub fn open_existing(dir: &Path, torrent: &Torrent) -> Result<Storage, Error> {
+        Self::open_with(dir, torrent, Mode::ReadOnly)
+    }
+
+    fn open_with(dir: &Path, torrent: &Torrent, mode: Mode) -> Result<Storage, Error> {
         let mut files = Vec::with_capacity(torrent.files().len());
         for entry in torrent.files() {
-            let rel = entry.path();
-            let mut cur = dir.to_path_buf();
-            let comps: Vec<_> = rel.components().collect();
-            for (i, c) in comps.iter().enumerate() {
-                cur.push(c);
-                let last = i + 1 == comps.len();
-                match std::fs::symlink_metadata(&cur) {
-                    Ok(m) if m.file_type().is_symlink() => {
-                        return Err(Error::NotAFile { path: cur });
-                    }
-                    Ok(m) if !last && !m.is_dir() => return Err(Error::NotAFile { path: cur }),
-                    Ok(m) if last && !m.is_file() => return Err(Error::NotAFile { path: cur }),
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        if !last {
-                            std::fs::create_dir(&cur).map_err(|source| Error::CreateDir {
-                                path: cur.clone(),
-                                source,
-                            })?;
-                        }
-                    }
-                    Err(source) => return Err(Error::Open { path: cur, source }),
-                }
+            let path = dir.join(entry.path());
+            if !check_tree(dir, entry.path(), mode)? {
+                files.push(Slot {
+                    path,
+                    file: None,
+                    had_data: false,
+                });
+                continue;
             }
-            let file = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&cur)
-                .map_err(|source| Error::Open {
-                    path: cur.clone(),
-                    source,
-                })?;
+            let open = match mode {
+                Mode::Create => OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(&path),
+                Mode::ReadOnly => File::open(&path),
+            };
+            let file = open.map_err(|source| Error::Open {
+                path: path.clone(),
+                source,
+            })?;
             let len = file
                 .metadata()
                 .map_err(|source| Error::Open {
-                    path: cur.clone(),
+                    path: path.clone(),
                     source,
                 })?
                 .len();
-            if len < entry.length() {
+            if mode == Mode::Create && len < entry.length() {
                 file.set_len(entry.length())
                     .map_err(|source| Error::Write {
-                        path: cur.clone(),
+                        path: path.clone(),
                         source,
                     })?;
             }
-            files.push((cur, file));
+            files.push(Slot {
+                path,
+                file: Some(file),
+                had_data: len > 0,
+            });
         }
         Ok(Storage {
             layout: torrent.layout().clone(),
@@ -140,36 +159,93 @@ impl Storage {
         &self.layout
     }
 
+    /// Whether any file this piece touches held data when opened: only such
+    /// pieces can already be complete on disk.
+    pub fn piece_may_exist(&self, piece: PieceIndex) -> bool {
+        self.layout
+            .spans(piece)
+            .any(|s| self.files[s.file].had_data)
+    }
+
+    /// Whether file `i` exists on disk.
+    pub fn file_exists(&self, i: usize) -> bool {
+        self.files.get(i).is_some_and(|s| s.file.is_some())
+    }
+
     /// Writes one whole piece at its place, across file boundaries.
     pub fn write_piece(&self, piece: PieceIndex, data: &[u8]) -> Result<(), Error> {
         for span in self.layout.spans(piece) {
-            let (path, file) = &self.files[span.file];
+            let slot = &self.files[span.file];
             let start = span.piece_offset as usize;
             let chunk = &data[start..start + span.len as usize];
-            file.write_all_at(chunk, span.file_offset)
-                .map_err(|source| Error::Write {
-                    path: path.clone(),
-                    source,
-                })?;
+            let write = match &slot.file {
+                Some(f) => f.write_all_at(chunk, span.file_offset),
+                None => Err(io::Error::from(io::ErrorKind::NotFound)),
+            };
+            write.map_err(|source| Error::Write {
+                path: slot.path.clone(),
+                source,
+            })?;
         }
         Ok(())
     }
 
     /// Reads one whole piece into `buf` (resized to the piece's length).
-    pub fn read_piece(&self, piece: PieceIndex, buf: &mut Vec<u8>) -> Result<(), Error> {
+    /// `Ok(false)` when some of its bytes are not on disk (file missing or
+    /// too short).
+    pub fn read_piece(&self, piece: PieceIndex, buf: &mut Vec<u8>) -> Result<bool, Error> {
         buf.resize(self.layout.piece_len(piece) as usize, 0);
         for span in self.layout.spans(piece) {
-            let (path, file) = &self.files[span.file];
+            let slot = &self.files[span.file];
+            let Some(file) = &slot.file else {
+                return Ok(false);
+            };
             let start = span.piece_offset as usize;
             let chunk = &mut buf[start..start + span.len as usize];
-            file.read_exact_at(chunk, span.file_offset)
-                .map_err(|source| Error::Read {
-                    path: path.clone(),
-                    source,
-                })?;
+            match file.read_exact_at(chunk, span.file_offset) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
+                Err(source) => {
+                    return Err(Error::Read {
+                        path: slot.path.clone(),
+                        source,
+                    })
+                }
+            }
         }
-        Ok(())
+        Ok(true)
     }
+}
+
+/// Walks `rel` under `dir` component by component without following
+/// symlinks. In create mode, makes missing directories. Returns whether the
+/// file itself exists (or may be created).
+fn check_tree(dir: &Path, rel: &Path, mode: Mode) -> Result<bool, Error> {
+    let mut cur = dir.to_path_buf();
+    let comps: Vec<_> = rel.components().collect();
+    for (i, c) in comps.iter().enumerate() {
+        cur.push(c);
+        let last = i + 1 == comps.len();
+        match std::fs::symlink_metadata(&cur) {
+            Ok(m) if m.file_type().is_symlink() => return Err(Error::NotAFile { path: cur }),
+            Ok(m) if !last && !m.is_dir() => return Err(Error::NotAFile { path: cur }),
+            Ok(m) if last && !m.is_file() => return Err(Error::NotAFile { path: cur }),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if mode == Mode::ReadOnly {
+                    return Ok(false);
+                }
+                if !last {
+                    std::fs::create_dir(&cur).map_err(|source| Error::CreateDir {
+                        path: cur.clone(),
+                        source,
+                    })?;
+                }
+            }
+            Err(source) => return Err(Error::Open { path: cur, source }),
+        }
+    }
+    Ok(true)
 }
 
 /// Commands to the writer thread.

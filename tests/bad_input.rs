@@ -116,7 +116,11 @@ fn truncated_torrent() {
 
 #[test]
 fn non_bencode_bytes() {
-    expect_rejected(b"<html>not a torrent</html>", BAD_TORRENT, "invalid torrent");
+    expect_rejected(
+        b"<html>not a torrent</html>",
+        BAD_TORRENT,
+        "invalid torrent",
+    );
 }
 
 #[test]

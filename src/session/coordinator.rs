@@ -17,6 +17,7 @@ use crate::peer::{self, conn, CompletedPiece, ConnId};
 use crate::storage::{self, Storage, WriteCmd};
 use crate::tracker::{self, Announcer};
 use crate::types::PieceIndex;
+use crate::verify;
 use crossbeam_channel::{bounded, never, select, unbounded, Receiver, Sender};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -137,9 +138,6 @@ impl Coordinator {
                 last_dup: None,
             })
             .collect();
-        for i in 0..n {
-            let _ = work_tx.send(PieceIndex(i));
-        }
         Ok(Coordinator {
             torrent: Arc::new(torrent),
             layout,
@@ -174,15 +172,22 @@ impl Coordinator {
     }
 
     pub(super) fn run(mut self) -> Result<Summary, Error> {
+        self.resume()?;
+        if self.have.is_full() {
+            // Everything is on disk and verified: no tracker, no peers.
+            let _ = self.events.try_send(Event::Finished);
+            return Ok(self.summary());
+        }
         let (write_tx, write_rx) = bounded::<WriteCmd>(8);
         let (written_tx, written_rx) = unbounded();
         let writer = storage::spawn_writer(Arc::clone(&self.storage), write_rx, written_tx)
             .map_err(|e| Error::Thread(e.to_string()))?;
 
         let counters = Arc::new(tracker::Counters::default());
+        let verified = self.shared.verified_bytes.load(Ordering::Relaxed);
         counters
             .left
-            .store(self.torrent.total_length(), Ordering::Relaxed);
+            .store(self.torrent.total_length() - verified, Ordering::Relaxed);
         let (tracker_cmd_tx, tracker_cmd_rx) = unbounded();
         let (report_tx, report_rx) = unbounded();
         let tiers = self.torrent.trackers();
@@ -233,11 +238,50 @@ impl Coordinator {
             }
         }
         self.shared.peers.store(0, Ordering::Relaxed);
-        result.map(|()| Summary {
+        result.map(|()| self.summary())
+    }
+
+    fn summary(&self) -> Summary {
+        Summary {
             total_bytes: self.torrent.total_length(),
             downloaded_bytes: self.downloaded,
             elapsed: self.started.elapsed(),
-        })
+        }
+    }
+
+    /// Verifies what is already on disk and queues only the pieces that are
+    /// missing or wrong. Nothing counts as done unless its bytes hashed
+    /// correctly just now.
+    fn resume(&mut self) -> Result<(), Error> {
+        let have =
+            verify::check(&self.torrent, &self.storage, &self.pool).map_err(Error::Storage)?;
+        let mut bytes = 0;
+        for i in 0..self.torrent.piece_count() {
+            let piece = PieceIndex(i);
+            if have.has(piece) {
+                self.pieces[i as usize].state = State::Done;
+                bytes += self.layout.piece_len(piece) as u64;
+            } else {
+                let _ = self.work_tx.send(piece);
+            }
+        }
+        if have.count() > 0 {
+            log::info!(
+                "resume: {} of {} pieces already verified on disk",
+                have.count(),
+                have.len()
+            );
+        }
+        self.shared.verified_bytes.store(bytes, Ordering::Relaxed);
+        self.shared
+            .pieces_done
+            .store(have.count(), Ordering::Relaxed);
+        let _ = self.events.try_send(Event::Checked {
+            pieces_ok: have.count(),
+            pieces_total: have.len(),
+        });
+        self.have = have;
+        Ok(())
     }
 
     fn event_loop(

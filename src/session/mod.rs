@@ -120,9 +120,20 @@ impl Progress {
 /// never reads it loses events, never memory.
 #[derive(Clone, Debug)]
 pub enum Event {
+    /// Existing data was verified: this many pieces were already complete.
+    Checked {
+        pieces_ok: u32,
+        pieces_total: u32,
+    },
     PeerConnected(SocketAddr),
-    PeerDropped { addr: SocketAddr, reason: String },
-    PieceDone { piece: u32, progress: Progress },
+    PeerDropped {
+        addr: SocketAddr,
+        reason: String,
+    },
+    PieceDone {
+        piece: u32,
+        progress: Progress,
+    },
     TrackerError(String),
     Finished,
 }

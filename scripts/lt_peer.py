@@ -1,0 +1,274 @@
+#!/usr/bin/python3
+"""A libtorrent peer on loopback, for rtc's integration tests and benchmark.
+
+  lt_peer.py seed  TORRENT DATA_PARENT_DIR --port P [--bind ADDR]
+  lt_peer.py leech TORRENT OUT_DIR --port P [--bind ADDR] [--peer HOST:PORT]...
+                   [--timeout SECS]
+
+seed: checks the data under DATA_PARENT_DIR, waits (briefly) for the first
+tracker reply if the torrent names a tracker, prints `READY <port>` and then
+seeds until it is killed.
+
+leech: downloads into OUT_DIR from the torrent's trackers and every --peer,
+prints `DONE <seconds>` once every piece is verified and exits 0. Any error,
+or no completion within --timeout seconds, exits non-zero with a message on
+stderr.
+
+Run it with /usr/bin/python3: that is the interpreter that sees Debian's
+python3-libtorrent (2.0.x). TCP only; no DHT, LSD, UPnP, NAT-PMP or uTP.
+"""
+
+import argparse
+import ipaddress
+import os
+import signal
+import sys
+import time
+
+import libtorrent as lt
+
+POLL = 0.05  # seconds between looks at the session
+
+
+def fail(msg, code=2):
+    print(f"lt_peer: {msg}", file=sys.stderr, flush=True)
+    # os._exit: tearing the session down politely can block on trackers.
+    os._exit(code)
+
+
+def log(msg):
+    print(f"lt_peer: {msg}", file=sys.stderr, flush=True)
+
+
+def listen_spec(bind, port):
+    addr = ipaddress.ip_address(bind)
+    host = f"[{bind}]" if addr.version == 6 else bind
+    return f"{host}:{port}"
+
+
+def parse_peer(text):
+    """HOST:PORT or [V6]:PORT -> (host, port)."""
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+    else:
+        host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
+def make_session(bind, port):
+    s = {
+        "listen_interfaces": listen_spec(bind, port),
+        # Loopback only: nothing that looks for peers by itself.
+        "enable_dht": False,
+        "enable_lsd": False,
+        "enable_upnp": False,
+        "enable_natpmp": False,
+        "dht_bootstrap_nodes": "",
+        # TCP only.
+        "enable_outgoing_utp": False,
+        "enable_incoming_utp": False,
+        "enable_outgoing_tcp": True,
+        "enable_incoming_tcp": True,
+        # Every test peer is 127.0.0.1 (or ::1).
+        "allow_multiple_connections_per_ip": True,
+        "no_connect_privileged_ports": False,
+        # Accept encrypted or plain handshakes, but open plain connections:
+        # trying an encrypted handshake first costs a reconnect with peers
+        # that only speak plaintext.
+        "in_enc_policy": int(lt.enc_policy.pe_enabled),
+        "out_enc_policy": int(lt.enc_policy.pe_disabled),
+        # The torrent is not auto-managed; no queueing limits anyway.
+        "active_downloads": -1,
+        "active_seeds": -1,
+        "active_checking": -1,
+        "active_limit": -1,
+        # No rate limits, every peer unchoked, deep queues: loopback speed.
+        "upload_rate_limit": 0,
+        "download_rate_limit": 0,
+        "unchoke_slots_limit": -1,
+        "send_buffer_watermark": 16 * 1024 * 1024,
+        "send_buffer_low_watermark": 1024 * 1024,
+        "send_buffer_watermark_factor": 200,
+        "max_queued_disk_bytes": 16 * 1024 * 1024,
+        "max_out_request_queue": 1500,
+        "max_allowed_in_request_queue": 4000,
+        "hashing_threads": 2,
+        "connections_limit": 500,
+        # Tests start and stop peers quickly: retry soon, give up soon.
+        "min_reconnect_time": 1,
+        "peer_connect_timeout": 5,
+        "smooth_connects": False,
+        "connection_speed": 200,
+        # Peers added by connect_peer() are dialled on the next tick.
+        "tick_interval": 100,
+        "stop_tracker_timeout": 1,
+        "tracker_completion_timeout": 10,
+        "tracker_receive_timeout": 5,
+        "announce_to_all_trackers": True,
+        "announce_to_all_tiers": True,
+        "alert_mask": int(
+            lt.alert_category.error
+            | lt.alert_category.status
+            | lt.alert_category.tracker
+            | lt.alert_category.storage
+        ),
+        "user_agent": "lt_peer.py/libtorrent-" + lt.__version__,
+    }
+    return lt.session(s)
+
+
+def add(ses, torrent, save_path):
+    try:
+        ti = lt.torrent_info(torrent)
+    except RuntimeError as e:
+        fail(f"cannot load {torrent}: {e}")
+    atp = lt.add_torrent_params()
+    atp.ti = ti
+    atp.save_path = save_path
+    atp.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
+    atp.flags |= lt.torrent_flags.disable_dht | lt.torrent_flags.disable_lsd
+    try:
+        h = ses.add_torrent(atp)
+    except RuntimeError as e:
+        fail(f"cannot add {torrent}: {e}")
+    return h, ti
+
+
+class Alerts:
+    """Drains the alert queue; fatal alerts end the process."""
+
+    def __init__(self, ses):
+        self.ses = ses
+        self.tracker_replies = 0
+        self.tracker_errors = 0
+        self.listening = False
+        self.checked = None  # monotonic time of torrent_checked_alert
+
+    def pump(self):
+        for a in self.ses.pop_alerts():
+            if isinstance(a, lt.listen_failed_alert):
+                fail(f"cannot listen: {a.message()}")
+            elif isinstance(a, lt.listen_succeeded_alert):
+                self.listening = True
+            elif isinstance(a, (lt.torrent_error_alert, lt.file_error_alert)):
+                fail(a.message())
+            elif isinstance(a, lt.torrent_checked_alert):
+                self.checked = time.monotonic()
+            elif isinstance(a, lt.hash_failed_alert):
+                log(a.message())
+            elif isinstance(a, lt.tracker_reply_alert):
+                self.tracker_replies += 1
+            elif isinstance(a, lt.tracker_error_alert):
+                self.tracker_errors += 1
+                log(a.message())
+
+
+def on_signal(signum, _frame):
+    os._exit(0)
+
+
+def seed(args):
+    ses = make_session(args.bind, args.port)
+    alerts = Alerts(ses)
+    h, ti = add(ses, args.torrent, args.data_parent_dir)
+    deadline = time.monotonic() + args.timeout
+    while True:
+        alerts.pump()
+        st = h.status()
+        if st.errc.value() != 0:
+            fail(f"torrent error: {st.errc.message()}")
+        if st.is_seeding:
+            break
+        if alerts.checked and time.monotonic() > alerts.checked + 1.0:
+            # Checked, and still not a seed: the data is not all there.
+            fail(
+                f"data under {args.data_parent_dir} is incomplete "
+                f"({st.total_wanted_done} of {st.total_wanted} bytes verified)"
+            )
+        if time.monotonic() > deadline:
+            fail("timed out checking the data")
+        time.sleep(POLL)
+    # Start the leechers only once the tracker knows about us, so their
+    # first announce lists this seeder. A tracker that never answers (or an
+    # IPv6 bind with an IPv4 tracker) only costs a short wait.
+    if list(ti.trackers()):
+        h.force_reannounce(0, -1)
+        wait_until = time.monotonic() + 5
+        while time.monotonic() < wait_until:
+            alerts.pump()
+            if alerts.tracker_replies or alerts.tracker_errors:
+                break
+            time.sleep(POLL)
+    print(f"READY {ses.listen_port()}", flush=True)
+    while True:
+        alerts.pump()
+        time.sleep(0.5)
+
+
+def leech(args):
+    os.makedirs(args.out_dir, exist_ok=True)
+    ses = make_session(args.bind, args.port)
+    alerts = Alerts(ses)
+    start = time.monotonic()
+    h, ti = add(ses, args.torrent, args.out_dir)
+    deadline = start + args.timeout
+    last_connect = 0.0
+    while True:
+        alerts.pump()
+        st = h.status()
+        if st.errc.value() != 0:
+            fail(f"torrent error: {st.errc.message()}")
+        if st.is_seeding:
+            break
+        now = time.monotonic()
+        if now > deadline:
+            fail(
+                f"timed out after {args.timeout}s: {st.total_wanted_done} of "
+                f"{st.total_wanted} bytes, {st.num_peers} peers, state {st.state}",
+                3,
+            )
+        # (Re)introduce the given peers while none is connected: a peer that
+        # was not listening yet is tried again a second later.
+        if args.peer and st.num_peers == 0 and now - last_connect >= 1.0:
+            for host, port in args.peer:
+                h.connect_peer((host, port))
+            last_connect = now
+        time.sleep(POLL)
+    print(f"DONE {time.monotonic() - start:.3f}", flush=True)
+    os._exit(0)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="mode", required=True)
+    for mode, third in (("seed", "data_parent_dir"), ("leech", "out_dir")):
+        sp = sub.add_parser(mode)
+        sp.add_argument("torrent")
+        sp.add_argument(third)
+        sp.add_argument("--port", type=int, required=True)
+        sp.add_argument("--bind", default="127.0.0.1")
+        sp.add_argument(
+            "--timeout",
+            type=float,
+            default=300.0,
+            help="seconds (leech: to finish; seed: to check the data)",
+        )
+        if mode == "leech":
+            sp.add_argument("--peer", type=parse_peer, action="append", default=[])
+    args = p.parse_args()
+    try:
+        ipaddress.ip_address(args.bind)
+    except ValueError:
+        p.error(f"--bind wants an IP address, got {args.bind!r}")
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    if args.mode == "seed":
+        seed(args)
+    else:
+        leech(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+//! Checking data already on disk against the torrent's piece hashes, in
+//! parallel on a rayon pool. Used by the session before it downloads
+//! (resume) and by `rtc verify`. Owns the per-file status report; does not
+//! open files (`storage`) or decide what to download (`session`).
+
+use crate::metainfo::Torrent;
+use crate::peer::message::Bitfield;
+use crate::storage::{self, Storage};
+use crate::types::PieceIndex;
+use rayon::prelude::*;
+
+/// Hashes every piece that may be on disk and returns the set that matches.
+/// Pieces whose files did not exist or were empty are not read at all.
+pub fn check(
+    torrent: &Torrent,
+    storage: &Storage,
+    pool: &rayon::ThreadPool,
+) -> Result<Bitfield, storage::Error> {
+    let n = torrent.piece_count();
+    let good: Vec<u32> = pool.install(|| {
+        (0..n)
+            .into_par_iter()
+            .filter(|&i| storage.piece_may_exist(PieceIndex(i)))
+            .map_init(Vec::new, |buf, i| {
+                let piece = PieceIndex(i);
+                if !storage.read_piece(piece, buf)? {
+                    return Ok(None);
+                }
+                let ok = torrent
+                    .piece_hash(piece)
+                    .is_some_and(|h| sha1_smol::Sha1::from(&buf[..]).digest().bytes() == *h);
+                Ok(ok.then_some(i))
+            })
+            .filter_map(|r| r.transpose())
+            .collect::<Result<Vec<u32>, storage::Error>>()
+    })?;
+    let mut have = Bitfield::new(n);
+    for i in good {
+        have.set(PieceIndex(i));
+    }
+    Ok(have)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileStatus {
+    Complete,
+    /// Exists; this many of its pieces verified out of `of`.
+    Partial {
+        pieces: u32,
+        of: u32,
+    },
+    Missing,
+}
+
+/// Per-file status from a verified piece set. A zero-length file is complete
+/// when it exists.
+pub fn file_status(torrent: &Torrent, storage: &Storage, have: &Bitfield) -> Vec<FileStatus> {
+    let layout = torrent.layout();
+    (0..torrent.files().len())
+        .map(|i| {
+            if !storage.file_exists(i) {
+                return FileStatus::Missing;
+            }
+            let range = layout.pieces_of_file(i);
+            let of = range.len() as u32;
+            let pieces = range.filter(|&p| have.has(PieceIndex(p))).count() as u32;
+            if pieces == of {
+                FileStatus::Complete
+            } else {
+                FileStatus::Partial { pieces, of }
+            }
+        })
+        .collect()
+}
