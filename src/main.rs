@@ -266,6 +266,12 @@ fn verify(torrent: &Torrent, dir: &std::path::Path) -> Result<(), Failure> {
 fn download(torrent: Torrent, opts: Options, quiet: bool) -> Result<(), Failure> {
     let name = torrent.name().to_string();
     let dl = Download::start(torrent, opts).map_err(session_failure)?;
+    // Ctrl-C / SIGTERM cancel the download cleanly: peers are closed, queued
+    // verified pieces are written, and the tracker hears `stopped`.
+    let cancel = dl.cancel_handle();
+    if let Err(e) = ctrlc::set_handler(move || cancel.cancel()) {
+        log::warn!("cannot install the Ctrl-C handler: {e}");
+    }
     let show = !quiet && std::io::stderr().is_terminal();
     let mut drew = false;
     while !dl.is_finished() {
