@@ -169,6 +169,14 @@ def on_signal(signum, _frame):
     os._exit(0)
 
 
+PARENT = os.getppid()
+
+
+def orphaned():
+    """True once the process that started us is gone (a killed test)."""
+    return os.getppid() != PARENT
+
+
 def seed(args):
     ses = make_session(args.bind, args.port)
     alerts = Alerts(ses)
@@ -189,6 +197,8 @@ def seed(args):
             )
         if time.monotonic() > deadline:
             fail("timed out checking the data")
+        if orphaned():
+            os._exit(0)
         time.sleep(POLL)
     # Start the leechers only once the tracker knows about us, so their
     # first announce lists this seeder. A tracker that never answers (or an
@@ -202,9 +212,10 @@ def seed(args):
                 break
             time.sleep(POLL)
     print(f"READY {ses.listen_port()}", flush=True)
-    while True:
+    while not orphaned():
         alerts.pump()
         time.sleep(0.5)
+    os._exit(0)
 
 
 def leech(args):
@@ -223,6 +234,8 @@ def leech(args):
         if st.is_seeding:
             break
         now = time.monotonic()
+        if orphaned():
+            fail("parent process went away", 4)
         if now > deadline:
             fail(
                 f"timed out after {args.timeout}s: {st.total_wanted_done} of "

@@ -1,0 +1,132 @@
+//! The library used the way a program without an async runtime would: start
+//! a download from a plain thread, read progress and events while it runs,
+//! wait for the result; and cancel one from another thread.
+
+mod common;
+
+use common::*;
+use rtc::session::{Error, Event};
+use rtc::{Download, Options, Torrent};
+use std::time::{Duration, Instant};
+
+#[test]
+fn download_from_a_plain_thread_with_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = dir.path().join("seed/lib.bin");
+    random_file(&content, 4 * 1024 * 1024 + 99, 51);
+    let tracker = Tracker::start::<&str>(&[]);
+    let torrent_path = dir.path().join("t.torrent");
+    mktorrent(&content, &torrent_path, Some(&tracker.announce_url()), 16);
+    let hash = info_hash_of(&torrent_path);
+    tracker.allow(&hash);
+    let _seed = Peer::libtorrent_seed(
+        &torrent_path,
+        &dir.path().join("seed"),
+        free_port(),
+        "127.0.0.1",
+    );
+    tracker.wait_for_seeders(&hash, 1, Duration::from_secs(10));
+
+    let torrent = Torrent::from_bytes(&std::fs::read(&torrent_path).unwrap()).unwrap();
+    assert_eq!(
+        torrent.info_hash().hex(),
+        hash,
+        "same info hash as an independent parser"
+    );
+    let out = dir.path().join("out");
+    let worker = std::thread::spawn(move || {
+        let dl = Download::start(torrent, Options::new(&out)).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let mut pieces_seen = 0;
+        let mut finished = false;
+        let mut last = dl.progress();
+        while !dl.is_finished() && Instant::now() < deadline {
+            match dl.events().recv_timeout(Duration::from_millis(100)) {
+                Ok(Event::PieceDone { progress, .. }) => {
+                    pieces_seen += 1;
+                    assert!(progress.verified_bytes <= progress.total_bytes);
+                }
+                Ok(Event::Finished) => finished = true,
+                _ => {}
+            }
+            let p = dl.progress();
+            assert!(
+                p.verified_bytes >= last.verified_bytes,
+                "progress never goes back"
+            );
+            last = p;
+        }
+        while let Ok(ev) = dl.events().try_recv() {
+            match ev {
+                Event::PieceDone { .. } => pieces_seen += 1,
+                Event::Finished => finished = true,
+                _ => {}
+            }
+        }
+        let p = dl.progress();
+        let summary = dl.wait().expect("download succeeds");
+        (summary, p, pieces_seen, finished)
+    });
+    let (summary, progress, pieces_seen, finished) = worker.join().unwrap();
+    assert_eq!(summary.total_bytes, 4 * 1024 * 1024 + 99);
+    assert_eq!(summary.downloaded_bytes, summary.total_bytes);
+    assert_eq!(progress.verified_bytes, progress.total_bytes);
+    assert_eq!(progress.pieces_done, progress.pieces_total);
+    assert_eq!(
+        pieces_seen, progress.pieces_total,
+        "one PieceDone per piece"
+    );
+    assert!(finished, "Finished event");
+    assert_same_bytes(&content, &dir.path().join("out/lib.bin"));
+}
+
+#[test]
+fn cancel_from_another_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = dir.path().join("seed/c.bin");
+    random_file(&content, 100_000, 52);
+    let torrent_path = dir.path().join("t.torrent");
+    mktorrent(&content, &torrent_path, None, 15);
+    let torrent = Torrent::from_bytes(&std::fs::read(&torrent_path).unwrap()).unwrap();
+    let mut opts = Options::new(dir.path().join("out"));
+    // A peer that never answers: the download can only end by cancel.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    opts.peers.push(silent.local_addr().unwrap());
+    let dl = Download::start(torrent, opts).unwrap();
+    let cancel = dl.cancel_handle();
+    let started = Instant::now();
+    std::thread::spawn(move || cancel.cancel());
+    match dl.wait() {
+        Err(Error::Cancelled) => {}
+        other => panic!("expected Cancelled, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "cancel is prompt"
+    );
+}
+
+#[test]
+fn complete_data_finishes_without_any_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = dir.path().join("seed/done.bin");
+    random_file(&content, 300_000, 53);
+    let torrent_path = dir.path().join("t.torrent");
+    // The tracker URL is dead: finishing proves nothing was contacted.
+    let url = format!("http://127.0.0.1:{}/announce", free_port());
+    mktorrent(&content, &torrent_path, Some(&url), 15);
+    let torrent = Torrent::from_bytes(&std::fs::read(&torrent_path).unwrap()).unwrap();
+    let summary = Download::start(torrent, Options::new(dir.path().join("seed")))
+        .unwrap()
+        .wait()
+        .expect("already complete");
+    assert_eq!(summary.downloaded_bytes, 0);
+    assert_eq!(summary.total_bytes, 300_000);
+}
+
+#[test]
+fn download_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Download>();
+    assert_send_sync::<rtc::session::CancelHandle>();
+}
