@@ -57,7 +57,7 @@ def parse_peer(text):
     return host, int(port)
 
 
-def make_session(bind, port):
+def make_session(bind, port, upload_limit=0):
     s = {
         "listen_interfaces": listen_spec(bind, port),
         # Loopback only: nothing that looks for peers by itself.
@@ -85,7 +85,7 @@ def make_session(bind, port):
         "active_checking": -1,
         "active_limit": -1,
         # No rate limits, every peer unchoked, deep queues: loopback speed.
-        "upload_rate_limit": 0,
+        "upload_rate_limit": upload_limit,
         "download_rate_limit": 0,
         "unchoke_slots_limit": -1,
         "send_buffer_watermark": 16 * 1024 * 1024,
@@ -116,7 +116,16 @@ def make_session(bind, port):
         ),
         "user_agent": "lt_peer.py/libtorrent-" + lt.__version__,
     }
-    return lt.session(s)
+    ses = lt.session(s)
+    if upload_limit:
+        # libtorrent exempts local-network peers from rate limits; put every
+        # address in the global class so the limit applies on loopback.
+        f = lt.ip_filter()
+        everyone = 1 << lt.session.global_peer_class_id
+        f.add_rule("0.0.0.0", "255.255.255.255", everyone)
+        f.add_rule("::", "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff", everyone)
+        ses.set_peer_class_filter(f)
+    return ses
 
 
 def add(ses, torrent, save_path):
@@ -178,7 +187,7 @@ def orphaned():
 
 
 def seed(args):
-    ses = make_session(args.bind, args.port)
+    ses = make_session(args.bind, args.port, args.upload_limit)
     alerts = Alerts(ses)
     h, ti = add(ses, args.torrent, args.data_parent_dir)
     deadline = time.monotonic() + args.timeout
@@ -270,6 +279,13 @@ def main():
         )
         if mode == "leech":
             sp.add_argument("--peer", type=parse_peer, action="append", default=[])
+        else:
+            sp.add_argument(
+                "--upload-limit",
+                type=int,
+                default=0,
+                help="bytes per second (0: unlimited), to make a slow seeder",
+            )
     args = p.parse_args()
     try:
         ipaddress.ip_address(args.bind)

@@ -76,7 +76,17 @@ fn usage(msg: impl std::fmt::Display) -> Failure {
 }
 
 fn run() -> Result<(), Failure> {
-    let mut args = pico_args::Arguments::from_env();
+    // pico-args has no short-flag clusters; `-vv` means `-v -v`.
+    let argv = std::env::args_os().skip(1).flat_map(|a| {
+        let s = a.to_string_lossy();
+        let n = s.len().saturating_sub(1);
+        if n > 1 && s.starts_with('-') && s[1..].bytes().all(|b| b == b'v') {
+            vec![std::ffi::OsString::from("-v"); n]
+        } else {
+            vec![a]
+        }
+    });
+    let mut args = pico_args::Arguments::from_vec(argv.collect());
     if args.contains(["-h", "--help"]) {
         print!("{HELP}");
         return Ok(());

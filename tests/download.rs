@@ -135,8 +135,22 @@ fn multi_file_tree(seed_dir: &Path) -> PathBuf {
 
 #[test]
 fn multi_file_from_two_seeders_at_once() {
-    let s = Swarm::new(15, multi_file_tree);
-    let lt = s.libtorrent();
+    // A bigger tree, and libtorrent capped at 2 MiB/s: the download lasts
+    // long enough for aria2c (which works in 1 s ticks) to take part, and
+    // no single seeder can carry it alone quickly.
+    let s = Swarm::new(15, |d| {
+        let root = multi_file_tree(d);
+        random_file(&root.join("big/one.bin"), 3 * 1024 * 1024, 28);
+        random_file(&root.join("big/two.bin"), 2 * 1024 * 1024 + 3, 29);
+        root
+    });
+    let lt = Peer::libtorrent_seed_with(
+        &s.torrent,
+        &s.seed_dir(),
+        free_port(),
+        "127.0.0.1",
+        &["--upload-limit", "2000000"],
+    );
     let aria = s.aria2();
     s.tracker
         .wait_for_seeders(&s.hash, 2, Duration::from_secs(15));

@@ -472,6 +472,18 @@ impl Peer {
     /// data and, if the torrent names a tracker, had a first tracker reply
     /// (about 0.2 s for a few MiB).
     pub fn libtorrent_seed(torrent: &Path, data_parent: &Path, port: u16, bind: &str) -> Peer {
+        Self::libtorrent_seed_with(torrent, data_parent, port, bind, &[])
+    }
+
+    /// As `libtorrent_seed`, with extra `lt_peer.py seed` arguments (e.g.
+    /// `--upload-limit BYTES` for a deliberately slow seeder).
+    pub fn libtorrent_seed_with(
+        torrent: &Path,
+        data_parent: &Path,
+        port: u16,
+        bind: &str,
+        extra: &[&str],
+    ) -> Peer {
         let logs = log_dir("rtc-lt-seed-");
         let log = logs.path().join("lt_peer.log");
         let mut child = Command::new(PYTHON)
@@ -480,6 +492,7 @@ impl Peer {
             .arg(torrent)
             .arg(data_parent)
             .args(["--port", &port.to_string(), "--bind", bind])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log_file(&log))
