@@ -36,6 +36,7 @@ OPTIONS:
         --peer HOST:PORT   also connect to this peer (repeatable)
         --port N           port announced to trackers (default: 6881)
         --timeout SECS     give up when no peer is connected for SECS (default: 60)
+        --pipeline N       16 KiB requests in flight per peer (default: 128)
     -q, --quiet            print nothing but errors
     -v, --verbose          log more (-v info, -vv debug); RUST_LOG also works
     -h, --help             print this help
@@ -105,6 +106,7 @@ fn run() -> Result<(), Failure> {
     let port: Option<u16> = args.opt_value_from_str("--port").map_err(usage)?;
     let timeout: Option<u64> = args.opt_value_from_str("--timeout").map_err(usage)?;
     let peers: Vec<String> = args.values_from_str("--peer").map_err(usage)?;
+    let pipeline: Option<usize> = args.opt_value_from_str("--pipeline").map_err(usage)?;
 
     init_logging(quiet, verbosity);
 
@@ -141,6 +143,12 @@ fn run() -> Result<(), Failure> {
     }
     if let Some(p) = port {
         opts.port = p;
+    }
+    if let Some(n) = pipeline {
+        if !(1..=1024).contains(&n) {
+            return Err(usage("--pipeline must be 1..=1024"));
+        }
+        opts.limits.pipeline = n;
     }
     if let Some(t) = timeout {
         opts.no_peer_timeout = Duration::from_secs(t);
