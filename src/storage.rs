@@ -16,6 +16,10 @@ use std::path::{Path, PathBuf};
 
 #[derive(Debug)]
 pub enum Error {
+    /// A file that rtc did not start holds data that would be overwritten.
+    WouldClobber {
+        path: PathBuf,
+    },
     CreateDir {
         path: PathBuf,
         source: io::Error,
@@ -49,6 +53,12 @@ impl fmt::Display for Error {
                 write!(f, "cannot write {}: {source}", path.display())
             }
             Error::Read { path, source } => write!(f, "cannot read {}: {source}", path.display()),
+            Error::WouldClobber { path } => write!(
+                f,
+                "{} already exists and does not match the torrent; refusing to overwrite it \
+                 (move it away or choose another output directory)",
+                path.display()
+            ),
             Error::NotAFile { path } => write!(
                 f,
                 "{} exists and is not a regular file or directory (symlinks are not followed)",
@@ -167,6 +177,24 @@ impl Storage {
             .any(|s| self.files[s.file].had_data)
     }
 
+    /// Fails if a file that held data when opened has a piece that is not
+    /// in `have`: downloading would overwrite bytes we did not write.
+    pub fn check_not_clobbering(&self, have: &crate::peer::message::Bitfield) -> Result<(), Error> {
+        for (i, slot) in self.files.iter().enumerate() {
+            if slot.had_data
+                && self
+                    .layout
+                    .pieces_of_file(i)
+                    .any(|p| !have.has(PieceIndex(p)))
+            {
+                return Err(Error::WouldClobber {
+                    path: slot.path.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Whether file `i` exists on disk.
     pub fn file_exists(&self, i: usize) -> bool {
         self.files.get(i).is_some_and(|s| s.file.is_some())
@@ -246,6 +274,45 @@ fn check_tree(dir: &Path, rel: &Path, mode: Mode) -> Result<bool, Error> {
         }
     }
     Ok(true)
+}
+
+/// `.rtc-<info hash>` in the output directory: present while rtc has a
+/// download of that torrent in progress there. It is what lets a restart
+/// rewrite wrong bytes in existing files (they are ours); without it,
+/// existing files are the user's and are never overwritten.
+pub struct Marker {
+    path: PathBuf,
+}
+
+impl Marker {
+    pub fn new(dir: &Path, torrent: &Torrent) -> Marker {
+        Marker {
+            path: dir.join(format!(".rtc-{}", torrent.info_hash().hex())),
+        }
+    }
+
+    pub fn exists(&self) -> bool {
+        self.path.is_file()
+    }
+
+    pub fn create(&self) -> Result<(), Error> {
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        std::fs::write(&self.path, b"rtc download in progress\n").map_err(|source| {
+            Error::Write {
+                path: self.path.clone(),
+                source,
+            }
+        })
+    }
+
+    pub fn remove(&self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// Commands to the writer thread.

@@ -84,7 +84,6 @@ pub(super) struct Coordinator {
     shared: Arc<Shared>,
     events: Sender<Event>,
     cancel: Receiver<()>,
-    storage: Arc<Storage>,
     pool: rayon::ThreadPool,
 
     work_tx: Sender<PieceIndex>,
@@ -118,7 +117,6 @@ impl Coordinator {
         events: Sender<Event>,
         shared: Arc<Shared>,
     ) -> Result<Coordinator, Error> {
-        let storage = Storage::open(&opts.output_dir, &torrent).map_err(Error::Storage)?;
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -146,7 +144,6 @@ impl Coordinator {
             shared,
             events,
             cancel,
-            storage: Arc::new(storage),
             pool,
             work_tx,
             work_rx,
@@ -172,15 +169,14 @@ impl Coordinator {
     }
 
     pub(super) fn run(mut self) -> Result<Summary, Error> {
-        self.resume()?;
-        if self.have.is_full() {
+        let Some(storage) = self.resume()? else {
             // Everything is on disk and verified: no tracker, no peers.
             let _ = self.events.try_send(Event::Finished);
             return Ok(self.summary());
-        }
+        };
         let (write_tx, write_rx) = bounded::<WriteCmd>(8);
         let (written_tx, written_rx) = unbounded();
-        let writer = storage::spawn_writer(Arc::clone(&self.storage), write_rx, written_tx)
+        let writer = storage::spawn_writer(Arc::new(storage), write_rx, written_tx)
             .map_err(|e| Error::Thread(e.to_string()))?;
 
         let counters = Arc::new(tracker::Counters::default());
@@ -251,10 +247,22 @@ impl Coordinator {
 
     /// Verifies what is already on disk and queues only the pieces that are
     /// missing or wrong. Nothing counts as done unless its bytes hashed
-    /// correctly just now.
-    fn resume(&mut self) -> Result<(), Error> {
-        let have =
-            verify::check(&self.torrent, &self.storage, &self.pool).map_err(Error::Storage)?;
+    /// correctly just now. Returns the storage opened for writing, or `None`
+    /// when everything is already complete.
+    ///
+    /// Files that exist but were not started by rtc for this torrent (no
+    /// marker, see `storage::Marker`) belong to the user: if any of their
+    /// pieces would have to be rewritten, the download is refused instead.
+    fn resume(&mut self) -> Result<Option<Storage>, Error> {
+        let dir = &self.opts.output_dir;
+        let marker = storage::Marker::new(dir, &self.torrent);
+        let existing = Storage::open_existing(dir, &self.torrent).map_err(Error::Storage)?;
+        let have = verify::check(&self.torrent, &existing, &self.pool).map_err(Error::Storage)?;
+        if !marker.exists() {
+            existing
+                .check_not_clobbering(&have)
+                .map_err(Error::Storage)?;
+        }
         let mut bytes = 0;
         for i in 0..self.torrent.piece_count() {
             let piece = PieceIndex(i);
@@ -281,7 +289,14 @@ impl Coordinator {
             pieces_total: have.len(),
         });
         self.have = have;
-        Ok(())
+        if self.have.is_full() {
+            marker.remove();
+            return Ok(None);
+        }
+        drop(existing);
+        marker.create().map_err(Error::Storage)?;
+        let storage = Storage::open(dir, &self.torrent).map_err(Error::Storage)?;
+        Ok(Some(storage))
     }
 
     fn event_loop(
@@ -297,6 +312,7 @@ impl Coordinator {
         let mut completed_sent = false;
         loop {
             if self.have.is_full() {
+                storage::Marker::new(&self.opts.output_dir, &self.torrent).remove();
                 if !completed_sent {
                     let _ = tracker_cmd.send(tracker::Command::Completed);
                 }
