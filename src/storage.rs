@@ -302,11 +302,9 @@ impl Marker {
                 source,
             })?;
         }
-        std::fs::write(&self.path, b"rtc download in progress\n").map_err(|source| {
-            Error::Write {
-                path: self.path.clone(),
-                source,
-            }
+        std::fs::write(&self.path, b"rtc download in progress\n").map_err(|source| Error::Write {
+            path: self.path.clone(),
+            source,
         })
     }
 

@@ -162,7 +162,10 @@ fn corrupted_data_on_disk_is_fetched_again() {
     let out = s.run_rtc();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
-    assert!(err.contains(&format!("resume: {} of {PIECES}", PIECES - 3)), "{err}");
+    assert!(
+        err.contains(&format!("resume: {} of {PIECES}", PIECES - 3)),
+        "{err}"
+    );
     assert_same_bytes(&s.original(), &file);
 }
 
@@ -197,7 +200,10 @@ fn sigint_stops_cleanly_and_announces_stopped() {
         if let Some(st) = child.try_wait().unwrap() {
             break st;
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "rtc did not stop");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "rtc did not stop"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(st.code(), Some(130));
@@ -209,4 +215,3 @@ fn sigint_stops_cleanly_and_announces_stopped() {
     assert!(out.status.success());
     assert_same_bytes(&s.original(), &s.out().join("data.bin"));
 }
-

@@ -68,6 +68,7 @@ pub enum Error {
     Unrequested {
         piece: u32,
     },
+    HandshakeTimeout(Duration),
     Stalled(Duration),
     Idle(Duration),
     /// The session asked us to go (ban after bad data, or shutdown).
@@ -99,12 +100,29 @@ impl fmt::Display for Error {
                 d.as_secs()
             ),
             Error::Idle(d) => write!(f, "silent for {}s", d.as_secs()),
+            Error::HandshakeTimeout(d) => write!(f, "no handshake within {}s", d.as_secs()),
             Error::SessionGone => f.write_str("session ended"),
         }
     }
 }
 
 impl std::error::Error for Error {}
+
+impl Error {
+    /// The peer broke the protocol (as opposed to a network failure or a
+    /// timeout): rtc never connects to it again.
+    pub fn is_misbehaviour(&self) -> bool {
+        matches!(
+            self,
+            Error::Protocol(_)
+                | Error::SelfConnection
+                | Error::BadBitfield
+                | Error::BadHave(_)
+                | Error::BadBlock { .. }
+                | Error::Unrequested { .. }
+        )
+    }
+}
 
 impl From<message::Error> for Error {
     fn from(e: message::Error) -> Self {
@@ -161,12 +179,15 @@ fn run(p: Params) {
 const NONE: u8 = 0;
 const REQUESTED: u8 = 1;
 const RECEIVED: u8 = 2;
+/// Requested, then the peer choked us (which drops requests): we ask again
+/// after unchoke, but still accept the block if it was already on the wire.
+const DROPPED: u8 = 3;
 
 /// A piece this connection is assembling.
 struct Active {
     piece: PieceIndex,
     data: Vec<u8>,
-    /// Per block: NONE, REQUESTED or RECEIVED.
+    /// Per block: NONE, REQUESTED, RECEIVED or DROPPED.
     blocks: Vec<u8>,
     /// No block before this index is NONE (a scan hint).
     next: usize,
@@ -236,6 +257,9 @@ impl Conn {
         let mut theirs = [0u8; message::HANDSHAKE_LEN];
         stream.read_exact(&mut theirs).map_err(|e| match e.kind() {
             io::ErrorKind::UnexpectedEof => Error::Closed,
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                Error::HandshakeTimeout(limits.handshake)
+            }
             _ => Error::Io(e),
         })?;
         let theirs = Handshake::decode(&theirs, Some(self.p.info_hash))?;
@@ -379,7 +403,7 @@ impl Conn {
     fn fill_pipeline(&mut self) -> Result<(), Error> {
         while self.outstanding < self.p.limits.pipeline {
             let next = self.active.iter_mut().enumerate().find_map(|(ai, a)| {
-                while a.next < a.blocks.len() && a.blocks[a.next] != NONE {
+                while a.next < a.blocks.len() && matches!(a.blocks[a.next], REQUESTED | RECEIVED) {
                     a.next += 1;
                 }
                 (a.next < a.blocks.len()).then_some((ai, a.next))
@@ -460,7 +484,7 @@ impl Conn {
                     for a in &mut self.active {
                         for st in a.blocks.iter_mut() {
                             if *st == REQUESTED {
-                                *st = NONE;
+                                *st = DROPPED;
                             }
                         }
                         a.next = 0;
@@ -520,7 +544,8 @@ impl Conn {
         match a.blocks[bi] {
             RECEIVED => return Ok(()),
             REQUESTED => self.outstanding -= 1,
-            _ => {}
+            DROPPED => {}
+            _ => return Err(Error::Unrequested { piece: piece.0 }),
         }
         a.blocks[bi] = RECEIVED;
         a.received += 1;

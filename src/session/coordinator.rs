@@ -58,6 +58,8 @@ struct PeerHandle {
     commands: Sender<peer::Command>,
     connected: bool,
     hash_fails: u32,
+    /// Set when the session bans this peer; reported when it exits.
+    banned: Option<String>,
 }
 
 #[derive(Default)]
@@ -428,6 +430,7 @@ impl Coordinator {
                             commands: cmd_tx,
                             connected: false,
                             hash_fails: 0,
+                            banned: None,
                         },
                     );
                 }
@@ -541,18 +544,28 @@ impl Coordinator {
                         .peers
                         .store(self.connected_count, Ordering::Relaxed);
                 }
-                let reason = error
-                    .as_ref()
-                    .map_or("closed".to_string(), |e| e.to_string());
+                let misbehaved = error.as_ref().is_some_and(|e| e.is_misbehaviour());
+                let reason = match (&handle.banned, &error) {
+                    (Some(why), _) => why.clone(),
+                    (None, Some(e)) => e.to_string(),
+                    (None, None) => "closed".to_string(),
+                };
                 if connected {
                     log::info!("peer {addr} dropped: {reason}");
                 } else {
                     log::debug!("peer {addr} not reachable: {reason}");
                 }
-                let _ = self.events.try_send(Event::PeerDropped { addr, reason });
+                let _ = self.events.try_send(Event::PeerDropped {
+                    addr,
+                    reason: reason.clone(),
+                });
                 let info = self.addrs.entry(addr).or_default();
                 info.live = false;
+                if misbehaved || handle.banned.is_some() {
+                    info.banned = true;
+                }
                 if info.banned {
+                    log::info!("peer {addr} banned: {reason}");
                     return;
                 }
                 // A peer that connected and then went away may come back;
@@ -617,10 +630,12 @@ impl Coordinator {
         }
         if let Some(peer) = self.peers.get_mut(&h.from) {
             peer.hash_fails += 1;
-            if peer.hash_fails >= MAX_HASH_FAILS {
-                log::warn!("peer {} sent bad data repeatedly; banned", peer.addr);
+            if peer.hash_fails >= MAX_HASH_FAILS && peer.banned.is_none() {
+                let why = format!("sent {} pieces that failed the hash check", peer.hash_fails);
+                log::warn!("peer {} {why}; dropped and banned", peer.addr);
                 let _ = peer.commands.send(peer::Command::Shutdown);
                 self.addrs.entry(peer.addr).or_default().banned = true;
+                peer.banned = Some(why);
             }
         }
         Ok(())
