@@ -210,7 +210,7 @@ fn sigint_stops_cleanly_and_announces_stopped() {
     // opentracker forgets a peer that announced `stopped`.
     assert_eq!(s.tracker.leechers(&s.hash), 0, "stopped announce");
     let have = s.verified_pieces();
-    assert!(have >= 4 && have < PIECES);
+    assert!((4..PIECES).contains(&have));
     let out = s.run_rtc();
     assert!(out.status.success());
     assert_same_bytes(&s.original(), &s.out().join("data.bin"));
