@@ -36,6 +36,7 @@ OPTIONS:
         --peer HOST:PORT   also connect to this peer (repeatable)
         --port N           port announced to trackers (default: 6881)
         --timeout SECS     give up when no peer is connected for SECS (default: 60)
+        --tracker-timeout SECS  bound on one tracker request (default: 15)
         --pipeline N       16 KiB requests in flight per peer (default: 128)
     -q, --quiet            print nothing but errors
     -v, --verbose          log more (-v info, -vv debug); RUST_LOG also works
@@ -105,6 +106,9 @@ fn run() -> Result<(), Failure> {
     let max_peers: Option<usize> = args.opt_value_from_str("--max-peers").map_err(usage)?;
     let port: Option<u16> = args.opt_value_from_str("--port").map_err(usage)?;
     let timeout: Option<u64> = args.opt_value_from_str("--timeout").map_err(usage)?;
+    let tracker_timeout: Option<u64> = args
+        .opt_value_from_str("--tracker-timeout")
+        .map_err(usage)?;
     let peers: Vec<String> = args.values_from_str("--peer").map_err(usage)?;
     let pipeline: Option<usize> = args.opt_value_from_str("--pipeline").map_err(usage)?;
 
@@ -149,6 +153,12 @@ fn run() -> Result<(), Failure> {
             return Err(usage("--pipeline must be 1..=1024"));
         }
         opts.limits.pipeline = n;
+    }
+    if let Some(t) = tracker_timeout {
+        if t == 0 {
+            return Err(usage("--tracker-timeout must be at least 1"));
+        }
+        opts.announce_timeout = Duration::from_secs(t);
     }
     if let Some(t) = timeout {
         opts.no_peer_timeout = Duration::from_secs(t);

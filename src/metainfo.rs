@@ -118,7 +118,11 @@ impl fmt::Display for MetainfoError {
                 write!(f, "metainfo: {field} {value} exceeds the limit of {max}")
             }
             MetainfoError::UnsafePath { path, reason } => {
-                write!(f, "metainfo: unsafe path '{}': {reason}", path.escape_debug())
+                write!(
+                    f,
+                    "metainfo: unsafe path '{}': {reason}",
+                    path.escape_debug()
+                )
             }
             MetainfoError::DuplicatePath(path) => {
                 write!(f, "metainfo: duplicate file path '{path}'")

@@ -198,6 +198,7 @@ impl Coordinator {
                 peer_id: self.opts.peer_id,
                 port: self.opts.port,
                 counters: Arc::clone(&counters),
+                timeout: self.opts.announce_timeout,
             };
             Some(
                 a.spawn(tracker_cmd_rx, report_tx)

@@ -30,6 +30,8 @@ pub struct Options {
     pub port: u16,
     /// Give up when no peer has been connected for this long.
     pub no_peer_timeout: Duration,
+    /// Bound on one tracker announce.
+    pub announce_timeout: Duration,
     /// Per-connection timeouts and pipeline depth.
     pub limits: Limits,
     /// Our peer id; a fresh random one by default.
@@ -44,6 +46,7 @@ impl Options {
             peers: Vec::new(),
             port: 6881,
             no_peer_timeout: Duration::from_secs(60),
+            announce_timeout: crate::tracker::ANNOUNCE_TIMEOUT,
             limits: Limits::default(),
             peer_id: PeerId::generate(),
         }

@@ -18,8 +18,8 @@ use std::time::Duration;
 
 pub use http::{AnnounceEvent, AnnounceRequest, AnnounceResponse};
 
-/// Whole-request bound for an announce (connect, send, receive): a tracker
-/// that hangs costs at most this long per attempt.
+/// Default whole-request bound for an announce (connect, send, receive): a
+/// tracker that hangs costs at most this long per attempt.
 pub const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(15);
 /// The `stopped` announce is a courtesy: never hold up exit for long.
 const STOPPED_TIMEOUT: Duration = Duration::from_secs(3);
@@ -150,6 +150,8 @@ pub struct Announcer {
     pub peer_id: PeerId,
     pub port: u16,
     pub counters: Arc<Counters>,
+    /// Bound on one announce; `ANNOUNCE_TIMEOUT` by default.
+    pub timeout: Duration,
 }
 
 impl Announcer {
@@ -224,7 +226,7 @@ impl Announcer {
         let mut retry = RETRY_FIRST;
         loop {
             let started = std::time::Instant::now();
-            let (wait, min_wait) = match self.round(&agent, event, ANNOUNCE_TIMEOUT) {
+            let (wait, min_wait) = match self.round(&agent, event, self.timeout) {
                 Ok(resp) => {
                     ever_answered = true;
                     event = None;
