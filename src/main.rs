@@ -27,7 +27,8 @@ rtc - download a torrent, verifying every byte
 
 USAGE:
     rtc [OPTIONS] <FILE.torrent | ->     download (use - to read the torrent from stdin)
-    rtc info <FILE.torrent | ->          print what a torrent contains
+    rtc info [--scrape] <FILE.torrent | ->   print what a torrent contains
+                                         (--scrape: ask each tracker for swarm counts)
     rtc verify <FILE.torrent | -> [-o DIR]   check data on disk, piece by piece
 
 OPTIONS:
@@ -98,6 +99,7 @@ fn run() -> Result<(), Failure> {
         return Ok(());
     }
     let quiet = args.contains(["-q", "--quiet"]);
+    let scrape = args.contains("--scrape");
     let mut verbosity = 0;
     while args.contains(["-v", "--verbose"]) {
         verbosity += 1;
@@ -132,6 +134,12 @@ fn run() -> Result<(), Failure> {
     let torrent = load_torrent(&source)?;
     if command == "info" {
         print_info(&torrent);
+        if scrape {
+            print_scrape(
+                &torrent,
+                tracker_timeout.map_or(rtc::tracker::ANNOUNCE_TIMEOUT, Duration::from_secs),
+            );
+        }
         return Ok(());
     }
     if command == "verify" {
@@ -288,6 +296,19 @@ fn verify(torrent: &Torrent, dir: &std::path::Path) -> Result<(), Failure> {
                 have.len()
             ),
         ))
+    }
+}
+
+fn print_scrape(t: &Torrent, timeout: Duration) {
+    let mut clients = rtc::tracker::Clients::new();
+    println!("scrape:");
+    for url in t.trackers().iter().flatten() {
+        match rtc::tracker::scrape(&mut clients, url, &t.info_hash(), timeout) {
+            Ok((seeders, completed, leechers)) => {
+                println!("  {url}: {seeders} seeders, {leechers} leechers, {completed} completed")
+            }
+            Err(e) => println!("  {url}: error: {e}"),
+        }
     }
 }
 

@@ -36,21 +36,10 @@ impl PeerId {
     /// from std's per-process SipHash keys mixed with the clock and pid, which
     /// is enough to keep two rtc processes on one host apart; it is not a secret.
     pub fn generate() -> PeerId {
-        use std::collections::hash_map::RandomState;
-        use std::hash::{BuildHasher, Hasher};
         let mut id = [0u8; 20];
-        let prefix = b"-RT0100-";
-        id[..8].copy_from_slice(prefix);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        for (i, chunk) in id[8..].chunks_mut(8).enumerate() {
-            let mut h = RandomState::new().build_hasher();
-            h.write_u128(nanos);
-            h.write_u32(std::process::id());
-            h.write_usize(i);
-            let v = h.finish().to_le_bytes();
+        id[..8].copy_from_slice(b"-RT0100-");
+        for chunk in id[8..].chunks_mut(8) {
+            let v = random_u64().to_le_bytes();
             chunk.copy_from_slice(&v[..chunk.len()]);
         }
         PeerId(id)
@@ -85,6 +74,22 @@ pub struct Block {
     pub piece: PieceIndex,
     pub offset: u32,
     pub length: u32,
+}
+
+/// A random number from std's per-process SipHash keys (fresh keys per
+/// call) mixed with the clock and pid: enough for peer ids, transaction ids
+/// and shuffling tracker tiers; not for secrets.
+pub fn random_u64() -> u64 {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mut h = RandomState::new().build_hasher();
+    h.write_u128(nanos);
+    h.write_u32(std::process::id());
+    h.finish()
 }
 
 /// Lowercase hex of arbitrary bytes.

@@ -5,13 +5,10 @@
 
 mod common;
 
+use common::fake_http::{Answer, FakeTracker};
 use common::*;
-use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const NO_PEERS: i32 = 4;
@@ -37,59 +34,10 @@ fn one_line(out: &Output) -> String {
     err
 }
 
-/// A fake HTTP tracker on 127.0.0.1 that either never answers or answers
-/// `body`; stops with the test.
-struct FakeTracker {
-    url: String,
-    stop: Arc<AtomicBool>,
-}
-
-impl FakeTracker {
-    fn start(body: Option<&'static [u8]>) -> FakeTracker {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.set_nonblocking(true).unwrap();
-        let url = format!("http://{}/announce", l.local_addr().unwrap());
-        let stop = Arc::new(AtomicBool::new(false));
-        let st = Arc::clone(&stop);
-        std::thread::spawn(move || {
-            let mut held = Vec::new();
-            let end = Instant::now() + Duration::from_secs(60);
-            while !st.load(Ordering::SeqCst) && Instant::now() < end {
-                match l.accept() {
-                    Ok((mut s, _)) => {
-                        if let Some(body) = body {
-                            s.set_nonblocking(false).unwrap();
-                            s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-                            let mut req = [0u8; 4096];
-                            let _ = s.read(&mut req);
-                            let _ = write!(
-                                s,
-                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                                body.len()
-                            );
-                            let _ = s.write_all(body);
-                        } else {
-                            held.push(s); // accept, never answer
-                        }
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                }
-            }
-        });
-        FakeTracker { url, stop }
-    }
-}
-
-impl Drop for FakeTracker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-    }
-}
-
 #[test]
 fn tracker_that_hangs() {
     let dir = tempfile::tempdir().unwrap();
-    let fake = FakeTracker::start(None);
+    let fake = FakeTracker::start(Answer::Hang);
     let torrent = small_torrent(dir.path(), Some(&fake.url));
     let out_dir = dir.path().join("out");
     let (out, took) = rtc(
@@ -109,7 +57,7 @@ fn tracker_that_hangs() {
 #[test]
 fn tracker_that_answers_garbage() {
     let dir = tempfile::tempdir().unwrap();
-    let fake = FakeTracker::start(Some(b"<html>Bad Gateway</html>"));
+    let fake = FakeTracker::start(Answer::Body(b"<html>Bad Gateway</html>"));
     let torrent = small_torrent(dir.path(), Some(&fake.url));
     let out_dir = dir.path().join("out");
     let (out, _) = rtc(

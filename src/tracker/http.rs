@@ -176,6 +176,49 @@ pub fn parse_response(body: &[u8]) -> Result<AnnounceResponse, Error> {
     })
 }
 
+/// The conventional scrape URL: the last path segment `announce` becomes
+/// `scrape` (BEP 48); `None` when the tracker's URL does not allow it.
+pub fn scrape_url(announce: &str, info_hash: &InfoHash) -> Option<String> {
+    let (path, query) = match announce.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (announce, None),
+    };
+    let (dir, last) = path.rsplit_once('/')?;
+    let rest = last.strip_prefix("announce")?;
+    let mut url = format!("{dir}/scrape{rest}?");
+    if let Some(q) = query {
+        url.push_str(q);
+        url.push('&');
+    }
+    url.push_str("info_hash=");
+    url.push_str(&percent_encode(&info_hash.0));
+    Some(url)
+}
+
+/// Seeders (`complete`), completed downloads (`downloaded`) and leechers
+/// (`incomplete`) from a scrape answer, for `info_hash`.
+pub fn parse_scrape(body: &[u8], info_hash: &InfoHash) -> Result<(u64, u64, u64), Error> {
+    let value = bencode::decode(body).map_err(Error::Bencode)?;
+    let dict = value.as_dict().ok_or(Error::NotADict)?;
+    if let Some(reason) = dict.get(b"failure reason").and_then(|v| v.as_bytes()) {
+        return Err(Error::Failure(String::from_utf8_lossy(reason).into_owned()));
+    }
+    let files = dict
+        .get(b"files")
+        .and_then(|v| v.as_dict())
+        .ok_or(Error::BadField("files"))?;
+    let Some(entry) = files.get(&info_hash.0).and_then(|v| v.as_dict()) else {
+        return Ok((0, 0, 0));
+    };
+    let n = |k: &[u8]| {
+        entry
+            .get(k)
+            .and_then(|v| v.as_int())
+            .map_or(0, |n| n.max(0) as u64)
+    };
+    Ok((n(b"complete"), n(b"downloaded"), n(b"incomplete")))
+}
+
 /// One 6-byte BEP 23 entry: IPv4 address then port, both big-endian.
 pub fn compact_v4(b: &[u8]) -> SocketAddr {
     let ip = Ipv4Addr::new(b[0], b[1], b[2], b[3]);
@@ -263,6 +306,25 @@ mod tests {
                 "[::1]:8080".parse().unwrap()
             ]
         );
+    }
+
+    #[test]
+    fn scrape_urls_and_answers() {
+        let ih = InfoHash([0x41; 20]);
+        assert_eq!(
+            scrape_url("http://t:1/announce", &ih).unwrap(),
+            format!("http://t:1/scrape?info_hash={}", "A".repeat(20))
+        );
+        assert_eq!(
+            scrape_url("http://t/x/announce.php?pk=1", &ih).unwrap(),
+            format!("http://t/x/scrape.php?pk=1&info_hash={}", "A".repeat(20))
+        );
+        assert_eq!(scrape_url("http://t/a", &ih), None);
+        let mut body = b"d5:filesd20:".to_vec();
+        body.extend_from_slice(&[0x41; 20]);
+        body.extend_from_slice(b"d8:completei2e10:downloadedi5e10:incompletei1eeee");
+        assert_eq!(parse_scrape(&body, &ih), Ok((2, 5, 1)));
+        assert_eq!(parse_scrape(b"d5:filesdee", &ih), Ok((0, 0, 0)));
     }
 
     #[test]

@@ -7,6 +7,10 @@
 //! [`Command`]; it answers with [`Report`]s.
 
 pub mod http;
+pub mod udp;
+mod udp_client;
+
+pub use udp_client::UdpTrackers;
 
 use crate::types::{InfoHash, PeerId};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -45,6 +49,10 @@ pub enum Error {
         url: String,
         detail: String,
     },
+    /// A UDP tracker never answered within the announce timeout.
+    Timeout {
+        url: String,
+    },
     UnsupportedScheme {
         url: String,
     },
@@ -57,8 +65,12 @@ impl fmt::Display for Error {
             Error::Http { url, detail } => write!(f, "tracker {url}: {detail}"),
             Error::Protocol { url, detail } => write!(f, "tracker {url}: {detail}"),
             Error::UnsupportedScheme { url } => {
-                write!(f, "tracker {url}: unsupported scheme (only http and https)")
+                write!(
+                    f,
+                    "tracker {url}: unsupported scheme (http, https and udp work)"
+                )
             }
+            Error::Timeout { url } => write!(f, "tracker {url}: no answer (timed out)"),
         }
     }
 }
@@ -136,6 +148,103 @@ pub fn announce_http(
     })
 }
 
+/// Stop consulting further tiers once this many peers are known.
+const ENOUGH_PEERS: usize = 50;
+/// When a tracker gives no `min interval`, early re-announces wait this long.
+const DEFAULT_MIN_INTERVAL: Duration = Duration::from_secs(30);
+
+/// One client per tracker protocol, kept for the announcer's lifetime (the
+/// UDP one caches connection ids).
+pub struct Clients {
+    pub http: ureq::Agent,
+    pub udp: UdpTrackers,
+}
+
+impl Clients {
+    pub fn new() -> Clients {
+        Clients {
+            http: agent(),
+            udp: UdpTrackers::default(),
+        }
+    }
+
+    /// One announce to `url`, by its scheme.
+    pub fn announce(
+        &mut self,
+        url: &str,
+        req: &AnnounceRequest,
+        timeout: Duration,
+    ) -> Result<AnnounceResponse, Error> {
+        if url.starts_with("udp://") {
+            self.udp.announce(url, req, timeout)
+        } else {
+            announce_http(&self.http, url, req, timeout)
+        }
+    }
+}
+
+impl Default for Clients {
+    fn default() -> Self {
+        Clients::new()
+    }
+}
+
+/// Seeders, completed downloads and leechers one tracker reports.
+pub type ScrapeCounts = (u64, u64, u64);
+
+/// Scrapes one tracker (HTTP by the `announce` -> `scrape` convention, or
+/// UDP) for one info hash.
+pub fn scrape(
+    clients: &mut Clients,
+    url: &str,
+    info_hash: &InfoHash,
+    timeout: Duration,
+) -> Result<ScrapeCounts, Error> {
+    if url.starts_with("udp://") {
+        let s = clients.udp.scrape(url, &info_hash.0, timeout)?;
+        return Ok((s.seeders, s.completed, s.leechers));
+    }
+    let target = http::scrape_url(url, info_hash).ok_or_else(|| Error::Protocol {
+        url: url.into(),
+        detail: "this tracker's URL does not support scrape".into(),
+    })?;
+    let http_err = |e: ureq::Error| Error::Http {
+        url: url.into(),
+        detail: e.to_string(),
+    };
+    let body = clients
+        .http
+        .get(&target)
+        .config()
+        .timeout_global(Some(timeout))
+        .build()
+        .call()
+        .map_err(http_err)?
+        .body_mut()
+        .with_config()
+        .limit(MAX_RESPONSE)
+        .read_to_vec()
+        .map_err(http_err)?;
+    http::parse_scrape(&body, info_hash).map_err(|e| match e {
+        http::Error::Failure(reason) => Error::Refused {
+            url: url.into(),
+            reason,
+        },
+        other => Error::Protocol {
+            url: url.into(),
+            detail: other.to_string(),
+        },
+    })
+}
+
+/// Fisher-Yates with `random_u64` (BEP 12 shuffles each tier once).
+fn shuffle<T>(v: &mut [T]) {
+    for i in (1..v.len()).rev() {
+        let j = (crate::types::random_u64() % (i as u64 + 1)) as usize;
+        v.swap(i, j);
+    }
+}
+
 pub fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .timeout_connect(Some(Duration::from_secs(10)))
@@ -180,20 +289,27 @@ impl Announcer {
         }
     }
 
-    /// One round (BEP 12): tiers in order, trackers in a tier in order; the
-    /// first tracker that answers is moved to the front of its tier.
+    /// One round (BEP 12): tiers in order, trackers within a tier in
+    /// (shuffled) order until one answers, which moves to the front of its
+    /// tier. Unlike plain BEP 12, later tiers are consulted too until
+    /// `ENOUGH_PEERS` are known, so backup trackers add to a thin swarm.
+    /// Peers are reported as each tracker answers. Returns the smallest
+    /// interval any tracker asked for, or the last error if none answered.
     fn round(
         &mut self,
-        agent: &ureq::Agent,
+        clients: &mut Clients,
         event: Option<AnnounceEvent>,
         timeout: Duration,
-    ) -> Result<AnnounceResponse, Error> {
+        reports: &Sender<Report>,
+    ) -> Result<(Duration, Duration), Error> {
         let req = self.request(event);
         let mut last = None;
+        let mut answered: Option<(Duration, Duration)> = None;
+        let mut peers = 0;
         for t in 0..self.tiers.len() {
             for i in 0..self.tiers[t].len() {
                 let url = self.tiers[t][i].clone();
-                match announce_http(agent, &url, &req, timeout) {
+                match clients.announce(&url, &req, timeout) {
                     Ok(resp) => {
                         let tier = &mut self.tiers[t];
                         let hit = tier.remove(i);
@@ -206,7 +322,14 @@ impl Announcer {
                             resp.peers.len(),
                             resp.interval
                         );
-                        return Ok(resp);
+                        let min = resp.min_interval.unwrap_or(DEFAULT_MIN_INTERVAL);
+                        answered = Some(match answered {
+                            None => (resp.interval, min),
+                            Some((a, b)) => (a.min(resp.interval), b.min(min)),
+                        });
+                        peers += resp.peers.len();
+                        let _ = reports.send(Report::Peers(resp.peers));
+                        break;
                     }
                     Err(e) => {
                         log::info!("{e}");
@@ -214,28 +337,30 @@ impl Announcer {
                     }
                 }
             }
+            if peers >= ENOUGH_PEERS {
+                break;
+            }
         }
-        Err(last.unwrap_or(Error::UnsupportedScheme { url: String::new() }))
+        answered.ok_or(last.unwrap_or(Error::UnsupportedScheme { url: String::new() }))
     }
 
     fn run(mut self, commands: Receiver<Command>, reports: Sender<Report>) {
-        let agent = agent();
+        for tier in &mut self.tiers {
+            shuffle(tier);
+        }
+        let mut clients = Clients::new();
         let mut event = Some(AnnounceEvent::Started);
         let mut ever_answered = false;
         let mut first_round = true;
         let mut retry = RETRY_FIRST;
         loop {
             let started = std::time::Instant::now();
-            let (wait, min_wait) = match self.round(&agent, event, self.timeout) {
-                Ok(resp) => {
+            let (wait, min_wait) = match self.round(&mut clients, event, self.timeout, &reports) {
+                Ok(intervals) => {
                     ever_answered = true;
                     event = None;
                     retry = RETRY_FIRST;
-                    let min = resp.min_interval.unwrap_or(Duration::from_secs(30));
-                    if reports.send(Report::Peers(resp.peers)).is_err() {
-                        return;
-                    }
-                    (resp.interval, min)
+                    intervals
                 }
                 Err(error) => {
                     if reports
@@ -266,8 +391,12 @@ impl Announcer {
                     }
                     Ok(Command::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
                         if ever_answered {
-                            let _ =
-                                self.round(&agent, Some(AnnounceEvent::Stopped), STOPPED_TIMEOUT);
+                            let _ = self.round(
+                                &mut clients,
+                                Some(AnnounceEvent::Stopped),
+                                STOPPED_TIMEOUT.min(self.timeout),
+                                &reports,
+                            );
                         }
                         return;
                     }

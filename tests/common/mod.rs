@@ -11,6 +11,8 @@
 //! crate under test (the info hash is computed independently).
 #![allow(dead_code)]
 
+pub mod fake_http;
+
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeSet, HashSet};
 use std::fs::{self, File, OpenOptions};
