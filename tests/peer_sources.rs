@@ -78,6 +78,8 @@ fn udp_only_torrent() {
     );
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("1 seeders"), "{text}");
+    // rtc announced `completed` when its last piece verified.
+    assert!(text.contains("1 completed"), "{text}");
 }
 
 #[test]
