@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bencode;
+pub mod create;
 pub mod geometry;
 pub mod metainfo;
 pub mod types;

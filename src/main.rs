@@ -3,10 +3,10 @@
 //! logic.
 #![forbid(unsafe_code)]
 
-use rtc::session::{Download, Error as SessionError, Options};
+use rtc::session::{Download, Error as SessionError, Options, SeedUntil};
 use rtc::Torrent;
 use std::io::{IsTerminal, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -30,12 +30,18 @@ USAGE:
     rtc info [--scrape] <FILE.torrent | ->   print what a torrent contains
                                          (--scrape: ask each tracker for swarm counts)
     rtc verify <FILE.torrent | -> [-o DIR]   check data on disk, piece by piece
+    rtc seed <FILE.torrent | -> [-o DIR]     verify the data in DIR and seed it (until Ctrl-C)
+    rtc create PATH -o OUT.torrent [--tracker URL]... [--piece-length N] [--private] [--comment TEXT]
 
 OPTIONS:
     -o, --output DIR       directory to download into (default: .)
         --max-peers N      most peer connections at once (default: 50)
         --peer HOST:PORT   also connect to this peer (repeatable)
-        --port N           port announced to trackers (default: 6881)
+        --port N           port to accept peers on, announced to trackers
+                           (default: 6881; a free port if it is taken)
+        --seed             keep seeding after the download, until Ctrl-C
+        --seed-ratio R     ... until R x the torrent's size is uploaded
+        --seed-time D      ... for D (e.g. 90s, 30m, 2h)
         --timeout SECS     give up when no peer is connected for SECS (default: 60)
         --tracker-timeout SECS  bound on one tracker request (default: 15)
         --pipeline N       16 KiB requests in flight per peer (default: 128)
@@ -47,7 +53,7 @@ OPTIONS:
 EXIT CODES:
     0 done, every piece verified   2 usage error       3 invalid torrent
     4 no peers / tracker failure   5 I/O error         1 internal error
-    6 verify: data incomplete      130 cancelled
+    6 verify: data incomplete      130 cancelled (Ctrl-C stopping a seed exits 0)
 ";
 
 struct Failure {
@@ -113,6 +119,13 @@ fn run() -> Result<(), Failure> {
         .map_err(usage)?;
     let peers: Vec<String> = args.values_from_str("--peer").map_err(usage)?;
     let pipeline: Option<usize> = args.opt_value_from_str("--pipeline").map_err(usage)?;
+    let seed_flag = args.contains("--seed");
+    let seed_ratio: Option<f64> = args.opt_value_from_str("--seed-ratio").map_err(usage)?;
+    let seed_time: Option<String> = args.opt_value_from_str("--seed-time").map_err(usage)?;
+    let trackers: Vec<String> = args.values_from_str("--tracker").map_err(usage)?;
+    let piece_length: Option<u32> = args.opt_value_from_str("--piece-length").map_err(usage)?;
+    let private = args.contains("--private");
+    let comment: Option<String> = args.opt_value_from_str("--comment").map_err(usage)?;
 
     init_logging(quiet, verbosity);
 
@@ -125,12 +138,24 @@ fn run() -> Result<(), Failure> {
         return Err(usage(format!("unknown option {flag}")));
     }
     let (command, source) = match rest.as_slice() {
-        [cmd, src] if cmd == "info" || cmd == "verify" => (cmd.as_str(), src.clone()),
+        [cmd, src] if ["info", "verify", "seed", "create"].contains(&cmd.as_str()) => {
+            (cmd.as_str(), src.clone())
+        }
         [src] => ("download", src.clone()),
         [] => return Err(usage("missing torrent file")),
         _ => return Err(usage(format!("unexpected arguments: {}", rest.join(" ")))),
     };
 
+    if command == "create" {
+        let out = output.ok_or_else(|| usage("create needs -o OUT.torrent"))?;
+        let opts = rtc::create::CreateOptions {
+            trackers,
+            piece_length,
+            private,
+            comment,
+        };
+        return create(Path::new(&source), &out, &opts, quiet);
+    }
     let torrent = load_torrent(&source)?;
     if command == "info" {
         print_info(&torrent);
@@ -162,6 +187,17 @@ fn run() -> Result<(), Failure> {
         }
         opts.limits.pipeline = n;
     }
+    opts.seed = match (seed_ratio, seed_time) {
+        (Some(_), Some(_)) => return Err(usage("give --seed-ratio or --seed-time, not both")),
+        (Some(r), None) if r.is_finite() && r > 0.0 => SeedUntil::Ratio(r),
+        (Some(_), None) => return Err(usage("--seed-ratio must be a positive number")),
+        (None, Some(t)) => SeedUntil::Time(
+            parse_duration(&t)
+                .ok_or_else(|| usage(format!("--seed-time {t}: expected e.g. 90, 90s, 30m, 2h")))?,
+        ),
+        (None, None) if seed_flag || command == "seed" => SeedUntil::Stopped,
+        (None, None) => SeedUntil::Never,
+    };
     if let Some(t) = tracker_timeout {
         if t == 0 {
             return Err(usage("--tracker-timeout must be at least 1"));
@@ -299,6 +335,65 @@ fn verify(torrent: &Torrent, dir: &std::path::Path) -> Result<(), Failure> {
     }
 }
 
+/// `90`, `90s`, `30m`, `2h`, `1d`.
+fn parse_duration(s: &str) -> Option<Duration> {
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num.parse().ok()?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        "d" => n.checked_mul(86400)?,
+        _ => return None,
+    };
+    Some(Duration::from_secs(secs))
+}
+
+fn create(
+    path: &Path,
+    out: &Path,
+    opts: &rtc::create::CreateOptions,
+    quiet: bool,
+) -> Result<(), Failure> {
+    if out.exists() {
+        return Err(Failure::new(
+            exit::IO,
+            format!("{} exists; not overwriting it", out.display()),
+        ));
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .build()
+        .map_err(|e| Failure::new(exit::INTERNAL, e.to_string()))?;
+    let (bytes, torrent) = rtc::create::create(path, opts, &pool).map_err(|e| {
+        let code = match e {
+            rtc::create::CreateError::BadPieceLength(_) => exit::USAGE,
+            rtc::create::CreateError::Invalid(_) => exit::INTERNAL,
+            _ => exit::IO,
+        };
+        Failure::new(code, e.to_string())
+    })?;
+    // Write aside and rename: a torrent file is never seen half-written.
+    let tmp = out.with_extension("torrent.part");
+    std::fs::write(&tmp, &bytes)
+        .and_then(|()| std::fs::rename(&tmp, out))
+        .map_err(|e| Failure::new(exit::IO, format!("cannot write {}: {e}", out.display())))?;
+    if !quiet {
+        eprintln!(
+            "rtc: created {}: {} ({}, {} pieces of {}), info hash {}",
+            out.display(),
+            torrent.name(),
+            human(torrent.total_length()),
+            torrent.piece_count(),
+            human(torrent.piece_length() as u64),
+            torrent.info_hash()
+        );
+    }
+    Ok(())
+}
+
 fn print_scrape(t: &Torrent, timeout: Duration) {
     let mut clients = rtc::tracker::Clients::new();
     println!("scrape:");
@@ -330,16 +425,26 @@ fn download(torrent: Torrent, opts: Options, quiet: bool) -> Result<(), Failure>
         while dl.events().try_recv().is_ok() {}
         if show {
             let p = dl.progress();
-            let eta = (p.total_bytes - p.verified_bytes)
-                .checked_div(p.rate)
-                .map_or_else(|| "--:--".into(), |s| fmt_duration(Duration::from_secs(s)));
-            eprint!(
-                "\r\x1b[2K{:5.1}%  {}/s  {} peers  ETA {}",
-                p.fraction() * 100.0,
-                human(p.rate),
-                p.peers,
-                eta
-            );
+            if p.verified_bytes == p.total_bytes {
+                eprint!(
+                    "\r\x1b[2Kseeding  up {}/s  ratio {:.2}  {} peers",
+                    human(p.upload_rate),
+                    p.uploaded_bytes as f64 / p.total_bytes.max(1) as f64,
+                    p.peers
+                );
+            } else {
+                let eta = (p.total_bytes - p.verified_bytes)
+                    .checked_div(p.rate)
+                    .map_or_else(|| "--:--".into(), |s| fmt_duration(Duration::from_secs(s)));
+                eprint!(
+                    "\r\x1b[2K{:5.1}%  down {}/s  up {}/s  {} peers  ETA {}",
+                    p.fraction() * 100.0,
+                    human(p.rate),
+                    human(p.upload_rate),
+                    p.peers,
+                    eta
+                );
+            }
             let _ = std::io::stderr().flush();
             drew = true;
         }
@@ -351,9 +456,10 @@ fn download(torrent: Torrent, opts: Options, quiet: bool) -> Result<(), Failure>
     if !quiet {
         let secs = summary.elapsed.as_secs_f64().max(0.001);
         eprintln!(
-            "rtc: {name}: {} verified; {} downloaded in {:.1}s ({}/s)",
+            "rtc: {name}: {} verified; {} downloaded, {} uploaded in {:.1}s ({}/s down)",
             human(summary.total_bytes),
             human(summary.downloaded_bytes),
+            human(summary.uploaded_bytes),
             secs,
             human((summary.downloaded_bytes as f64 / secs) as u64)
         );

@@ -114,6 +114,26 @@ impl Storage {
         Self::open_with(dir, torrent, Mode::ReadOnly)
     }
 
+    /// Opens the given files read-only, in layout order (for `rtc create`,
+    /// before any torrent exists).
+    pub fn open_paths(layout: Layout, paths: Vec<PathBuf>) -> Result<Storage, Error> {
+        let files = paths
+            .into_iter()
+            .map(|path| {
+                let file = File::open(&path).map_err(|source| Error::Open {
+                    path: path.clone(),
+                    source,
+                })?;
+                Ok(Slot {
+                    path,
+                    file: Some(file),
+                    had_data: true,
+                })
+            })
+            .collect::<Result<_, Error>>()?;
+        Ok(Storage { layout, files })
+    }
+
     fn open_with(dir: &Path, torrent: &Torrent, mode: Mode) -> Result<Storage, Error> {
         let mut files = Vec::with_capacity(torrent.files().len());
         for entry in torrent.files() {
@@ -211,6 +231,32 @@ impl Storage {
                 None => Err(io::Error::from(io::ErrorKind::NotFound)),
             };
             write.map_err(|source| Error::Write {
+                path: slot.path.clone(),
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Reads one block (a range inside one piece) into `buf`, which must be
+    /// exactly `b.length` long. Used to serve peers; the caller has checked
+    /// the block is inside a verified piece.
+    pub fn read_block(&self, b: crate::types::Block, buf: &mut [u8]) -> Result<(), Error> {
+        let (lo, hi) = (b.offset, b.offset + b.length);
+        for span in self.layout.spans(b.piece) {
+            let (s_lo, s_hi) = (span.piece_offset, span.piece_offset + span.len);
+            let (from, to) = (lo.max(s_lo), hi.min(s_hi));
+            if from >= to {
+                continue;
+            }
+            let slot = &self.files[span.file];
+            let dst = &mut buf[(from - lo) as usize..(to - lo) as usize];
+            let at = span.file_offset + (from - s_lo) as u64;
+            let read = match &slot.file {
+                Some(f) => f.read_exact_at(dst, at),
+                None => Err(io::Error::from(io::ErrorKind::NotFound)),
+            };
+            read.map_err(|source| Error::Read {
                 path: slot.path.clone(),
                 source,
             })?;

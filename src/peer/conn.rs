@@ -5,8 +5,10 @@
 //! writes to disk and never decides which peers to connect to.
 
 use super::message::{self, decode_frame, Bitfield, Handshake, Message};
-use super::{Command, CompletedPiece, ConnId, Event};
+use super::upload::{Refusal, Upload};
+use super::{Command, CompletedPiece, ConnId, Event, Incoming};
 use crate::geometry::{Layout, BLOCK_LEN};
+use crate::storage::Storage;
 use crate::types::{Block, InfoHash, PeerId, PieceIndex};
 use crossbeam_channel::{Receiver, Sender};
 use std::fmt;
@@ -73,6 +75,10 @@ pub enum Error {
     Idle(Duration),
     /// The session asked us to go (ban after bad data, or shutdown).
     SessionGone,
+    /// The peer asked for something we must not or cannot serve.
+    BadRequest(Refusal),
+    /// Reading a verified piece back from disk failed.
+    Storage(String),
 }
 
 impl fmt::Display for Error {
@@ -102,6 +108,12 @@ impl fmt::Display for Error {
             Error::Idle(d) => write!(f, "silent for {}s", d.as_secs()),
             Error::HandshakeTimeout(d) => write!(f, "no handshake within {}s", d.as_secs()),
             Error::SessionGone => f.write_str("session ended"),
+            Error::BadRequest(Refusal::OutOfRange) => {
+                f.write_str("requested a block outside the torrent or over 16 KiB")
+            }
+            Error::BadRequest(Refusal::NotHave) => f.write_str("requested a piece we do not have"),
+            Error::BadRequest(Refusal::Flood) => f.write_str("flooded us with requests"),
+            Error::Storage(e) => write!(f, "cannot serve: {e}"),
         }
     }
 }
@@ -120,6 +132,7 @@ impl Error {
                 | Error::BadHave(_)
                 | Error::BadBlock { .. }
                 | Error::Unrequested { .. }
+                | Error::BadRequest(_)
         )
     }
 }
@@ -145,6 +158,10 @@ pub struct Params {
     pub pieces: Sender<CompletedPiece>,
     pub commands: Receiver<Command>,
     pub limits: Limits,
+    /// Verified pieces are read from here to serve requests.
+    pub storage: Arc<Storage>,
+    /// For a connection the peer opened (handshake already read).
+    pub incoming: Option<Incoming>,
 }
 
 pub fn spawn(p: Params) -> io::Result<std::thread::JoinHandle<()>> {
@@ -160,6 +177,8 @@ fn run(p: Params) {
     let mut conn = Conn::new(p);
     let result = conn.run();
     let abandoned = conn.active.iter().map(|a| a.piece).collect();
+    // Last counters, so that bytes moved since the last report count too.
+    let _ = events.send(conn.stats());
     let error = match result {
         Ok(()) => None,
         Err(e) => {
@@ -212,7 +231,20 @@ struct Conn {
     /// Blocks of pieces we cancelled may still be on the wire; tolerate a
     /// bounded number of them rather than calling the peer hostile.
     late_blocks_allowed: usize,
+    upload: Upload,
+    downloaded: u64,
+    last_stats: Instant,
+    sent_not_interested: bool,
+    stats_due: bool,
 }
+
+/// Bytes of piece data queued per loop turn when serving: large enough that
+/// the short read timeout while serving costs little.
+const STATS_EVERY: Duration = Duration::from_secs(1);
+const SERVE_BUDGET: usize = 1024 * 1024;
+/// Read timeout while we have requests to serve: just a glance for new
+/// messages before sending more.
+const SERVING_POLL: Duration = Duration::from_millis(1);
 
 impl Conn {
     fn new(p: Params) -> Conn {
@@ -237,32 +269,42 @@ impl Conn {
             last_send: now,
             starved_until: None,
             late_blocks_allowed: 0,
+            upload: Upload::default(),
+            downloaded: 0,
+            last_stats: now,
+            sent_not_interested: false,
+            stats_due: false,
         }
     }
 
     fn run(&mut self) -> Result<(), Error> {
         let limits = self.p.limits.clone();
-        let mut stream =
-            TcpStream::connect_timeout(&self.p.addr, limits.connect).map_err(Error::Connect)?;
-        stream.set_nodelay(true).map_err(Error::Io)?;
-        stream
-            .set_write_timeout(Some(limits.write))
-            .map_err(Error::Io)?;
-        stream
-            .set_read_timeout(Some(limits.handshake))
-            .map_err(Error::Io)?;
-
         let ours = Handshake::new(self.p.info_hash, self.p.peer_id);
-        stream.write_all(&ours.encode()).map_err(Error::Io)?;
-        let mut theirs = [0u8; message::HANDSHAKE_LEN];
-        stream.read_exact(&mut theirs).map_err(|e| match e.kind() {
-            io::ErrorKind::UnexpectedEof => Error::Closed,
-            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-                Error::HandshakeTimeout(limits.handshake)
+        let (mut stream, theirs) = match self.p.incoming.take() {
+            Some(inc) => {
+                // The listener read and checked their handshake; answer it.
+                let mut stream = inc.stream;
+                stream
+                    .set_write_timeout(Some(limits.write))
+                    .map_err(Error::Io)?;
+                stream.write_all(&ours.encode()).map_err(Error::Io)?;
+                (stream, inc.handshake)
             }
-            _ => Error::Io(e),
-        })?;
-        let theirs = Handshake::decode(&theirs, Some(self.p.info_hash))?;
+            None => {
+                let mut stream = TcpStream::connect_timeout(&self.p.addr, limits.connect)
+                    .map_err(Error::Connect)?;
+                stream
+                    .set_write_timeout(Some(limits.write))
+                    .map_err(Error::Io)?;
+                stream
+                    .set_read_timeout(Some(limits.handshake))
+                    .map_err(Error::Io)?;
+                stream.write_all(&ours.encode()).map_err(Error::Io)?;
+                let theirs = read_handshake(&mut stream, limits.handshake)?;
+                (stream, Handshake::decode(&theirs, Some(self.p.info_hash))?)
+            }
+        };
+        stream.set_nodelay(true).map_err(Error::Io)?;
         if theirs.peer_id == self.p.peer_id {
             return Err(Error::SelfConnection);
         }
@@ -290,17 +332,58 @@ impl Conn {
 
         let max_frame = message::max_frame_for(self.p.layout.piece_count());
         let mut rx = RecvBuf::new(max_frame as usize + 4);
+        let mut read_timeout = limits.poll;
         loop {
             while let Ok(cmd) = self.p.commands.try_recv() {
                 match cmd {
                     Command::Have(piece) => self.on_have_cmd(piece)?,
+                    Command::Unchoke => {
+                        if self.upload.am_choking {
+                            self.upload.am_choking = false;
+                            message::encode(&Message::Unchoke, &mut self.out);
+                        }
+                    }
+                    Command::Choke => {
+                        if !self.upload.am_choking {
+                            self.upload.choke();
+                            message::encode(&Message::Choke, &mut self.out);
+                        }
+                    }
                     Command::Shutdown => return Ok(()),
                 }
             }
-            if !self.peer_choking {
+            if self.ours.is_full() {
+                if self.remote.is_full() {
+                    return Ok(()); // two seeds have nothing to say
+                }
+                if !self.sent_not_interested {
+                    self.sent_not_interested = true;
+                    message::encode(&Message::NotInterested, &mut self.out);
+                }
+            } else if !self.peer_choking {
                 self.fill_pipeline()?;
             }
+            if self.upload.has_work() {
+                self.upload
+                    .serve(&self.p.storage, &mut self.out, SERVE_BUDGET)
+                    .map_err(|e| Error::Storage(e.to_string()))?;
+            }
+            let want = if self.upload.has_work() {
+                SERVING_POLL
+            } else {
+                limits.poll
+            };
+            if want != read_timeout {
+                stream.set_read_timeout(Some(want)).map_err(Error::Io)?;
+                read_timeout = want;
+            }
             let now = Instant::now();
+            if self.stats_due || now.duration_since(self.last_stats) >= STATS_EVERY {
+                self.last_stats = now;
+                self.stats_due = false;
+                let stats = self.stats();
+                self.send_event(stats)?;
+            }
             if self.out.is_empty() && now.duration_since(self.last_send) > limits.idle / 2 {
                 message::encode(&Message::KeepAlive, &mut self.out);
             }
@@ -347,6 +430,17 @@ impl Conn {
         }
     }
 
+    /// Counters since the last report (and resets them).
+    fn stats(&mut self) -> Event {
+        Event::Stats {
+            id: self.p.id,
+            downloaded: std::mem::take(&mut self.downloaded),
+            uploaded: self.upload.take_uploaded(),
+            peer_interested: self.upload.peer_interested,
+            peer_is_seed: self.remote.is_full(),
+        }
+    }
+
     fn send_event(&self, e: Event) -> Result<(), Error> {
         self.p.events.send(e).map_err(|_| Error::SessionGone)
     }
@@ -355,6 +449,9 @@ impl Conn {
     /// requested) so endgame duplicates stop costing bandwidth.
     fn on_have_cmd(&mut self, piece: PieceIndex) -> Result<(), Error> {
         self.ours.set(piece);
+        if !self.remote.has(piece) {
+            message::encode(&Message::Have(piece), &mut self.out);
+        }
         if let Some(i) = self.active.iter().position(|a| a.piece == piece) {
             let a = self.active.remove(i);
             self.cancel_requested(&a);
@@ -496,10 +593,20 @@ impl Conn {
                 self.peer_choking = false;
                 self.last_block = Instant::now();
             }
-            // We do not serve yet: interest and requests from the peer are
-            // ignored and the peer stays choked.
-            Message::Interested | Message::NotInterested | Message::Request(_) => {}
-            Message::Cancel(_) => {}
+            // Interest changes go to the choker at once, not in a second.
+            Message::Interested => {
+                self.upload.peer_interested = true;
+                self.stats_due = true;
+            }
+            Message::NotInterested => {
+                self.upload.peer_interested = false;
+                self.stats_due = true;
+            }
+            Message::Request(b) => self
+                .upload
+                .on_request(b, &self.p.layout, &self.ours)
+                .map_err(Error::BadRequest)?,
+            Message::Cancel(b) => self.upload.on_cancel(b),
             Message::Have(piece) => {
                 if !self.remote.set(piece) {
                     return Err(Error::BadHave(piece.0));
@@ -549,6 +656,7 @@ impl Conn {
         }
         a.blocks[bi] = RECEIVED;
         a.received += 1;
+        self.downloaded += data.len() as u64;
         let start = offset as usize;
         a.data[start..start + data.len()].copy_from_slice(data);
         self.last_block = Instant::now();
@@ -565,6 +673,31 @@ impl Conn {
         }
         Ok(())
     }
+}
+
+fn read_handshake(
+    stream: &mut TcpStream,
+    timeout: Duration,
+) -> Result<[u8; message::HANDSHAKE_LEN], Error> {
+    let mut theirs = [0u8; message::HANDSHAKE_LEN];
+    stream.read_exact(&mut theirs).map_err(|e| match e.kind() {
+        io::ErrorKind::UnexpectedEof => Error::Closed,
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Error::HandshakeTimeout(timeout),
+        _ => Error::Io(e),
+    })?;
+    Ok(theirs)
+}
+
+/// Reads and checks the handshake of a connection a peer opened to us
+/// (used by the listener before the session accepts the peer).
+pub fn accept_handshake(
+    stream: &mut TcpStream,
+    info_hash: InfoHash,
+    timeout: Duration,
+) -> Result<Handshake, Error> {
+    stream.set_read_timeout(Some(timeout)).map_err(Error::Io)?;
+    let bytes = read_handshake(stream, timeout)?;
+    Ok(Handshake::decode(&bytes, Some(info_hash))?)
 }
 
 /// Receive buffer: bytes from `start` to `end` are undecoded. Sized to hold

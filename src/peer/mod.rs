@@ -5,9 +5,20 @@
 
 pub mod conn;
 pub mod message;
+pub mod upload;
 
 use crate::types::{PeerId, PieceIndex};
-use std::net::SocketAddr;
+use message::Handshake;
+use std::net::{SocketAddr, TcpStream};
+
+/// A connection a peer opened to us, with its handshake already read and
+/// checked by the listener.
+#[derive(Debug)]
+pub struct Incoming {
+    pub stream: TcpStream,
+    pub addr: SocketAddr,
+    pub handshake: Handshake,
+}
 
 /// Session-unique number of one connection (a reconnect gets a new one).
 pub type ConnId = u64;
@@ -18,6 +29,10 @@ pub enum Command {
     /// This piece is verified and on disk: stop fetching it (endgame
     /// duplicates are cancelled) and never take it from the queue again.
     Have(PieceIndex),
+    /// The choker picked this peer: let it download from us.
+    Unchoke,
+    /// The choker dropped this peer: stop serving it.
+    Choke,
     /// Close the connection and end the thread.
     Shutdown,
 }
@@ -27,6 +42,8 @@ pub enum Command {
 /// `Exited::abandoned`, so the session always knows who holds what.
 #[derive(Debug)]
 pub enum Event {
+    /// From the listener: a peer connected to us and sent a good handshake.
+    Incoming(Incoming),
     Connected {
         id: ConnId,
         peer_id: PeerId,
@@ -34,6 +51,15 @@ pub enum Event {
     Took {
         id: ConnId,
         piece: PieceIndex,
+    },
+    /// About once a second: bytes of piece data moved since the last
+    /// report, for the choker and the tracker's counters.
+    Stats {
+        id: ConnId,
+        downloaded: u64,
+        uploaded: u64,
+        peer_interested: bool,
+        peer_is_seed: bool,
     },
     Abandoned {
         id: ConnId,

@@ -9,7 +9,8 @@
 //! writer) -> `Done` (verified bytes are on disk). A failed hash, a dead
 //! peer or an abandoned piece sends it back to `Queued`.
 
-use super::{Error, Event, Options, Shared, Summary};
+use super::choker::{Candidate, Choker, RECHOKE_EVERY};
+use super::{listener, Error, Event, Options, SeedUntil, Shared, Summary};
 use crate::geometry::Layout;
 use crate::metainfo::Torrent;
 use crate::peer::message::Bitfield;
@@ -60,6 +61,11 @@ struct PeerHandle {
     hash_fails: u32,
     /// Set when the session bans this peer; reported when it exits.
     banned: Option<String>,
+    unchoked: bool,
+    interested: bool,
+    /// Piece bytes from / to this peer since the last rechoke.
+    down: u64,
+    up: u64,
 }
 
 #[derive(Default)]
@@ -107,8 +113,13 @@ pub(super) struct Coordinator {
     connected_count: u32,
     last_peer_seen: Instant,
     last_tracker_error: Option<String>,
-    rate_window: VecDeque<(Instant, u64)>,
+    rate_window: VecDeque<(Instant, u64, u64)>,
     started: Instant,
+    storage: Option<Arc<Storage>>,
+    choker: Choker,
+    last_rechoke: Instant,
+    uploaded: u64,
+    completed_at: Option<Instant>,
 }
 
 impl Coordinator {
@@ -166,20 +177,50 @@ impl Coordinator {
             last_tracker_error: None,
             rate_window: VecDeque::new(),
             started: Instant::now(),
+            storage: None,
+            choker: Choker::default(),
+            last_rechoke: Instant::now(),
+            uploaded: 0,
+            completed_at: None,
             opts,
         })
     }
 
     pub(super) fn run(mut self) -> Result<Summary, Error> {
-        let Some(storage) = self.resume()? else {
+        let storage = Arc::new(self.resume()?);
+        if self.have.is_full() && self.opts.seed == SeedUntil::Never {
             // Everything is on disk and verified: no tracker, no peers.
             let _ = self.events.try_send(Event::Finished);
             return Ok(self.summary());
-        };
+        }
+        self.storage = Some(Arc::clone(&storage));
         let (write_tx, write_rx) = bounded::<WriteCmd>(8);
         let (written_tx, written_rx) = unbounded();
-        let writer = storage::spawn_writer(Arc::new(storage), write_rx, written_tx)
+        let writer = storage::spawn_writer(storage, write_rx, written_tx)
             .map_err(|e| Error::Thread(e.to_string()))?;
+
+        // Listen for peers; announce the port we really got.
+        let (stop_listener, listener_stop_rx) = bounded::<()>(1);
+        let mut port = self.opts.port;
+        let listener_thread = if self.opts.listen {
+            let l = listener::bind(self.opts.port)
+                .map_err(|e| Error::Thread(format!("cannot listen: {e}")))?;
+            port = l.local_addr().map(|a| a.port()).unwrap_or(port);
+            log::info!("listening on port {port}");
+            let _ = self.events.try_send(Event::Listening(port));
+            Some(
+                listener::spawn(
+                    l,
+                    self.torrent.info_hash(),
+                    self.opts.limits.handshake,
+                    self.peer_tx.clone(),
+                    listener_stop_rx,
+                )
+                .map_err(|e| Error::Thread(e.to_string()))?,
+            )
+        } else {
+            None
+        };
 
         let counters = Arc::new(tracker::Counters::default());
         let verified = self.shared.verified_bytes.load(Ordering::Relaxed);
@@ -196,7 +237,7 @@ impl Coordinator {
                 tiers,
                 info_hash: self.torrent.info_hash(),
                 peer_id: self.opts.peer_id,
-                port: self.opts.port,
+                port,
                 counters: Arc::clone(&counters),
                 timeout: self.opts.announce_timeout,
             };
@@ -217,8 +258,13 @@ impl Coordinator {
             &tracker_cmd_tx,
         );
 
-        // Shut down in dependency order: peers first (they feed us), then
-        // the writer (drains queued writes), then the tracker (`stopped`).
+        // Shut down in dependency order: the listener and peers first (they
+        // feed us), then the writer (drains queued writes), then the tracker
+        // (`stopped`).
+        drop(stop_listener);
+        if let Some(l) = listener_thread {
+            let _ = l.join();
+        }
         for p in self.peers.values() {
             let _ = p.commands.send(peer::Command::Shutdown);
         }
@@ -242,6 +288,7 @@ impl Coordinator {
 
     fn summary(&self) -> Summary {
         Summary {
+            uploaded_bytes: self.uploaded,
             total_bytes: self.torrent.total_length(),
             downloaded_bytes: self.downloaded,
             elapsed: self.started.elapsed(),
@@ -250,13 +297,13 @@ impl Coordinator {
 
     /// Verifies what is already on disk and queues only the pieces that are
     /// missing or wrong. Nothing counts as done unless its bytes hashed
-    /// correctly just now. Returns the storage opened for writing, or `None`
-    /// when everything is already complete.
+    /// correctly just now. Returns the storage opened for writing, or opened
+    /// read-only when everything is already complete (to seed from).
     ///
     /// Files that exist but were not started by rtc for this torrent (no
     /// marker, see `storage::Marker`) belong to the user: if any of their
     /// pieces would have to be rewritten, the download is refused instead.
-    fn resume(&mut self) -> Result<Option<Storage>, Error> {
+    fn resume(&mut self) -> Result<Storage, Error> {
         let dir = &self.opts.output_dir;
         let marker = storage::Marker::new(dir, &self.torrent);
         let existing = Storage::open_existing(dir, &self.torrent).map_err(Error::Storage)?;
@@ -294,12 +341,11 @@ impl Coordinator {
         self.have = have;
         if self.have.is_full() {
             marker.remove();
-            return Ok(None);
+            return Ok(existing);
         }
         drop(existing);
         marker.create().map_err(Error::Storage)?;
-        let storage = Storage::open(dir, &self.torrent).map_err(Error::Storage)?;
-        Ok(Some(storage))
+        Storage::open(dir, &self.torrent).map_err(Error::Storage)
     }
 
     fn event_loop(
@@ -314,12 +360,19 @@ impl Coordinator {
         let mut next_tick = Instant::now();
         let mut completed_sent = false;
         loop {
-            if self.have.is_full() {
+            if self.have.is_full() && self.completed_at.is_none() {
+                self.completed_at = Some(Instant::now());
                 storage::Marker::new(&self.opts.output_dir, &self.torrent).remove();
                 if !completed_sent {
+                    completed_sent = true;
                     let _ = tracker_cmd.send(tracker::Command::Completed);
                 }
                 let _ = self.events.try_send(Event::Finished);
+                if self.opts.seed != SeedUntil::Never {
+                    log::info!("complete; seeding");
+                }
+            }
+            if self.completed_at.is_some() && self.seeding_done() {
                 return Ok(());
             }
             let room = self.pipeline_bytes < PIPELINE_BYTES;
@@ -347,12 +400,64 @@ impl Coordinator {
                 recv(report_rx) -> r => {
                     if let Ok(r) = r { self.on_tracker(r)?; }
                 }
-                recv(self.cancel) -> _ => return Err(Error::Cancelled),
+                recv(self.cancel) -> _ => {
+                    // Stopping a seed is how seeding ends, not a failure.
+                    return if self.have.is_full() { Ok(()) } else { Err(Error::Cancelled) };
+                }
                 default(timeout) => {}
             }
             if Instant::now() >= next_tick {
                 next_tick = Instant::now() + TICK;
                 self.tick(tracker_cmd)?;
+                counters.uploaded.store(self.uploaded, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Whether seeding has reached the user's limit (always, when not
+    /// seeding at all).
+    fn seeding_done(&self) -> bool {
+        match self.opts.seed {
+            SeedUntil::Never => true,
+            SeedUntil::Stopped => false,
+            SeedUntil::Ratio(r) => self.uploaded as f64 >= r * self.torrent.total_length() as f64,
+            SeedUntil::Time(d) => self.completed_at.is_some_and(|t| t.elapsed() >= d),
+        }
+    }
+
+    /// Runs the choker and sends the changes to the peers.
+    fn rechoke(&mut self, now: Instant) {
+        let elapsed = now
+            .duration_since(self.last_rechoke)
+            .as_secs_f64()
+            .max(0.001);
+        self.last_rechoke = now;
+        let seeding = self.have.is_full();
+        let candidates: Vec<Candidate> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.connected)
+            .map(|(&id, p)| Candidate {
+                id,
+                interested: p.interested,
+                rate: ((if seeding { p.up } else { p.down }) as f64 / elapsed) as u64,
+            })
+            .collect();
+        let unchoke = self.choker.decide(&candidates, now, |n| {
+            (crate::types::random_u64() % n as u64) as usize
+        });
+        for (id, p) in self.peers.iter_mut() {
+            p.down = 0;
+            p.up = 0;
+            let want = unchoke.contains(id);
+            if want != p.unchoked {
+                p.unchoked = want;
+                let cmd = if want {
+                    peer::Command::Unchoke
+                } else {
+                    peer::Command::Choke
+                };
+                let _ = p.commands.send(cmd);
             }
         }
     }
@@ -372,7 +477,10 @@ impl Coordinator {
         self.connect_more(now);
         self.endgame(now);
         self.update_rate(now);
-        if self.connected_count > 0 {
+        if now.duration_since(self.last_rechoke) >= RECHOKE_EVERY {
+            self.rechoke(now);
+        }
+        if self.connected_count > 0 || self.have.is_full() {
             self.last_peer_seen = now;
         } else {
             if self.peers.is_empty() && self.candidates.is_empty() {
@@ -404,43 +512,80 @@ impl Coordinator {
                 self.candidates.push_back(addr);
                 continue;
             }
-            info.live = true;
-            let id = self.next_conn;
-            self.next_conn += 1;
-            let (cmd_tx, cmd_rx) = unbounded();
-            let params = conn::Params {
-                id,
-                addr,
-                info_hash: self.torrent.info_hash(),
-                peer_id: self.opts.peer_id,
-                layout: Arc::clone(&self.layout),
-                have: self.have.clone(),
-                work: self.work_rx.clone(),
-                requeue: self.work_tx.clone(),
-                events: self.peer_tx.clone(),
-                pieces: self.piece_tx.clone(),
-                commands: cmd_rx,
-                limits: self.opts.limits.clone(),
-            };
-            match conn::spawn(params) {
-                Ok(_detached) => {
-                    self.peers.insert(
-                        id,
-                        PeerHandle {
-                            addr,
-                            commands: cmd_tx,
-                            connected: false,
-                            hash_fails: 0,
-                            banned: None,
-                        },
-                    );
-                }
-                Err(e) => {
-                    log::warn!("cannot start a peer thread: {e}");
-                    info.live = false;
-                    self.candidates.push_back(addr);
-                    break;
-                }
+            if !self.spawn_peer(addr, None) {
+                self.candidates.push_back(addr);
+                break;
+            }
+        }
+    }
+
+    /// A peer connected to us: keep it unless we are full or it is banned.
+    fn accept(&mut self, inc: peer::Incoming) {
+        let addr = inc.addr;
+        if self.peers.len() >= self.opts.max_peers {
+            log::debug!(
+                "incoming {addr} refused: {} peers already",
+                self.peers.len()
+            );
+            return;
+        }
+        if inc.handshake.peer_id == self.opts.peer_id {
+            return; // ourselves, via a tracker that lists us
+        }
+        let info = self.addrs.entry(addr).or_default();
+        if info.banned || info.live {
+            return;
+        }
+        self.spawn_peer(addr, Some(inc));
+    }
+
+    /// Starts a connection thread (outgoing, or for an accepted stream).
+    /// Returns false if the thread could not be started.
+    fn spawn_peer(&mut self, addr: SocketAddr, incoming: Option<peer::Incoming>) -> bool {
+        let Some(storage) = self.storage.as_ref() else {
+            return false;
+        };
+        let id = self.next_conn;
+        self.next_conn += 1;
+        let (cmd_tx, cmd_rx) = unbounded();
+        let params = conn::Params {
+            id,
+            addr,
+            info_hash: self.torrent.info_hash(),
+            peer_id: self.opts.peer_id,
+            layout: Arc::clone(&self.layout),
+            have: self.have.clone(),
+            work: self.work_rx.clone(),
+            requeue: self.work_tx.clone(),
+            events: self.peer_tx.clone(),
+            pieces: self.piece_tx.clone(),
+            commands: cmd_rx,
+            limits: self.opts.limits.clone(),
+            storage: Arc::clone(storage),
+            incoming,
+        };
+        match conn::spawn(params) {
+            Ok(_detached) => {
+                self.addrs.entry(addr).or_default().live = true;
+                self.peers.insert(
+                    id,
+                    PeerHandle {
+                        addr,
+                        commands: cmd_tx,
+                        connected: false,
+                        hash_fails: 0,
+                        banned: None,
+                        unchoked: false,
+                        interested: false,
+                        down: 0,
+                        up: 0,
+                    },
+                );
+                true
+            }
+            Err(e) => {
+                log::warn!("cannot start a peer thread: {e}");
+                false
             }
         }
     }
@@ -466,24 +611,24 @@ impl Coordinator {
 
     fn update_rate(&mut self, now: Instant) {
         let verified = self.shared.verified_bytes.load(Ordering::Relaxed);
-        self.rate_window.push_back((now, verified));
+        self.shared.uploaded.store(self.uploaded, Ordering::Relaxed);
+        self.rate_window.push_back((now, verified, self.uploaded));
         while self
             .rate_window
             .front()
-            .is_some_and(|(t, _)| now.duration_since(*t) > Duration::from_secs(5))
+            .is_some_and(|(t, _, _)| now.duration_since(*t) > Duration::from_secs(5))
         {
             self.rate_window.pop_front();
         }
-        if let (Some((t0, b0)), Some((t1, b1))) =
+        if let (Some((t0, b0, u0)), Some((t1, b1, u1))) =
             (self.rate_window.front(), self.rate_window.back())
         {
             let dt = t1.duration_since(*t0).as_secs_f64();
-            let rate = if dt > 0.0 {
-                ((b1 - b0) as f64 / dt) as u64
-            } else {
-                0
-            };
-            self.shared.rate.store(rate, Ordering::Relaxed);
+            let per_sec = |n: u64| if dt > 0.0 { (n as f64 / dt) as u64 } else { 0 };
+            self.shared.rate.store(per_sec(b1 - b0), Ordering::Relaxed);
+            self.shared
+                .upload_rate
+                .store(per_sec(u1 - u0), Ordering::Relaxed);
         }
     }
 
@@ -504,6 +649,30 @@ impl Coordinator {
 
     fn on_peer_event(&mut self, ev: peer::Event) {
         match ev {
+            peer::Event::Incoming(inc) => self.accept(inc),
+            peer::Event::Stats {
+                id,
+                downloaded,
+                uploaded,
+                peer_interested,
+                ..
+            } => {
+                self.uploaded += uploaded;
+                if let Some(p) = self.peers.get_mut(&id) {
+                    p.down += downloaded;
+                    p.up += uploaded;
+                    let newly = peer_interested && !p.interested;
+                    p.interested = peer_interested;
+                    // A newly interested peer need not wait 10 s for a
+                    // free slot.
+                    if newly
+                        && self.peers.values().filter(|p| p.unchoked).count()
+                            <= super::choker::REGULAR_SLOTS
+                    {
+                        self.rechoke(Instant::now());
+                    }
+                }
+            }
             peer::Event::Connected { id, .. } => {
                 if let Some(p) = self.peers.get_mut(&id) {
                     p.connected = true;
@@ -654,7 +823,7 @@ impl Coordinator {
         self.pieces[piece.as_usize()].state = State::Done;
         self.have.set(piece);
         let verified = self.shared.verified_bytes.fetch_add(len, Ordering::Relaxed) + len;
-        let done = self.shared.pieces_done.fetch_add(1, Ordering::Relaxed) + 1;
+        self.shared.pieces_done.fetch_add(1, Ordering::Relaxed);
         counters
             .downloaded
             .store(self.downloaded, Ordering::Relaxed);
@@ -666,15 +835,11 @@ impl Coordinator {
         }
         let _ = self.events.try_send(Event::PieceDone {
             piece: piece.0,
-            progress: super::Progress {
-                total_bytes: self.torrent.total_length(),
-                verified_bytes: verified,
-                pieces_done: done,
-                pieces_total: self.torrent.piece_count(),
-                peers: self.connected_count,
-                rate: self.shared.rate.load(Ordering::Relaxed),
-                elapsed: self.started.elapsed(),
-            },
+            progress: self.shared.snapshot(
+                self.torrent.total_length(),
+                self.torrent.piece_count(),
+                self.started.elapsed(),
+            ),
         });
         Ok(())
     }

@@ -4,7 +4,9 @@
 //! The coordinator itself (piece states, peers, pipeline) is in
 //! `coordinator`; this file owns only the API types and their errors.
 
+mod choker;
 mod coordinator;
+mod listener;
 
 use crate::metainfo::Torrent;
 use crate::peer::conn::Limits;
@@ -26,8 +28,13 @@ pub struct Options {
     pub max_peers: usize,
     /// Peers to connect to in addition to what trackers return.
     pub peers: Vec<SocketAddr>,
-    /// Port announced to trackers.
+    /// Port to listen on for incoming peers (a free one if it is taken);
+    /// the port actually bound is announced to trackers.
     pub port: u16,
+    /// Accept incoming connections at all.
+    pub listen: bool,
+    /// What to do once every piece is verified.
+    pub seed: SeedUntil,
     /// Give up when no peer has been connected for this long.
     pub no_peer_timeout: Duration,
     /// Bound on one tracker announce.
@@ -45,12 +52,27 @@ impl Options {
             max_peers: 50,
             peers: Vec::new(),
             port: 6881,
+            listen: true,
+            seed: SeedUntil::Never,
             no_peer_timeout: Duration::from_secs(60),
             announce_timeout: crate::tracker::ANNOUNCE_TIMEOUT,
             limits: Limits::default(),
             peer_id: PeerId::generate(),
         }
     }
+}
+
+/// When a download that completed stops serving others.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum SeedUntil {
+    /// Finish as soon as the last piece is verified (the CLI's default).
+    Never,
+    /// Keep seeding until cancelled (Ctrl-C); cancelling then is success.
+    Stopped,
+    /// Until uploaded bytes reach this multiple of the torrent's size.
+    Ratio(f64),
+    /// For this long after completion.
+    Time(Duration),
 }
 
 #[derive(Debug)]
@@ -105,6 +127,9 @@ pub struct Progress {
     pub peers: u32,
     /// Verified bytes per second over the last few seconds.
     pub rate: u64,
+    /// Piece bytes sent to peers so far, and per second recently.
+    pub uploaded_bytes: u64,
+    pub upload_rate: u64,
     pub elapsed: Duration,
 }
 
@@ -133,6 +158,7 @@ pub enum Event {
         addr: SocketAddr,
         reason: String,
     },
+    Listening(u16),
     PieceDone {
         piece: u32,
         progress: Progress,
@@ -147,6 +173,8 @@ pub struct Summary {
     pub total_bytes: u64,
     /// Bytes fetched from peers in this run (without wasted duplicates).
     pub downloaded_bytes: u64,
+    /// Piece bytes served to peers.
+    pub uploaded_bytes: u64,
     pub elapsed: Duration,
 }
 
@@ -158,6 +186,24 @@ struct Shared {
     pieces_done: AtomicU32,
     peers: AtomicU32,
     rate: AtomicU64,
+    uploaded: AtomicU64,
+    upload_rate: AtomicU64,
+}
+
+impl Shared {
+    fn snapshot(&self, total_bytes: u64, pieces_total: u32, elapsed: Duration) -> Progress {
+        Progress {
+            total_bytes,
+            verified_bytes: self.verified_bytes.load(Ordering::Relaxed),
+            pieces_done: self.pieces_done.load(Ordering::Relaxed),
+            pieces_total,
+            peers: self.peers.load(Ordering::Relaxed),
+            rate: self.rate.load(Ordering::Relaxed),
+            uploaded_bytes: self.uploaded.load(Ordering::Relaxed),
+            upload_rate: self.upload_rate.load(Ordering::Relaxed),
+            elapsed,
+        }
+    }
 }
 
 /// A running download. `Send + Sync`: progress can be read from any thread.
@@ -214,15 +260,8 @@ impl Download {
     }
 
     pub fn progress(&self) -> Progress {
-        Progress {
-            total_bytes: self.total_bytes,
-            verified_bytes: self.shared.verified_bytes.load(Ordering::Relaxed),
-            pieces_done: self.shared.pieces_done.load(Ordering::Relaxed),
-            pieces_total: self.pieces_total,
-            peers: self.shared.peers.load(Ordering::Relaxed),
-            rate: self.shared.rate.load(Ordering::Relaxed),
-            elapsed: self.started.elapsed(),
-        }
+        self.shared
+            .snapshot(self.total_bytes, self.pieces_total, self.started.elapsed())
     }
 
     /// Events as they happen (bounded; see [`Event`]).

@@ -1,0 +1,180 @@
+//! The serving half of a connection: which of the peer's requests we will
+//! answer and in what order. Owns the choke state towards the peer, its
+//! request queue and the bytes sent. Reads verified pieces through
+//! `Storage` (positional reads), never anything unverified: a request for a
+//! piece that is not in our bitfield ends the connection.
+
+use super::message;
+use crate::geometry::{Layout, BLOCK_LEN};
+use crate::peer::message::Bitfield;
+use crate::storage::{self, Storage};
+use crate::types::Block;
+use std::collections::VecDeque;
+
+/// Largest request served. 16 KiB is what every mainstream client asks for;
+/// BEP 3 lets us drop peers that ask for more.
+pub const MAX_REQUEST: u32 = BLOCK_LEN;
+/// Requests one peer may have queued with us; more is a flood.
+pub const MAX_QUEUED: usize = 2048;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Outside the torrent, or longer than `MAX_REQUEST`.
+    OutOfRange,
+    /// For a piece we do not have (and never advertised).
+    NotHave,
+    /// More than `MAX_QUEUED` requests outstanding.
+    Flood,
+}
+
+pub struct Upload {
+    /// We start choking every peer; the session's choker decides.
+    pub am_choking: bool,
+    pub peer_interested: bool,
+    queue: VecDeque<Block>,
+    /// Bytes of piece data sent since the last `take_uploaded`.
+    uploaded: u64,
+}
+
+impl Default for Upload {
+    fn default() -> Self {
+        Upload {
+            am_choking: true,
+            peer_interested: false,
+            queue: VecDeque::new(),
+            uploaded: 0,
+        }
+    }
+}
+
+impl Upload {
+    /// Queues a request, or says why the peer must be dropped. Requests from
+    /// a peer we choke are ignored: they may have crossed our choke.
+    pub fn on_request(
+        &mut self,
+        b: Block,
+        layout: &Layout,
+        ours: &Bitfield,
+    ) -> Result<(), Refusal> {
+        if b.length > MAX_REQUEST || !layout.is_valid_block(&b) {
+            return Err(Refusal::OutOfRange);
+        }
+        if !ours.has(b.piece) {
+            return Err(Refusal::NotHave);
+        }
+        if self.am_choking {
+            return Ok(());
+        }
+        if self.queue.len() >= MAX_QUEUED {
+            return Err(Refusal::Flood);
+        }
+        self.queue.push_back(b);
+        Ok(())
+    }
+
+    pub fn on_cancel(&mut self, b: Block) {
+        self.queue.retain(|q| *q != b);
+    }
+
+    /// Choking drops every queued request (BEP 3).
+    pub fn choke(&mut self) {
+        self.am_choking = true;
+        self.queue.clear();
+    }
+
+    pub fn has_work(&self) -> bool {
+        !self.am_choking && !self.queue.is_empty()
+    }
+
+    pub fn take_uploaded(&mut self) -> u64 {
+        std::mem::take(&mut self.uploaded)
+    }
+
+    /// Appends `piece` messages for queued requests to `out`, reading the
+    /// data straight into it, until about `budget` bytes are queued.
+    pub fn serve(
+        &mut self,
+        storage: &Storage,
+        out: &mut Vec<u8>,
+        budget: usize,
+    ) -> Result<(), storage::Error> {
+        let mut sent = 0;
+        while sent < budget {
+            let Some(b) = self.queue.pop_front() else {
+                break;
+            };
+            let start = out.len();
+            message::encode(
+                &message::Message::Piece {
+                    piece: b.piece,
+                    offset: b.offset,
+                    data: &[],
+                },
+                out,
+            );
+            // Fix the length prefix for the data we append below.
+            let len = 9 + b.length;
+            out[start..start + 4].copy_from_slice(&len.to_be_bytes());
+            let data_at = out.len();
+            out.resize(data_at + b.length as usize, 0);
+            storage.read_block(b, &mut out[data_at..])?;
+            sent += b.length as usize;
+            self.uploaded += b.length as u64;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::PieceIndex;
+
+    fn block(piece: u32, offset: u32, length: u32) -> Block {
+        Block {
+            piece: PieceIndex(piece),
+            offset,
+            length,
+        }
+    }
+
+    #[test]
+    fn requests_are_checked_before_queueing() {
+        let layout = Layout::new(32768, &[40000]).unwrap();
+        let mut ours = Bitfield::new(2);
+        ours.set(PieceIndex(0));
+        let mut up = Upload::default();
+        // Choked: valid requests are ignored, invalid ones still refused.
+        assert_eq!(up.on_request(block(0, 0, 16384), &layout, &ours), Ok(()));
+        assert!(!up.has_work());
+        assert_eq!(
+            up.on_request(block(1, 0, 7232), &layout, &ours),
+            Err(Refusal::NotHave)
+        );
+        up.am_choking = false;
+        assert_eq!(
+            up.on_request(block(0, 0, 32768), &layout, &ours),
+            Err(Refusal::OutOfRange),
+            "over 16 KiB"
+        );
+        assert_eq!(
+            up.on_request(block(0, 30000, 16384), &layout, &ours),
+            Err(Refusal::OutOfRange),
+            "past the piece end"
+        );
+        assert_eq!(
+            up.on_request(block(5, 0, 16384), &layout, &ours),
+            Err(Refusal::OutOfRange)
+        );
+        assert_eq!(
+            up.on_request(block(0, 16384, 16384), &layout, &ours),
+            Ok(())
+        );
+        assert!(up.has_work());
+        up.on_cancel(block(0, 16384, 16384));
+        assert!(!up.has_work());
+        up.on_request(block(0, 0, 100), &layout, &ours).unwrap();
+        up.choke();
+        assert!(!up.has_work());
+    }
+}
