@@ -1,7 +1,8 @@
 //! rtc as a seeder: aria2c, libtorrent and rtc itself download from it; it
 //! serves aria2c while downloading from libtorrent; torrents from
 //! `rtc create` load in libtorrent and aria2c; a peer that requests garbage
-//! is dropped while honest leechers finish. All bytes compared.
+//! is dropped while honest leechers finish; a flood of silent connections
+//! cannot create unbounded threads. All bytes compared.
 
 mod common;
 
@@ -329,6 +330,63 @@ fn a_peer_requesting_garbage_is_dropped_while_honest_ones_finish() {
         log.contains("requested a block outside the torrent"),
         "{log}"
     );
+}
+
+#[test]
+fn a_flood_of_silent_connections_is_capped_and_honest_peers_still_finish() {
+    let s = setup(MIB6, 118);
+    let rtc = s.rtc_seed();
+    // 100 connections that never handshake (under the kernel's accept
+    // backlog of 128, so every connect completes).
+    const FLOOD: usize = 100;
+    let silent: Vec<TcpStream> = (0..FLOOD)
+        .map(|_| {
+            let c = TcpStream::connect(rtc.addr()).unwrap();
+            c.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+            c
+        })
+        .collect();
+    // rtc reads at most 64 handshakes at once and closes the rest on accept.
+    // Bounded well under the 10 s handshake timeout, so only the cap (not
+    // the timeout) can close them in time.
+    let mut closed = [false; FLOOD];
+    wait_for(Duration::from_secs(5), "excess connections closed", || {
+        for (c, done) in silent.iter().zip(closed.iter_mut()) {
+            if !*done {
+                let mut b = [0u8; 1];
+                *done = matches!((&*c).read(&mut b), Ok(0));
+            }
+        }
+        closed.iter().filter(|d| **d).count() >= FLOOD - 64
+    });
+    let threads = proc_threads(rtc.child.id());
+    assert!(threads <= 64 + 24, "{threads} threads under the flood");
+    // Once the flood goes away, an honest leecher gets everything.
+    drop(silent);
+    let out = s.dir.path().join("rtc2");
+    let o = run_bounded(
+        Command::new(rtc_bin())
+            .args(["--port", &free_port().to_string(), "-o"])
+            .arg(&out)
+            .args(["--peer", &rtc.addr().to_string()])
+            .arg(&s.torrent),
+        BOUND,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_same_bytes(&s.data, &out.join("s.bin"));
+    rtc.stop();
+}
+
+/// The `Threads:` line of /proc/PID/status.
+fn proc_threads(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 fn hex20(h: &str) -> Vec<u8> {

@@ -590,8 +590,12 @@ impl Conn {
                 }
             }
             Message::Unchoke => {
-                self.peer_choking = false;
-                self.last_block = Instant::now();
+                // Only a real change restarts the stall clock: repeated
+                // unchokes must not hide a peer that never sends.
+                if self.peer_choking {
+                    self.peer_choking = false;
+                    self.last_block = Instant::now();
+                }
             }
             // Interest changes go to the choker at once, not in a second.
             Message::Interested => {
@@ -670,6 +674,8 @@ impl Conn {
             // Blocks when the verify/write pipeline is full: backpressure
             // reaches the peer through TCP instead of growing our memory.
             self.p.pieces.send(done).map_err(|_| Error::SessionGone)?;
+            // Time spent waiting on our own pipeline is not the peer stalling.
+            self.last_block = Instant::now();
         }
         Ok(())
     }

@@ -63,6 +63,9 @@ struct PeerHandle {
     banned: Option<String>,
     unchoked: bool,
     interested: bool,
+    /// The peer connected to us: its address is an ephemeral port, not
+    /// one to dial back.
+    incoming: bool,
     /// Piece bytes from / to this peer since the last rechoke.
     down: u64,
     up: u64,
@@ -358,15 +361,13 @@ impl Coordinator {
     ) -> Result<(), Error> {
         let never_pieces = never::<CompletedPiece>();
         let mut next_tick = Instant::now();
-        let mut completed_sent = false;
+        // The clocks start now, not before the (possibly long) resume check.
+        self.last_peer_seen = Instant::now();
+        self.last_rechoke = Instant::now();
         loop {
             if self.have.is_full() && self.completed_at.is_none() {
                 self.completed_at = Some(Instant::now());
                 storage::Marker::new(&self.opts.output_dir, &self.torrent).remove();
-                if !completed_sent {
-                    completed_sent = true;
-                    let _ = tracker_cmd.send(tracker::Command::Completed);
-                }
                 let _ = self.events.try_send(Event::Finished);
                 if self.opts.seed != SeedUntil::Never {
                     log::info!("complete; seeding");
@@ -391,8 +392,9 @@ impl Coordinator {
                 recv(written_rx) -> w => {
                     if let Ok((piece, result)) = w {
                         self.on_written(piece, result, counters)?;
+                        // `completed` only for a download finished in this
+                        // run (BEP 3), never for data that was already here.
                         if self.have.is_full() {
-                            completed_sent = true;
                             let _ = tracker_cmd.send(tracker::Command::Completed);
                         }
                     }
@@ -542,6 +544,7 @@ impl Coordinator {
     /// Starts a connection thread (outgoing, or for an accepted stream).
     /// Returns false if the thread could not be started.
     fn spawn_peer(&mut self, addr: SocketAddr, incoming: Option<peer::Incoming>) -> bool {
+        let is_incoming = incoming.is_some();
         let Some(storage) = self.storage.as_ref() else {
             return false;
         };
@@ -577,6 +580,7 @@ impl Coordinator {
                         banned: None,
                         unchoked: false,
                         interested: false,
+                        incoming: is_incoming,
                         down: 0,
                         up: 0,
                     },
@@ -738,6 +742,9 @@ impl Coordinator {
                     log::info!("peer {addr} banned: {reason}");
                     return;
                 }
+                if handle.incoming {
+                    return;
+                }
                 // A peer that connected and then went away may come back;
                 // one that never answered is retried with backoff.
                 info.failures += 1;
@@ -751,6 +758,12 @@ impl Coordinator {
     }
 
     fn on_completed(&mut self, cp: CompletedPiece) {
+        // The peer sent `Took` for this piece before the piece itself, but on
+        // another channel: handle queued events first so the holder count
+        // sees them in order.
+        while let Ok(ev) = self.peer_rx.try_recv() {
+            self.on_peer_event(ev);
+        }
         let p = &mut self.pieces[cp.piece.as_usize()];
         p.holders = p.holders.saturating_sub(1);
         if matches!(p.state, State::Verifying | State::Writing | State::Done) {
@@ -858,11 +871,14 @@ impl Coordinator {
                 // With nothing else to go on, a tracker that fails the first
                 // round is the answer: fail now rather than wait for peers
                 // that cannot come.
+                if self.have.is_full() {
+                    return Ok(()); // seeding: the data is safe either way
+                }
                 if first_round && self.addrs.is_empty() {
                     return Err(Error::Tracker(error));
                 }
                 if matches!(error, tracker::Error::Refused { .. })
-                    && self.connected_count == 0
+                    && self.peers.is_empty()
                     && self.candidates.is_empty()
                 {
                     return Err(Error::Tracker(error));
