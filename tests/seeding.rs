@@ -2,7 +2,7 @@
 //! serves aria2c while downloading from libtorrent; torrents from
 //! `rtc create` load in libtorrent and aria2c; a peer that requests garbage
 //! is dropped while honest leechers finish; a flood of silent connections
-//! cannot create unbounded threads. All bytes compared.
+//! cannot create unbounded threads; rtc serves over IPv6 too. All bytes compared.
 
 mod common;
 
@@ -196,6 +196,19 @@ fn libtorrent_downloads_from_rtc() {
 }
 
 #[test]
+fn libtorrent_downloads_from_rtc_over_ipv6() {
+    let s = setup(MIB6, 119);
+    let rtc = s.rtc_seed();
+    let six: SocketAddr = (std::net::Ipv6Addr::LOCALHOST, rtc.port).into();
+    let out = s.dir.path().join("lt6");
+    lt_leech(&s.torrent, &out, free_port(), &[six], BOUND);
+    assert_same_bytes(&s.data, &out.join("s.bin"));
+    let log = rtc.stop();
+    assert!(uploaded(&log) >= 0.99 * MIB6 as f64, "{log}");
+    assert!(log.contains("[::1]:"), "no IPv6 peer in the log: {log}");
+}
+
+#[test]
 fn rtc_downloads_from_rtc() {
     let s = setup(MIB6, 113);
     let seeder = s.rtc_seed();
@@ -330,6 +343,10 @@ fn a_peer_requesting_garbage_is_dropped_while_honest_ones_finish() {
         log.contains("requested a block outside the torrent"),
         "{log}"
     );
+    // IPv4 peers on the dual-stack listener are logged (and banned) as
+    // plain IPv4 addresses.
+    assert!(log.contains("127.0.0.1:"), "{log}");
+    assert!(!log.contains("::ffff:"), "{log}");
 }
 
 #[test]

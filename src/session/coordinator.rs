@@ -208,7 +208,7 @@ impl Coordinator {
         let listener_thread = if self.opts.listen {
             let l = listener::bind(self.opts.port)
                 .map_err(|e| Error::Thread(format!("cannot listen: {e}")))?;
-            port = l.local_addr().map(|a| a.port()).unwrap_or(port);
+            port = l.port();
             log::info!("listening on port {port}");
             let _ = self.events.try_send(Event::Listening(port));
             Some(

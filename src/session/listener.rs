@@ -22,27 +22,66 @@ const POLL: Duration = Duration::from_millis(50);
 /// connections would each hold a thread for the handshake timeout.
 const MAX_PENDING: usize = 64;
 
-/// Binds `port` on all IPv4 addresses, or any free port if it is taken.
-pub fn bind(port: u16) -> io::Result<TcpListener> {
-    match TcpListener::bind(("0.0.0.0", port)) {
-        Ok(l) => Ok(l),
-        Err(e) if port != 0 => {
-            log::info!("port {port} unavailable ({e}); listening on a free port");
-            TcpListener::bind(("0.0.0.0", 0))
-        }
-        Err(e) => Err(e),
+/// The sockets we accept on: `[::]` and/or `0.0.0.0`, all on one port.
+pub struct Listeners(Vec<TcpListener>);
+
+impl Listeners {
+    /// The port every socket is bound to.
+    pub fn port(&self) -> u16 {
+        self.0
+            .first()
+            .and_then(|l| l.local_addr().ok())
+            .map_or(0, |a| a.port())
     }
+}
+
+/// Binds `port` (or any free port if it is taken) for IPv6 and IPv4.
+///
+/// `[::]` first: on Linux's default (`bindv6only=0`) it is dual-stack and
+/// the IPv4 bind on the same port then fails with "in use", which is
+/// expected. Where `[::]` is IPv6-only, the IPv4 bind succeeds and both are
+/// kept. Without IPv6 at all, IPv4 alone.
+pub fn bind(port: u16) -> io::Result<Listeners> {
+    let six = match TcpListener::bind(("::", port)) {
+        Ok(l) => Some(l),
+        Err(e) if port != 0 && e.kind() == io::ErrorKind::AddrInUse => {
+            log::info!("port {port} unavailable ({e}); listening on a free port");
+            TcpListener::bind(("::", 0)).ok()
+        }
+        Err(e) => {
+            log::debug!("no IPv6 listener: {e}");
+            None
+        }
+    };
+    let Some(six) = six else {
+        return match TcpListener::bind(("0.0.0.0", port)) {
+            Ok(l) => Ok(Listeners(vec![l])),
+            Err(e) if port != 0 => {
+                log::info!("port {port} unavailable ({e}); listening on a free port");
+                Ok(Listeners(vec![TcpListener::bind(("0.0.0.0", 0))?]))
+            }
+            Err(e) => Err(e),
+        };
+    };
+    let port = six.local_addr()?.port();
+    let mut all = vec![six];
+    if let Ok(four) = TcpListener::bind(("0.0.0.0", port)) {
+        all.push(four);
+    }
+    Ok(Listeners(all))
 }
 
 /// Runs until `stop` is sent to or dropped.
 pub fn spawn(
-    listener: TcpListener,
+    listeners: Listeners,
     info_hash: InfoHash,
     handshake_timeout: Duration,
     events: Sender<peer::Event>,
     stop: Receiver<()>,
 ) -> io::Result<std::thread::JoinHandle<()>> {
-    listener.set_nonblocking(true)?;
+    for l in &listeners.0 {
+        l.set_nonblocking(true)?;
+    }
     // Shared only with the short-lived handshake threads, as a counter; an
     // atomic, not a Mutex (DESIGN.md, "Seeding", Listener).
     let pending = Arc::new(AtomicUsize::new(0));
@@ -53,26 +92,33 @@ pub fn spawn(
                 Ok(()) | Err(TryRecvError::Disconnected) => return,
                 Err(TryRecvError::Empty) => {}
             }
-            match listener.accept() {
-                Ok((stream, addr)) => {
-                    if pending.load(Ordering::Acquire) >= MAX_PENDING {
-                        log::debug!("incoming {addr}: too many pending handshakes; closed");
-                        continue;
+            let mut idle = true;
+            for listener in &listeners.0 {
+                match listener.accept() {
+                    Ok((stream, addr)) => {
+                        idle = false;
+                        // A dual-stack socket reports IPv4 peers as
+                        // `::ffff:a.b.c.d`; bans and logs use the plain form.
+                        let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
+                        if pending.load(Ordering::Acquire) >= MAX_PENDING {
+                            log::debug!("incoming {addr}: too many pending handshakes; closed");
+                            continue;
+                        }
+                        handshake(
+                            stream,
+                            addr,
+                            info_hash,
+                            handshake_timeout,
+                            &events,
+                            &pending,
+                        )
                     }
-                    handshake(
-                        stream,
-                        addr,
-                        info_hash,
-                        handshake_timeout,
-                        &events,
-                        &pending,
-                    )
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => log::debug!("accept failed: {e}"),
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(POLL),
-                Err(e) => {
-                    log::debug!("accept failed: {e}");
-                    std::thread::sleep(POLL);
-                }
+            }
+            if idle {
+                std::thread::sleep(POLL);
             }
         })
 }
