@@ -57,7 +57,26 @@ def parse_peer(text):
     return host, int(port)
 
 
-def make_session(bind, port, upload_limit=0):
+# --encryption: how a leecher opens connections (it always accepts both).
+OUT_ENCRYPTION = {
+    # Plain handshakes only: no reconnect with plaintext-only peers.
+    "plain": {"out_enc_policy": int(lt.enc_policy.pe_disabled)},
+    # libtorrent's (and qBittorrent's) defaults: try MSE first, offer
+    # plaintext and RC4.
+    "default": {
+        "out_enc_policy": int(lt.enc_policy.pe_enabled),
+        "allowed_enc_level": int(lt.enc_level.pe_both),
+    },
+    # MSE with RC4 only: every byte of the connection encrypted.
+    "rc4": {
+        "out_enc_policy": int(lt.enc_policy.pe_forced),
+        "allowed_enc_level": int(lt.enc_level.pe_rc4),
+        "prefer_rc4": True,
+    },
+}
+
+
+def make_session(bind, port, upload_limit=0, encryption="plain"):
     s = {
         "listen_interfaces": listen_spec(bind, port),
         # Loopback only: nothing that looks for peers by itself.
@@ -74,11 +93,8 @@ def make_session(bind, port, upload_limit=0):
         # Every test peer is 127.0.0.1 (or ::1).
         "allow_multiple_connections_per_ip": True,
         "no_connect_privileged_ports": False,
-        # Accept encrypted or plain handshakes, but open plain connections:
-        # trying an encrypted handshake first costs a reconnect with peers
-        # that only speak plaintext.
+        # Accept encrypted or plain handshakes; how to open: OUT_ENCRYPTION.
         "in_enc_policy": int(lt.enc_policy.pe_enabled),
-        "out_enc_policy": int(lt.enc_policy.pe_disabled),
         # The torrent is not auto-managed; no queueing limits anyway.
         "active_downloads": -1,
         "active_seeds": -1,
@@ -116,6 +132,7 @@ def make_session(bind, port, upload_limit=0):
         ),
         "user_agent": "lt_peer.py/libtorrent-" + lt.__version__,
     }
+    s.update(OUT_ENCRYPTION[encryption])
     ses = lt.session(s)
     if upload_limit:
         # libtorrent exempts local-network peers from rate limits; put every
@@ -229,7 +246,7 @@ def seed(args):
 
 def leech(args):
     os.makedirs(args.out_dir, exist_ok=True)
-    ses = make_session(args.bind, args.port)
+    ses = make_session(args.bind, args.port, encryption=args.encryption)
     alerts = Alerts(ses)
     start = time.monotonic()
     h, ti = add(ses, args.torrent, args.out_dir)
@@ -279,6 +296,7 @@ def main():
         )
         if mode == "leech":
             sp.add_argument("--peer", type=parse_peer, action="append", default=[])
+            sp.add_argument("--encryption", choices=sorted(OUT_ENCRYPTION), default="plain")
         else:
             sp.add_argument(
                 "--upload-limit",

@@ -92,6 +92,20 @@ pub fn random_u64() -> u64 {
     h.finish()
 }
 
+/// Fills `buf` from the kernel's random source (`/dev/urandom`), or, if
+/// that cannot be read, from [`random_u64`]. Used for MSE private keys and
+/// padding, which are obfuscation, not authentication.
+pub fn random_bytes(buf: &mut [u8]) {
+    use std::io::Read;
+    let from_kernel = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(buf));
+    if from_kernel.is_err() {
+        for chunk in buf.chunks_mut(8) {
+            let r = random_u64().to_le_bytes();
+            chunk.copy_from_slice(&r[..chunk.len()]);
+        }
+    }
+}
+
 /// Lowercase hex of arbitrary bytes.
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";

@@ -182,6 +182,39 @@ fn aria2_downloads_from_rtc() {
     assert_same_bytes(&s.data, &out.join("s.bin"));
     let log = rtc.stop();
     assert!(uploaded(&log) >= 0.99 * MIB6 as f64, "{log}");
+    // aria2c opens with an MSE handshake by default; rtc answers it rather
+    // than making aria2c reconnect in plaintext.
+    assert!(
+        log.contains("encrypted handshake, plaintext selected"),
+        "{log}"
+    );
+}
+
+#[test]
+fn libtorrent_downloads_from_rtc_over_encrypted_connections() {
+    let s = setup(MIB6, 120);
+    let rtc = s.rtc_seed();
+    // libtorrent's defaults (MSE first, plaintext or RC4 offered), then
+    // RC4 required: every byte of that connection is encrypted both ways.
+    for (mode, seen) in [("default", "plaintext"), ("rc4", "RC4")] {
+        let out = s.dir.path().join(format!("lt-{mode}"));
+        lt_leech_with(
+            &s.torrent,
+            &out,
+            free_port(),
+            &[rtc.addr()],
+            BOUND,
+            &["--encryption", mode],
+        );
+        assert_same_bytes(&s.data, &out.join("s.bin"));
+        let log = rtc.log();
+        assert!(
+            log.contains(&format!("encrypted handshake, {seen} selected")),
+            "{mode}: {log}"
+        );
+    }
+    let log = rtc.stop();
+    assert!(uploaded(&log) >= 1.98 * MIB6 as f64, "{log}");
 }
 
 #[test]
@@ -391,6 +424,44 @@ fn a_flood_of_silent_connections_is_capped_and_honest_peers_still_finish() {
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_same_bytes(&s.data, &out.join("s.bin"));
+    rtc.stop();
+}
+
+#[test]
+fn a_garbage_opening_is_refused_as_a_failed_encrypted_handshake() {
+    let s = setup(MIB6, 121);
+    // -v -v: failed incoming handshakes are logged at debug level.
+    let rtc = Rtc::start(
+        &["-v", "seed", "-o", s.seed_dir().to_str().unwrap()],
+        &s.torrent,
+        s.dir.path(),
+    );
+    // Not a BitTorrent handshake, so rtc takes it for an MSE opening: it
+    // answers with its key, finds no sync marker in the next 532 bytes and
+    // closes the connection, well before the 10 s handshake timeout.
+    let mut bad = TcpStream::connect(rtc.addr()).unwrap();
+    bad.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let garbage: Vec<u8> = (0..1000u32).map(|i| (i * 7 + 3) as u8).collect();
+    bad.write_all(&garbage).unwrap();
+    let t = Instant::now();
+    let mut got = 0;
+    let mut sink = [0u8; 4096];
+    loop {
+        match bad.read(&mut sink) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) => panic!("not closed: {e}"),
+        }
+    }
+    assert!(t.elapsed() < Duration::from_secs(5));
+    assert!(
+        got >= 96,
+        "rtc's public key (96 bytes) comes first; got {got}"
+    );
+    wait_for(Duration::from_secs(5), "the refusal in the log", || {
+        rtc.log()
+            .contains("encrypted handshake: no sync marker within 512 bytes")
+    });
     rtc.stop();
 }
 

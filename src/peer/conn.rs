@@ -79,6 +79,8 @@ pub enum Error {
     BadRequest(Refusal),
     /// Reading a verified piece back from disk failed.
     Storage(String),
+    /// An incoming encrypted (MSE) handshake failed.
+    Mse(super::mse::Error),
 }
 
 impl fmt::Display for Error {
@@ -114,6 +116,7 @@ impl fmt::Display for Error {
             Error::BadRequest(Refusal::NotHave) => f.write_str("requested a piece we do not have"),
             Error::BadRequest(Refusal::Flood) => f.write_str("flooded us with requests"),
             Error::Storage(e) => write!(f, "cannot serve: {e}"),
+            Error::Mse(e) => write!(f, "{e}"),
         }
     }
 }
@@ -127,6 +130,7 @@ impl Error {
         matches!(
             self,
             Error::Protocol(_)
+                | Error::Mse(_)
                 | Error::SelfConnection
                 | Error::BadBitfield
                 | Error::BadHave(_)
@@ -236,11 +240,13 @@ struct Conn {
     last_stats: Instant,
     sent_not_interested: bool,
     stats_due: bool,
+    /// RC4 both ways when an incoming peer negotiated it (MSE).
+    cipher: Option<super::mse::Cipher>,
 }
 
+const STATS_EVERY: Duration = Duration::from_secs(1);
 /// Bytes of piece data queued per loop turn when serving: large enough that
 /// the short read timeout while serving costs little.
-const STATS_EVERY: Duration = Duration::from_secs(1);
 const SERVE_BUDGET: usize = 1024 * 1024;
 /// Read timeout while we have requests to serve: just a glance for new
 /// messages before sending more.
@@ -274,21 +280,29 @@ impl Conn {
             last_stats: now,
             sent_not_interested: false,
             stats_due: false,
+            cipher: None,
         }
     }
 
     fn run(&mut self) -> Result<(), Error> {
         let limits = self.p.limits.clone();
         let ours = Handshake::new(self.p.info_hash, self.p.peer_id);
+        let mut leftover = Vec::new();
         let (mut stream, theirs) = match self.p.incoming.take() {
             Some(inc) => {
-                // The listener read and checked their handshake; answer it.
+                // The listener read and checked their opening; answer it.
                 let mut stream = inc.stream;
                 stream
                     .set_write_timeout(Some(limits.write))
                     .map_err(Error::Io)?;
-                stream.write_all(&ours.encode()).map_err(Error::Io)?;
-                (stream, inc.handshake)
+                self.cipher = inc.accepted.cipher;
+                leftover = inc.accepted.leftover;
+                let mut reply = ours.encode();
+                if let Some(c) = self.cipher.as_mut() {
+                    c.enc.apply(&mut reply);
+                }
+                stream.write_all(&reply).map_err(Error::Io)?;
+                (stream, inc.accepted.handshake)
             }
             None => {
                 let mut stream = TcpStream::connect_timeout(&self.p.addr, limits.connect)
@@ -333,6 +347,20 @@ impl Conn {
         let max_frame = message::max_frame_for(self.p.layout.piece_count());
         let mut rx = RecvBuf::new(max_frame as usize + 4);
         let mut read_timeout = limits.poll;
+        // What the peer sent along with its handshake (an MSE opening can
+        // carry up to 64 KiB; the buffer holds at least 256 KiB).
+        if !leftover.is_empty() {
+            if leftover.len() > rx.space().len() {
+                return Err(Error::Closed);
+            }
+            rx.space()[..leftover.len()].copy_from_slice(&leftover);
+            rx.filled(leftover.len());
+            while let Some((msg, used)) = decode_frame(rx.data(), max_frame)? {
+                self.on_message(msg)?;
+                rx.consume(used);
+            }
+            rx.compact();
+        }
         loop {
             while let Ok(cmd) = self.p.commands.try_recv() {
                 match cmd {
@@ -388,6 +416,9 @@ impl Conn {
                 message::encode(&Message::KeepAlive, &mut self.out);
             }
             if !self.out.is_empty() {
+                if let Some(c) = self.cipher.as_mut() {
+                    c.enc.apply(&mut self.out);
+                }
                 stream.write_all(&self.out).map_err(Error::Io)?;
                 self.out.clear();
                 self.last_send = now;
@@ -396,6 +427,9 @@ impl Conn {
             match stream.read(rx.space()) {
                 Ok(0) => return Err(Error::Closed),
                 Ok(n) => {
+                    if let Some(c) = self.cipher.as_mut() {
+                        c.dec.apply(&mut rx.space()[..n]);
+                    }
                     rx.filled(n);
                     self.last_recv = Instant::now();
                     while let Some((msg, used)) = decode_frame(rx.data(), max_frame)? {
@@ -681,7 +715,7 @@ impl Conn {
     }
 }
 
-fn read_handshake(
+pub(super) fn read_handshake(
     stream: &mut TcpStream,
     timeout: Duration,
 ) -> Result<[u8; message::HANDSHAKE_LEN], Error> {
@@ -692,18 +726,6 @@ fn read_handshake(
         _ => Error::Io(e),
     })?;
     Ok(theirs)
-}
-
-/// Reads and checks the handshake of a connection a peer opened to us
-/// (used by the listener before the session accepts the peer).
-pub fn accept_handshake(
-    stream: &mut TcpStream,
-    info_hash: InfoHash,
-    timeout: Duration,
-) -> Result<Handshake, Error> {
-    stream.set_read_timeout(Some(timeout)).map_err(Error::Io)?;
-    let bytes = read_handshake(stream, timeout)?;
-    Ok(Handshake::decode(&bytes, Some(info_hash))?)
 }
 
 /// Receive buffer: bytes from `start` to `end` are undecoded. Sized to hold

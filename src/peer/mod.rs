@@ -3,21 +3,22 @@
 //! session and a connection thread use to talk: [`Command`] in, [`Event`]
 //! and [`CompletedPiece`] out.
 
+pub mod accept;
 pub mod conn;
 pub mod message;
+pub mod mse;
 pub mod upload;
 
 use crate::types::{PeerId, PieceIndex};
-use message::Handshake;
 use std::net::{SocketAddr, TcpStream};
 
-/// A connection a peer opened to us, with its handshake already read and
-/// checked by the listener.
+/// A connection a peer opened to us, with its opening (plain or MSE
+/// handshake) already read and checked by the listener.
 #[derive(Debug)]
 pub struct Incoming {
     pub stream: TcpStream,
     pub addr: SocketAddr,
-    pub handshake: Handshake,
+    pub accepted: accept::Accepted,
 }
 
 /// Session-unique number of one connection (a reconnect gets a new one).
@@ -43,7 +44,7 @@ pub enum Command {
 #[derive(Debug)]
 pub enum Event {
     /// From the listener: a peer connected to us and sent a good handshake.
-    Incoming(Incoming),
+    Incoming(Box<Incoming>),
     Connected {
         id: ConnId,
         peer_id: PeerId,

@@ -531,7 +531,7 @@ impl Coordinator {
             );
             return;
         }
-        if inc.handshake.peer_id == self.opts.peer_id {
+        if inc.accepted.handshake.peer_id == self.opts.peer_id {
             return; // ourselves, via a tracker that lists us
         }
         let info = self.addrs.entry(addr).or_default();
@@ -653,7 +653,7 @@ impl Coordinator {
 
     fn on_peer_event(&mut self, ev: peer::Event) {
         match ev {
-            peer::Event::Incoming(inc) => self.accept(inc),
+            peer::Event::Incoming(inc) => self.accept(*inc),
             peer::Event::Stats {
                 id,
                 downloaded,

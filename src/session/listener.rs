@@ -4,7 +4,7 @@
 //! `peer::Event::Incoming`. The session decides whether to keep them (peer
 //! cap, bans) and starts their connection thread.
 
-use crate::peer::conn::accept_handshake;
+use crate::peer::accept::accept_handshake;
 use crate::peer::{self, Incoming};
 use crate::types::InfoHash;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
@@ -142,12 +142,20 @@ fn handshake(
                 return;
             }
             match accept_handshake(&mut stream, info_hash, timeout) {
-                Ok(handshake) => {
-                    let _ = events.send(peer::Event::Incoming(Incoming {
+                Ok(accepted) => {
+                    if accepted.encrypted {
+                        let how = if accepted.cipher.is_some() {
+                            "RC4"
+                        } else {
+                            "plaintext"
+                        };
+                        log::info!("incoming {addr}: encrypted handshake, {how} selected");
+                    }
+                    let _ = events.send(peer::Event::Incoming(Box::new(Incoming {
                         stream,
                         addr,
-                        handshake,
-                    }));
+                        accepted,
+                    })));
                 }
                 Err(e) => log::debug!("incoming {addr}: {e}"),
             }

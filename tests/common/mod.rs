@@ -663,6 +663,18 @@ pub fn lt_leech(
     peers: &[SocketAddr],
     timeout: Duration,
 ) -> Duration {
+    lt_leech_with(torrent, out_dir, port, peers, timeout, &[])
+}
+
+/// [`lt_leech`] with extra `lt_peer.py leech` arguments (`--encryption`).
+pub fn lt_leech_with(
+    torrent: &Path,
+    out_dir: &Path,
+    port: u16,
+    peers: &[SocketAddr],
+    timeout: Duration,
+    extra: &[&str],
+) -> Duration {
     // A leecher bound to 127.0.0.1 still dials [::1]; only an all-IPv6
     // peer list gets an IPv6 listening address.
     let v6_only = !peers.is_empty() && peers.iter().all(|p| p.is_ipv6());
@@ -673,7 +685,8 @@ pub fn lt_leech(
         .arg(torrent)
         .arg(out_dir)
         .args(["--port", &port.to_string(), "--bind", bind])
-        .args(["--timeout", &timeout.as_secs_f64().to_string()]);
+        .args(["--timeout", &timeout.as_secs_f64().to_string()])
+        .args(extra);
     for p in peers {
         cmd.arg("--peer").arg(p.to_string());
     }

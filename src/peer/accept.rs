@@ -1,0 +1,187 @@
+//! Reading the opening of a connection a peer made to us, on the
+//! listener's short-lived handshake thread: either a plain BitTorrent
+//! handshake, or an MSE (encrypted) handshake around one. The MSE
+//! arithmetic and parsing are in `mse` (pure); this file owns the socket
+//! steps, each bounded in bytes and all of them by one deadline.
+//! It does not answer the BitTorrent handshake: the connection thread
+//! does, once the session has accepted the peer.
+
+use super::conn::Error;
+use super::message::{Handshake, HANDSHAKE_LEN};
+use super::mse::{self, Cipher, Responder};
+use crate::types::InfoHash;
+use std::io::{self, Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+const PROTOCOL: &[u8; 20] = b"\x13BitTorrent protocol";
+
+/// A checked incoming opening.
+#[derive(Debug)]
+pub struct Accepted {
+    pub handshake: Handshake,
+    /// Set when the peer negotiated RC4: every later byte both ways goes
+    /// through it.
+    pub cipher: Option<Cipher>,
+    /// Bytes the peer sent after its handshake (already decrypted).
+    pub leftover: Vec<u8>,
+    /// Whether the opening was an MSE handshake.
+    pub encrypted: bool,
+}
+
+/// Reads and checks the opening within `timeout` in total.
+pub fn accept_handshake(
+    stream: &mut TcpStream,
+    info_hash: InfoHash,
+    timeout: Duration,
+) -> Result<Accepted, Error> {
+    let mut r = Reader {
+        stream,
+        deadline: Instant::now() + timeout,
+        timeout,
+        pending: Vec::with_capacity(1024),
+    };
+    r.fill(PROTOCOL.len())?;
+    if r.pending[..PROTOCOL.len()] == PROTOCOL[..] {
+        r.fill(HANDSHAKE_LEN)?;
+        let bytes: [u8; HANDSHAKE_LEN] = r.take(HANDSHAKE_LEN).try_into().expect("68 bytes");
+        return Ok(Accepted {
+            handshake: Handshake::decode(&bytes, Some(info_hash))?,
+            cipher: None,
+            leftover: r.pending,
+            encrypted: false,
+        });
+    }
+    encrypted(r, info_hash)
+}
+
+fn encrypted(mut r: Reader<'_>, info_hash: InfoHash) -> Result<Accepted, Error> {
+    // 1: Ya (PadA follows).
+    r.fill(mse::KEY_LEN)?;
+    let ya: [u8; mse::KEY_LEN] = r.take(mse::KEY_LEN).try_into().expect("96 bytes");
+    let mut private = [0u8; mse::PRIVATE_LEN];
+    crate::types::random_bytes(&mut private);
+    let ours = Responder::new(private);
+    let shared = ours.shared(&ya).map_err(Error::Mse)?;
+    // 2: Yb and a random PadB.
+    let mut reply = ours.public_key().to_vec();
+    let mut pad = vec![0u8; (crate::types::random_u64() % 129) as usize];
+    crate::types::random_bytes(&mut pad);
+    reply.extend_from_slice(&pad);
+    r.stream.write_all(&reply).map_err(Error::Io)?;
+
+    // 3: PadA ends at HASH('req1', S), then the torrent, then the offer.
+    let marker = shared.sync_marker();
+    loop {
+        if let Some(at) = r.pending.windows(20).position(|w| w == marker) {
+            r.take(at + 20);
+            break;
+        }
+        if r.pending.len() >= mse::MAX_PAD + 20 {
+            return Err(Error::Mse(mse::Error::NoSync));
+        }
+        r.more()?;
+    }
+    r.fill(20)?;
+    if r.take(20) != shared.torrent_marker(info_hash) {
+        return Err(Error::Mse(mse::Error::UnknownTorrent));
+    }
+    let mut cipher = shared.cipher(info_hash);
+    r.fill(mse::OFFER_LEN)?;
+    let mut offer: [u8; mse::OFFER_LEN] = r.take(mse::OFFER_LEN).try_into().expect("14 bytes");
+    cipher.dec.apply(&mut offer);
+    let (provide, pad_c) = mse::parse_offer(&offer).map_err(Error::Mse)?;
+    let selected = mse::select(provide).map_err(Error::Mse)?;
+    r.fill(pad_c + 2)?;
+    let mut pad_and_len = r.take(pad_c + 2);
+    cipher.dec.apply(&mut pad_and_len);
+    let ia_len = u16::from_be_bytes([pad_and_len[pad_c], pad_and_len[pad_c + 1]]) as usize;
+    r.fill(ia_len)?;
+    // The initial payload is always encrypted; what follows only with RC4.
+    let mut plain = r.take(ia_len);
+    cipher.dec.apply(&mut plain);
+
+    // 4: our verification constant and choice.
+    let mut answer = mse::answer(selected);
+    cipher.enc.apply(&mut answer);
+    r.stream.write_all(&answer).map_err(Error::Io)?;
+
+    let rc4 = selected == mse::CRYPTO_RC4;
+    let mut rest = std::mem::take(&mut r.pending);
+    if rc4 {
+        cipher.dec.apply(&mut rest);
+    }
+    plain.extend_from_slice(&rest);
+    while plain.len() < HANDSHAKE_LEN {
+        let mut more = r.read_some()?;
+        if rc4 {
+            cipher.dec.apply(&mut more);
+        }
+        plain.extend_from_slice(&more);
+    }
+    let leftover = plain.split_off(HANDSHAKE_LEN);
+    let bytes: [u8; HANDSHAKE_LEN] = plain.try_into().expect("68 bytes");
+    Ok(Accepted {
+        handshake: Handshake::decode(&bytes, Some(info_hash))?,
+        cipher: rc4.then_some(cipher),
+        leftover,
+        encrypted: true,
+    })
+}
+
+/// Buffered reads against one deadline.
+struct Reader<'a> {
+    stream: &'a mut TcpStream,
+    deadline: Instant,
+    timeout: Duration,
+    pending: Vec<u8>,
+}
+
+impl Reader<'_> {
+    /// Reads whatever arrives next (at least one byte).
+    fn read_some(&mut self) -> Result<Vec<u8>, Error> {
+        let left = self
+            .deadline
+            .checked_duration_since(Instant::now())
+            .filter(|d| !d.is_zero())
+            .ok_or(Error::HandshakeTimeout(self.timeout))?;
+        self.stream
+            .set_read_timeout(Some(left))
+            .map_err(Error::Io)?;
+        let mut buf = [0u8; 1024];
+        match self.stream.read(&mut buf) {
+            Ok(0) => Err(Error::Closed),
+            Ok(n) => Ok(buf[..n].to_vec()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                Err(Error::HandshakeTimeout(self.timeout))
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(Vec::new()),
+            Err(e) => Err(Error::Io(e)),
+        }
+    }
+
+    fn more(&mut self) -> Result<(), Error> {
+        let got = self.read_some()?;
+        self.pending.extend_from_slice(&got);
+        Ok(())
+    }
+
+    /// Until at least `n` bytes are pending.
+    fn fill(&mut self, n: usize) -> Result<(), Error> {
+        while self.pending.len() < n {
+            self.more()?;
+        }
+        Ok(())
+    }
+
+    /// The first `n` pending bytes (which must be there).
+    fn take(&mut self, n: usize) -> Vec<u8> {
+        let rest = self.pending.split_off(n);
+        std::mem::replace(&mut self.pending, rest)
+    }
+}

@@ -1,0 +1,422 @@
+//! Message Stream Encryption (MSE, "protocol encryption"), the responder
+//! side, as pure code: the 768-bit Diffie-Hellman exchange, the key and
+//! hash derivations, RC4, and parsing the initiator's crypto offer.
+//!
+//! aria2, Transmission, qBittorrent and libtorrent open connections with an
+//! MSE handshake by default and only fall back to a plain one after it
+//! fails (aria2 waits a second to reconnect). Answering it lets those
+//! clients download from rtc at once. The socket side (reading the steps
+//! in order, bounded) lives in `conn::accept_handshake`; rtc itself opens
+//! plain connections, which every client accepts by default.
+//!
+//! MSE is obfuscation against traffic shaping, not security: there is no
+//! authentication. rtc selects plaintext whenever the initiator offers it
+//! (the stream then costs nothing after the handshake) and RC4 otherwise.
+
+use crate::types::InfoHash;
+use std::fmt;
+
+/// Length of a public key (Ya, Yb) and of the shared secret S.
+pub const KEY_LEN: usize = 96;
+/// Longest PadA / PadB / PadC / PadD the protocol allows.
+pub const MAX_PAD: usize = 512;
+/// Bytes of the initiator's step 3 before PadC: VC, crypto_provide,
+/// len(PadC).
+pub const OFFER_LEN: usize = 8 + 4 + 2;
+/// The private exponent's length (160 bits, as the protocol requires).
+pub const PRIVATE_LEN: usize = 20;
+
+pub const CRYPTO_PLAIN: u32 = 0x01;
+pub const CRYPTO_RC4: u32 = 0x02;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Error {
+    /// The decrypted verification constant was not eight zero bytes.
+    BadVerification,
+    /// The initiator offered neither plaintext nor RC4.
+    NoCommonMethod(u32),
+    /// A pad length over 512.
+    PadTooLong(u16),
+    /// The initiator's key is 0, 1 or not below P.
+    BadPublicKey,
+    /// HASH('req1', S) did not appear within PadA's 512 bytes.
+    NoSync,
+    /// The initiator asked for a torrent other than ours.
+    UnknownTorrent,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::BadVerification => f.write_str("encrypted handshake: bad verification constant"),
+            Error::NoCommonMethod(m) => {
+                write!(
+                    f,
+                    "encrypted handshake: no common crypto method (offered {m:#x})"
+                )
+            }
+            Error::PadTooLong(n) => write!(f, "encrypted handshake: pad of {n} bytes (max 512)"),
+            Error::BadPublicKey => f.write_str("encrypted handshake: invalid public key"),
+            Error::NoSync => f.write_str("encrypted handshake: no sync marker within 512 bytes"),
+            Error::UnknownTorrent => {
+                f.write_str("encrypted handshake: peer asks for a different torrent")
+            }
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+// ---------------------------------------------------------------------------
+// 768-bit arithmetic modulo P: 24 little-endian u32 limbs. Only what the
+// exchange needs (modular exponentiation), written for clarity; one
+// exponentiation takes a few milliseconds.
+
+const LIMBS: usize = 24;
+type Num = [u32; LIMBS];
+
+/// P, the protocol's 768-bit prime, big-endian.
+const P_BYTES: [u8; KEY_LEN] = [
+    0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xC9, 0x0F, 0xDA, 0xA2, 0x21, 0x68, 0xC2, 0x34,
+    0xC4, 0xC6, 0x62, 0x8B, 0x80, 0xDC, 0x1C, 0xD1, 0x29, 0x02, 0x4E, 0x08, 0x8A, 0x67, 0xCC, 0x74,
+    0x02, 0x0B, 0xBE, 0xA6, 0x3B, 0x13, 0x9B, 0x22, 0x51, 0x4A, 0x08, 0x79, 0x8E, 0x34, 0x04, 0xDD,
+    0xEF, 0x95, 0x19, 0xB3, 0xCD, 0x3A, 0x43, 0x1B, 0x30, 0x2B, 0x0A, 0x6D, 0xF2, 0x5F, 0x14, 0x37,
+    0x4F, 0xE1, 0x35, 0x6D, 0x6D, 0x51, 0xC2, 0x45, 0xE4, 0x85, 0xB5, 0x76, 0x62, 0x5E, 0x7E, 0xC6,
+    0xF4, 0x4C, 0x42, 0xE9, 0xA6, 0x3A, 0x36, 0x21, 0x00, 0x00, 0x00, 0x00, 0x00, 0x09, 0x05, 0x63,
+];
+
+fn from_be(bytes: &[u8; KEY_LEN]) -> Num {
+    let mut n = [0u32; LIMBS];
+    for (i, limb) in n.iter_mut().enumerate() {
+        let at = KEY_LEN - 4 * (i + 1);
+        *limb = u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    }
+    n
+}
+
+fn to_be(n: &Num) -> [u8; KEY_LEN] {
+    let mut out = [0u8; KEY_LEN];
+    for (i, limb) in n.iter().enumerate() {
+        let at = KEY_LEN - 4 * (i + 1);
+        out[at..at + 4].copy_from_slice(&limb.to_be_bytes());
+    }
+    out
+}
+
+/// a >= b, both `len` limbs (extra high limbs of `a` included).
+fn ge(a: &[u32], b: &[u32]) -> bool {
+    for i in (0..a.len()).rev() {
+        let bi = b.get(i).copied().unwrap_or(0);
+        if a[i] != bi {
+            return a[i] > bi;
+        }
+    }
+    true
+}
+
+/// a -= b (a >= b).
+fn sub_in_place(a: &mut [u32], b: &[u32]) {
+    let mut borrow = 0i64;
+    for (i, limb) in a.iter_mut().enumerate() {
+        let d = *limb as i64 - b.get(i).copied().unwrap_or(0) as i64 - borrow;
+        borrow = i64::from(d < 0);
+        *limb = d.rem_euclid(1 << 32) as u32;
+    }
+}
+
+/// (a * b) mod P, with a, b < P.
+fn mul_mod(a: &Num, b: &Num, p: &Num) -> Num {
+    let mut wide = [0u32; 2 * LIMBS];
+    for (i, &ai) in a.iter().enumerate() {
+        let mut carry = 0u64;
+        for (j, &bj) in b.iter().enumerate() {
+            let t = ai as u64 * bj as u64 + wide[i + j] as u64 + carry;
+            wide[i + j] = t as u32;
+            carry = t >> 32;
+        }
+        wide[i + LIMBS] = carry as u32;
+    }
+    // Shift the product in bit by bit from the top, keeping r < P; r has
+    // one spare limb for the doubling.
+    let mut r = [0u32; LIMBS + 1];
+    for bit in (0..2 * LIMBS * 32).rev() {
+        let mut carry = (wide[bit / 32] >> (bit % 32)) & 1;
+        for limb in r.iter_mut() {
+            let next = *limb >> 31;
+            *limb = (*limb << 1) | carry;
+            carry = next;
+        }
+        if ge(&r, p) {
+            sub_in_place(&mut r, p);
+        }
+    }
+    let mut out = [0u32; LIMBS];
+    out.copy_from_slice(&r[..LIMBS]);
+    out
+}
+
+/// base^exp mod P, exp big-endian of any length.
+fn pow_mod(base: &Num, exp: &[u8], p: &Num) -> Num {
+    let mut acc = [0u32; LIMBS];
+    acc[0] = 1;
+    for byte in exp {
+        for bit in (0..8).rev() {
+            acc = mul_mod(&acc, &acc, p);
+            if (byte >> bit) & 1 == 1 {
+                acc = mul_mod(&acc, base, p);
+            }
+        }
+    }
+    acc
+}
+
+// ---------------------------------------------------------------------------
+
+/// RC4, as MSE uses it: keyed with a SHA-1 digest, first 1024 bytes of the
+/// keystream discarded.
+#[derive(Clone)]
+pub struct Rc4 {
+    s: [u8; 256],
+    i: u8,
+    j: u8,
+}
+
+impl fmt::Debug for Rc4 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Rc4")
+    }
+}
+
+impl Rc4 {
+    pub fn new(key: &[u8]) -> Rc4 {
+        let mut s = [0u8; 256];
+        for (i, v) in s.iter_mut().enumerate() {
+            *v = i as u8;
+        }
+        let mut j = 0u8;
+        for i in 0..256 {
+            j = j.wrapping_add(s[i]).wrapping_add(key[i % key.len()]);
+            s.swap(i, j as usize);
+        }
+        Rc4 { s, i: 0, j: 0 }
+    }
+
+    /// XORs the keystream into `data` (encrypts and decrypts alike).
+    pub fn apply(&mut self, data: &mut [u8]) {
+        for b in data {
+            self.i = self.i.wrapping_add(1);
+            self.j = self.j.wrapping_add(self.s[self.i as usize]);
+            self.s.swap(self.i as usize, self.j as usize);
+            let k =
+                self.s[(self.s[self.i as usize].wrapping_add(self.s[self.j as usize])) as usize];
+            *b ^= k;
+        }
+    }
+
+    fn discarding_1024(key: &[u8]) -> Rc4 {
+        let mut rc4 = Rc4::new(key);
+        rc4.apply(&mut [0u8; 1024]);
+        rc4
+    }
+}
+
+/// The ciphers of an RC4-selected connection: `dec` for what the peer
+/// sends, `enc` for what we send.
+#[derive(Debug, Clone)]
+pub struct Cipher {
+    pub dec: Rc4,
+    pub enc: Rc4,
+}
+
+fn hash(parts: &[&[u8]]) -> [u8; 20] {
+    let mut h = sha1_smol::Sha1::new();
+    for p in parts {
+        h.update(p);
+    }
+    h.digest().bytes()
+}
+
+/// Our side of the exchange, from a random 160-bit private key.
+pub struct Responder {
+    private: [u8; PRIVATE_LEN],
+    p: Num,
+}
+
+impl Responder {
+    pub fn new(private: [u8; PRIVATE_LEN]) -> Responder {
+        Responder {
+            private,
+            p: from_be(&P_BYTES),
+        }
+    }
+
+    /// Yb = 2^Xb mod P.
+    pub fn public_key(&self) -> [u8; KEY_LEN] {
+        let mut two = [0u32; LIMBS];
+        two[0] = 2;
+        to_be(&pow_mod(&two, &self.private, &self.p))
+    }
+
+    /// S = Ya^Xb mod P, refusing keys that would make S trivial.
+    pub fn shared(&self, ya: &[u8; KEY_LEN]) -> Result<Shared, Error> {
+        let y = from_be(ya);
+        let mut two = [0u32; LIMBS];
+        two[0] = 2;
+        if ge(&y, &self.p) || !ge(&y, &two) {
+            return Err(Error::BadPublicKey);
+        }
+        Ok(Shared {
+            s: to_be(&pow_mod(&y, &self.private, &self.p)),
+        })
+    }
+}
+
+/// The shared secret S and what is derived from it.
+pub struct Shared {
+    s: [u8; KEY_LEN],
+}
+
+impl Shared {
+    /// HASH('req1', S): the marker that ends PadA.
+    pub fn sync_marker(&self) -> [u8; 20] {
+        hash(&[b"req1", &self.s])
+    }
+
+    /// HASH('req2', SKEY) xor HASH('req3', S) for our torrent: the
+    /// initiator names the torrent this way.
+    pub fn torrent_marker(&self, info_hash: InfoHash) -> [u8; 20] {
+        let a = hash(&[b"req2", &info_hash.0]);
+        let b = hash(&[b"req3", &self.s]);
+        let mut out = [0u8; 20];
+        for i in 0..20 {
+            out[i] = a[i] ^ b[i];
+        }
+        out
+    }
+
+    /// The initiator encrypts with keyA, we with keyB.
+    pub fn cipher(&self, info_hash: InfoHash) -> Cipher {
+        Cipher {
+            dec: Rc4::discarding_1024(&hash(&[b"keyA", &self.s, &info_hash.0])),
+            enc: Rc4::discarding_1024(&hash(&[b"keyB", &self.s, &info_hash.0])),
+        }
+    }
+}
+
+/// The decrypted VC, crypto_provide and len(PadC): returns the offer and
+/// PadC's length.
+pub fn parse_offer(plain: &[u8; OFFER_LEN]) -> Result<(u32, usize), Error> {
+    if plain[..8] != [0u8; 8] {
+        return Err(Error::BadVerification);
+    }
+    let provide = u32::from_be_bytes([plain[8], plain[9], plain[10], plain[11]]);
+    let pad = u16::from_be_bytes([plain[12], plain[13]]);
+    if pad as usize > MAX_PAD {
+        return Err(Error::PadTooLong(pad));
+    }
+    Ok((provide, pad as usize))
+}
+
+/// Plaintext when offered (nothing to pay per byte), else RC4.
+pub fn select(provide: u32) -> Result<u32, Error> {
+    if provide & CRYPTO_PLAIN != 0 {
+        Ok(CRYPTO_PLAIN)
+    } else if provide & CRYPTO_RC4 != 0 {
+        Ok(CRYPTO_RC4)
+    } else {
+        Err(Error::NoCommonMethod(provide))
+    }
+}
+
+/// Step 4 before encryption: VC, crypto_select, len(PadD) = 0.
+pub fn answer(selected: u32) -> [u8; OFFER_LEN] {
+    let mut out = [0u8; OFFER_LEN];
+    out[8..12].copy_from_slice(&selected.to_be_bytes());
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len() / 2)
+            .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
+            .collect()
+    }
+
+    const EXPECTED_2_POW_X: &str = "96e112dab29e8c5272accb9b17b26887ce54a144a4e3b697c7d159b7a817e556b0918db2b4c658e02a87f7e5fb14b18a553e084cbf3dad2d30f16596ccb982d406258c61b30c5c1dae2ddc60bdbd48d79896312aad63238c39e1a633821eb693";
+
+    #[test]
+    fn rc4_known_vectors() {
+        let mut d = *b"Plaintext";
+        Rc4::new(b"Key").apply(&mut d);
+        assert_eq!(d.to_vec(), unhex("bbf316e8d940af0ad3"));
+        let mut d = *b"pedia";
+        Rc4::new(b"Wiki").apply(&mut d);
+        assert_eq!(d.to_vec(), unhex("1021bf0420"));
+    }
+
+    #[test]
+    fn the_prime_round_trips() {
+        assert_eq!(to_be(&from_be(&P_BYTES)), P_BYTES);
+    }
+
+    #[test]
+    fn public_key_matches_python_pow() {
+        // pow(2, 0x0102...14, P) computed with Python's integers.
+        let mut x = [0u8; PRIVATE_LEN];
+        for (i, b) in x.iter_mut().enumerate() {
+            *b = i as u8 + 1;
+        }
+        let y = Responder::new(x).public_key();
+        assert_eq!(y.to_vec(), unhex(EXPECTED_2_POW_X));
+    }
+
+    #[test]
+    fn both_sides_derive_the_same_secret() {
+        let a = Responder::new([7u8; PRIVATE_LEN]);
+        let b = Responder::new([0x5au8; PRIVATE_LEN]);
+        let sa = a.shared(&b.public_key()).unwrap();
+        let sb = b.shared(&a.public_key()).unwrap();
+        assert_eq!(sa.s, sb.s);
+        let ih = InfoHash([3; 20]);
+        assert_eq!(sa.torrent_marker(ih), sb.torrent_marker(ih));
+        // keyA on one side decrypts what keyA on the other encrypts.
+        let (mut ca, mut cb) = (sa.cipher(ih), sb.cipher(ih));
+        let mut msg = *b"hello, peer";
+        ca.dec.apply(&mut msg);
+        assert_ne!(&msg, b"hello, peer");
+        cb.dec.apply(&mut msg);
+        assert_eq!(&msg, b"hello, peer");
+    }
+
+    #[test]
+    fn trivial_keys_are_refused() {
+        let r = Responder::new([1; PRIVATE_LEN]);
+        let mut one = [0u8; KEY_LEN];
+        one[KEY_LEN - 1] = 1;
+        assert!(matches!(r.shared(&one), Err(Error::BadPublicKey)));
+        assert!(matches!(r.shared(&P_BYTES), Err(Error::BadPublicKey)));
+        assert!(matches!(
+            r.shared(&[0xff; KEY_LEN]),
+            Err(Error::BadPublicKey)
+        ));
+    }
+
+    #[test]
+    fn offers_and_selection() {
+        let mut offer = [0u8; OFFER_LEN];
+        offer[11] = 3;
+        offer[13] = 200;
+        assert_eq!(parse_offer(&offer), Ok((3, 200)));
+        assert_eq!(select(3), Ok(CRYPTO_PLAIN));
+        assert_eq!(select(2), Ok(CRYPTO_RC4));
+        assert_eq!(select(4), Err(Error::NoCommonMethod(4)));
+        offer[12] = 2; // 712 bytes of PadC
+        assert_eq!(parse_offer(&offer), Err(Error::PadTooLong(712)));
+        offer[0] = 1;
+        assert_eq!(parse_offer(&offer), Err(Error::BadVerification));
+        assert_eq!(&answer(CRYPTO_RC4)[8..], &[0, 0, 0, 2, 0, 0]);
+    }
+}
