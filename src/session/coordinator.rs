@@ -743,6 +743,9 @@ impl Coordinator {
                     return;
                 }
                 if handle.incoming {
+                    // Its source port will not be seen again: forget it,
+                    // so a long seed's address map does not grow.
+                    self.addrs.remove(&addr);
                     return;
                 }
                 // A peer that connected and then went away may come back;

@@ -65,8 +65,10 @@ pub fn bind(port: u16) -> io::Result<Listeners> {
     };
     let port = six.local_addr()?.port();
     let mut all = vec![six];
-    if let Ok(four) = TcpListener::bind(("0.0.0.0", port)) {
-        all.push(four);
+    match TcpListener::bind(("0.0.0.0", port)) {
+        Ok(four) => all.push(four),
+        // Expected when `[::]` is dual-stack (it holds the IPv4 port too).
+        Err(e) => log::debug!("IPv4 listener on {port}: {e} (dual-stack [::] covers it)"),
     }
     Ok(Listeners(all))
 }
