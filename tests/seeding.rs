@@ -159,6 +159,20 @@ impl Setup {
     fn seed_dir(&self) -> PathBuf {
         self.dir.path().join("seed")
     }
+    /// Another rtc downloads from `peer` only; its bytes must match.
+    fn rtc_leech(&self, peer: SocketAddr) {
+        let out = self.dir.path().join("rtc2");
+        let o = run_bounded(
+            Command::new(rtc_bin())
+                .args(["--port", &free_port().to_string(), "-o"])
+                .arg(&out)
+                .args(["--peer", &peer.to_string()])
+                .arg(&self.torrent),
+            BOUND,
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_same_bytes(&self.data, &out.join("s.bin"));
+    }
     /// `rtc seed` over the original data.
     fn rtc_seed(&self) -> Rtc {
         Rtc::start(
@@ -245,17 +259,7 @@ fn libtorrent_downloads_from_rtc_over_ipv6() {
 fn rtc_downloads_from_rtc() {
     let s = setup(MIB6, 113);
     let seeder = s.rtc_seed();
-    let out = s.dir.path().join("rtc2");
-    let o = run_bounded(
-        Command::new(rtc_bin())
-            .args(["--port", &free_port().to_string(), "-o"])
-            .arg(&out)
-            .args(["--peer", &seeder.addr().to_string()])
-            .arg(&s.torrent),
-        BOUND,
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_same_bytes(&s.data, &out.join("s.bin"));
+    s.rtc_leech(seeder.addr());
     seeder.stop();
 }
 
@@ -413,17 +417,7 @@ fn a_flood_of_silent_connections_is_capped_and_honest_peers_still_finish() {
     assert!(threads <= 64 + 24, "{threads} threads under the flood");
     // Once the flood goes away, an honest leecher gets everything.
     drop(silent);
-    let out = s.dir.path().join("rtc2");
-    let o = run_bounded(
-        Command::new(rtc_bin())
-            .args(["--port", &free_port().to_string(), "-o"])
-            .arg(&out)
-            .args(["--peer", &rtc.addr().to_string()])
-            .arg(&s.torrent),
-        BOUND,
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_same_bytes(&s.data, &out.join("s.bin"));
+    s.rtc_leech(rtc.addr());
     rtc.stop();
 }
 

@@ -355,11 +355,7 @@ impl Conn {
             }
             rx.space()[..leftover.len()].copy_from_slice(&leftover);
             rx.filled(leftover.len());
-            while let Some((msg, used)) = decode_frame(rx.data(), max_frame)? {
-                self.on_message(msg)?;
-                rx.consume(used);
-            }
-            rx.compact();
+            self.handle_frames(&mut rx, max_frame)?;
         }
         loop {
             while let Ok(cmd) = self.p.commands.try_recv() {
@@ -432,11 +428,7 @@ impl Conn {
                     }
                     rx.filled(n);
                     self.last_recv = Instant::now();
-                    while let Some((msg, used)) = decode_frame(rx.data(), max_frame)? {
-                        self.on_message(msg)?;
-                        rx.consume(used);
-                    }
-                    rx.compact();
+                    self.handle_frames(&mut rx, max_frame)?;
                 }
                 Err(e)
                     if matches!(
@@ -462,6 +454,16 @@ impl Conn {
                 self.abandon_all()?;
             }
         }
+    }
+
+    /// Handles every whole frame in `rx`, keeping a partial one.
+    fn handle_frames(&mut self, rx: &mut RecvBuf, max_frame: u32) -> Result<(), Error> {
+        while let Some((msg, used)) = decode_frame(rx.data(), max_frame)? {
+            self.on_message(msg)?;
+            rx.consume(used);
+        }
+        rx.compact();
+        Ok(())
     }
 
     /// Counters since the last report (and resets them).
