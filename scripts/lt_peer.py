@@ -61,10 +61,10 @@ def parse_peer(text):
 OUT_ENCRYPTION = {
     # Plain handshakes only: no reconnect with plaintext-only peers.
     "plain": {"out_enc_policy": int(lt.enc_policy.pe_disabled)},
-    # libtorrent's (and qBittorrent's) defaults: try MSE first, offer
-    # plaintext and RC4.
-    "default": {
-        "out_enc_policy": int(lt.enc_policy.pe_enabled),
+    # Always open with MSE, offering plaintext and RC4 (libtorrent's own
+    # default, pe_enabled, sometimes opens plain instead: not testable).
+    "mse": {
+        "out_enc_policy": int(lt.enc_policy.pe_forced),
         "allowed_enc_level": int(lt.enc_level.pe_both),
     },
     # MSE with RC4 only: every byte of the connection encrypted.
