@@ -1,13 +1,15 @@
 #!/usr/bin/python3
 """A libtorrent peer on loopback, for rtc's integration tests and benchmark.
 
-  lt_peer.py seed  TORRENT DATA_PARENT_DIR --port P [--bind ADDR]
+  lt_peer.py seed  TORRENT DATA_PARENT_DIR --port P [--bind ADDR] [--seed-mode]
   lt_peer.py leech TORRENT OUT_DIR --port P [--bind ADDR] [--peer HOST:PORT]...
                    [--timeout SECS]
 
 seed: checks the data under DATA_PARENT_DIR, waits (briefly) for the first
 tracker reply if the torrent names a tracker, prints `READY <port>` and then
-seeds until it is killed.
+seeds until it is killed. With --seed-mode it skips the up-front check
+(libtorrent's seed_mode: each piece is hashed when first requested), for
+torrents too big to check at every start.
 
 leech: downloads into OUT_DIR from the torrent's trackers and every --peer,
 prints `DONE <seconds>` once every piece is verified and exits 0. Any error,
@@ -145,7 +147,7 @@ def make_session(bind, port, upload_limit=0, encryption="plain"):
     return ses
 
 
-def add(ses, torrent, save_path):
+def add(ses, torrent, save_path, seed_mode=False):
     try:
         ti = lt.torrent_info(torrent)
     except RuntimeError as e:
@@ -155,6 +157,8 @@ def add(ses, torrent, save_path):
     atp.save_path = save_path
     atp.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
     atp.flags |= lt.torrent_flags.disable_dht | lt.torrent_flags.disable_lsd
+    if seed_mode:
+        atp.flags |= lt.torrent_flags.seed_mode
     try:
         h = ses.add_torrent(atp)
     except RuntimeError as e:
@@ -206,7 +210,7 @@ def orphaned():
 def seed(args):
     ses = make_session(args.bind, args.port, args.upload_limit)
     alerts = Alerts(ses)
-    h, ti = add(ses, args.torrent, args.data_parent_dir)
+    h, ti = add(ses, args.torrent, args.data_parent_dir, args.seed_mode)
     deadline = time.monotonic() + args.timeout
     while True:
         alerts.pump()
@@ -303,6 +307,11 @@ def main():
                 type=int,
                 default=0,
                 help="bytes per second (0: unlimited), to make a slow seeder",
+            )
+            sp.add_argument(
+                "--seed-mode",
+                action="store_true",
+                help="trust the data without checking it first (libtorrent seed_mode)",
             )
     args = p.parse_args()
     try:

@@ -115,6 +115,13 @@ impl Layout {
         u64::from(piece.0) * u64::from(self.piece_length)
     }
 
+    /// Pieces one connection must hold at once to keep `pipeline` blocks
+    /// in flight: enough whole pieces, plus one being finished.
+    pub fn pieces_for_pipeline(&self, pipeline: usize) -> usize {
+        let piece_len = self.piece_length.max(1) as usize;
+        (pipeline * BLOCK_LEN as usize).div_ceil(piece_len) + 1
+    }
+
     /// Number of blocks in `piece` (0 for a piece out of range).
     pub fn block_count(&self, piece: PieceIndex) -> u32 {
         self.piece_len(piece).div_ceil(BLOCK_LEN)

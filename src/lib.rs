@@ -17,6 +17,7 @@ pub use types::{Block, InfoHash, PeerId, PieceIndex};
 pub mod peer;
 pub mod session;
 pub mod storage;
+pub mod text;
 pub mod tracker;
 pub mod verify;
 

@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 use rtc::session::{Download, Error as SessionError, Options, SeedUntil};
+use rtc::text::{escaped_path, Escaped};
 use rtc::Torrent;
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
@@ -45,6 +46,8 @@ OPTIONS:
         --timeout SECS     give up when no peer is connected for SECS (default: 60)
         --tracker-timeout SECS  bound on one tracker request (default: 15)
         --pipeline N       16 KiB requests in flight per peer (default: 128)
+        --repair           rewrite pieces that fail verification in existing
+                           files of the torrent's size that rtc did not create
     -q, --quiet            print nothing but errors
     -v, --verbose          log more (-v info, -vv debug); RUST_LOG also works
     -h, --help             print this help
@@ -74,7 +77,19 @@ fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::from(exit::OK),
         Err(f) => {
-            eprintln!("rtc: {}", f.message);
+            // Messages escape what came from outside already; this is the
+            // last guard that nothing drives the terminal.
+            let line: String = f
+                .message
+                .chars()
+                .flat_map(|c| {
+                    let esc = c.is_control().then(|| c.escape_default().to_string());
+                    esc.unwrap_or_else(|| c.to_string())
+                        .chars()
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            eprintln!("rtc: {line}");
             ExitCode::from(f.code)
         }
     }
@@ -125,6 +140,7 @@ fn run() -> Result<(), Failure> {
     let trackers: Vec<String> = args.values_from_str("--tracker").map_err(usage)?;
     let piece_length: Option<u32> = args.opt_value_from_str("--piece-length").map_err(usage)?;
     let private = args.contains("--private");
+    let repair = args.contains("--repair");
     let comment: Option<String> = args.opt_value_from_str("--comment").map_err(usage)?;
 
     init_logging(quiet, verbosity);
@@ -187,6 +203,7 @@ fn run() -> Result<(), Failure> {
         }
         opts.limits.pipeline = n;
     }
+    opts.repair = repair;
     opts.seed = match (seed_ratio, seed_time) {
         (Some(_), Some(_)) => return Err(usage("give --seed-ratio or --seed-time, not both")),
         (Some(r), None) if r.is_finite() && r > 0.0 => SeedUntil::Ratio(r),
@@ -256,7 +273,7 @@ fn load_torrent(source: &str) -> Result<Torrent, Failure> {
 }
 
 fn print_info(t: &Torrent) {
-    println!("name:         {}", t.name());
+    println!("name:         {}", Escaped(t.name()));
     println!("info hash:    {}", t.info_hash());
     println!(
         "total size:   {} ({} bytes)",
@@ -269,9 +286,12 @@ fn print_info(t: &Torrent) {
         human(t.piece_length() as u64)
     );
     println!("private:      {}", if t.private() { "yes" } else { "no" });
+    if let Some(c) = t.comment() {
+        println!("comment:      {}", Escaped(c));
+    }
     println!("files:        {}", t.files().len());
     for f in t.files() {
-        println!("  {:>12}  {}", f.length(), f.path().display());
+        println!("  {:>12}  {}", f.length(), escaped_path(f.path()));
     }
     let tiers = t.trackers();
     if tiers.is_empty() {
@@ -280,7 +300,7 @@ fn print_info(t: &Torrent) {
         println!("trackers:");
         for (i, tier) in tiers.iter().enumerate() {
             for url in tier {
-                println!("  tier {i}: {url}");
+                println!("  tier {i}: {}", Escaped(url));
             }
         }
     }
@@ -302,7 +322,7 @@ fn verify(torrent: &Torrent, dir: &std::path::Path) -> Result<(), Failure> {
         .sum();
     println!(
         "{}: {}/{} pieces verified ({} of {})",
-        torrent.name(),
+        Escaped(torrent.name()),
         have.count(),
         have.len(),
         human(bytes),
@@ -318,7 +338,7 @@ fn verify(torrent: &Torrent, dir: &std::path::Path) -> Result<(), Failure> {
             FileStatus::Missing => "missing".to_string(),
             FileStatus::Partial { pieces, of } => format!("partial {pieces}/{of}"),
         };
-        println!("  {st:<16} {}", f.path().display());
+        println!("  {st:<16} {}", escaped_path(f.path()));
     }
     if have.is_full() {
         Ok(())
@@ -327,7 +347,7 @@ fn verify(torrent: &Torrent, dir: &std::path::Path) -> Result<(), Failure> {
             exit::INCOMPLETE,
             format!(
                 "{}: incomplete, {} of {} pieces missing or wrong",
-                torrent.name(),
+                Escaped(torrent.name()),
                 have.len() - have.count(),
                 have.len()
             ),
@@ -383,8 +403,8 @@ fn create(
     if !quiet {
         eprintln!(
             "rtc: created {}: {} ({}, {} pieces of {}), info hash {}",
-            out.display(),
-            torrent.name(),
+            escaped_path(out),
+            Escaped(torrent.name()),
             human(torrent.total_length()),
             torrent.piece_count(),
             human(torrent.piece_length() as u64),
@@ -400,15 +420,18 @@ fn print_scrape(t: &Torrent, timeout: Duration) {
     for url in t.trackers().iter().flatten() {
         match rtc::tracker::scrape(&mut clients, url, &t.info_hash(), timeout) {
             Ok((seeders, completed, leechers)) => {
-                println!("  {url}: {seeders} seeders, {leechers} leechers, {completed} completed")
+                println!(
+                    "  {}: {seeders} seeders, {leechers} leechers, {completed} completed",
+                    Escaped(url)
+                )
             }
-            Err(e) => println!("  {url}: error: {e}"),
+            Err(e) => println!("  {}: error: {e}", Escaped(url)),
         }
     }
 }
 
 fn download(torrent: Torrent, opts: Options, quiet: bool) -> Result<(), Failure> {
-    let name = torrent.name().to_string();
+    let name = rtc::text::escaped(torrent.name());
     let dl = Download::start(torrent, opts).map_err(session_failure)?;
     // Ctrl-C / SIGTERM cancel the download cleanly: peers are closed, queued
     // verified pieces are written, and the tracker hears `stopped`.

@@ -12,6 +12,7 @@ use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug)]
@@ -19,6 +20,13 @@ pub enum Error {
     /// A file that rtc did not start holds data that would be overwritten.
     WouldClobber {
         path: PathBuf,
+    },
+    /// `--repair` was asked for, but the file is not this torrent's size:
+    /// it is someone else's file, and it is not touched.
+    NotRepairable {
+        path: PathBuf,
+        expected: u64,
+        actual: u64,
     },
     CreateDir {
         path: PathBuf,
@@ -46,23 +54,50 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::CreateDir { path, source } => {
-                write!(f, "cannot create directory {}: {source}", path.display())
+                write!(
+                    f,
+                    "cannot create directory {}: {source}",
+                    crate::text::escaped_path(path)
+                )
             }
-            Error::Open { path, source } => write!(f, "cannot open {}: {source}", path.display()),
+            Error::Open { path, source } => write!(
+                f,
+                "cannot open {}: {source}",
+                crate::text::escaped_path(path)
+            ),
             Error::Write { path, source } => {
-                write!(f, "cannot write {}: {source}", path.display())
+                write!(
+                    f,
+                    "cannot write {}: {source}",
+                    crate::text::escaped_path(path)
+                )
             }
-            Error::Read { path, source } => write!(f, "cannot read {}: {source}", path.display()),
+            Error::Read { path, source } => write!(
+                f,
+                "cannot read {}: {source}",
+                crate::text::escaped_path(path)
+            ),
             Error::WouldClobber { path } => write!(
                 f,
                 "{} already exists and does not match the torrent; refusing to overwrite it \
-                 (move it away or choose another output directory)",
-                path.display()
+                 (move it away, choose another output directory, or run again with --repair \
+                 if it is this torrent's own damaged data)",
+                crate::text::escaped_path(path)
+            ),
+            Error::NotRepairable {
+                path,
+                expected,
+                actual,
+            } => write!(
+                f,
+                "{} has {actual} bytes, not the torrent's {expected}; --repair only rewrites \
+                 files of the right size, so it is left alone",
+                crate::text::escaped_path(path)
             ),
             Error::NotAFile { path } => write!(
                 f,
                 "{} exists and is not a regular file or directory (symlinks are not followed)",
-                path.display()
+                crate::text::escaped_path(path)
             ),
         }
     }
@@ -78,6 +113,8 @@ struct Slot {
     /// The file held bytes before we opened it: its pieces may already be
     /// downloaded and are worth verifying.
     had_data: bool,
+    /// Its length before we opened it.
+    found_len: u64,
 }
 
 /// The open files of one torrent. Reads and writes are positional
@@ -128,6 +165,7 @@ impl Storage {
                     path,
                     file: Some(file),
                     had_data: true,
+                    found_len: 0,
                 })
             })
             .collect::<Result<_, Error>>()?;
@@ -143,21 +181,26 @@ impl Storage {
                     path,
                     file: None,
                     had_data: false,
+                    found_len: 0,
                 });
                 continue;
             }
-            let open = match mode {
-                Mode::Create => OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(&path),
-                Mode::ReadOnly => File::open(&path),
-            };
-            let file = open.map_err(|source| Error::Open {
-                path: path.clone(),
-                source,
+            // O_NOFOLLOW: a symlink planted as the file itself after
+            // `check_tree` looked is refused by the open, not followed.
+            let mut options = OpenOptions::new();
+            options.read(true).custom_flags(libc::O_NOFOLLOW);
+            if mode == Mode::Create {
+                options.write(true).create(true).truncate(false);
+            }
+            let file = options.open(&path).map_err(|source| {
+                if source.raw_os_error() == Some(libc::ELOOP) {
+                    Error::NotAFile { path: path.clone() }
+                } else {
+                    Error::Open {
+                        path: path.clone(),
+                        source,
+                    }
+                }
             })?;
             let len = file
                 .metadata()
@@ -177,6 +220,7 @@ impl Storage {
                 path,
                 file: Some(file),
                 had_data: len > 0,
+                found_len: len,
             });
         }
         Ok(Storage {
@@ -199,16 +243,31 @@ impl Storage {
 
     /// Fails if a file that held data when opened has a piece that is not
     /// in `have`: downloading would overwrite bytes we did not write.
-    pub fn check_not_clobbering(&self, have: &crate::peer::message::Bitfield) -> Result<(), Error> {
+    pub fn check_not_clobbering(
+        &self,
+        have: &crate::peer::message::Bitfield,
+        repair: bool,
+    ) -> Result<(), Error> {
         for (i, slot) in self.files.iter().enumerate() {
-            if slot.had_data
+            let incomplete = slot.had_data
                 && self
                     .layout
                     .pieces_of_file(i)
-                    .any(|p| !have.has(PieceIndex(p)))
-            {
+                    .any(|p| !have.has(PieceIndex(p)));
+            if !incomplete {
+                continue;
+            }
+            let expected = self.layout.file_length(i);
+            if !repair {
                 return Err(Error::WouldClobber {
                     path: slot.path.clone(),
+                });
+            }
+            if slot.found_len != expected {
+                return Err(Error::NotRepairable {
+                    path: slot.path.clone(),
+                    expected,
+                    actual: slot.found_len,
                 });
             }
         }

@@ -106,6 +106,37 @@ pub fn random_bytes(buf: &mut [u8]) {
     }
 }
 
+/// A small, fast generator (xorshift64*) for choices that need spread, not
+/// secrecy: tie-breaks in the picker and choker, which run many times a
+/// second. Seeded from [`random_u64`]; tests seed it to be deterministic.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        // xorshift has one bad state: zero.
+        Rng(seed | 1)
+    }
+
+    pub fn seeded() -> Rng {
+        Rng::new(random_u64())
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform-enough index below `n` (`n` > 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (((self.next_u64() >> 32) * n as u64) >> 32) as usize
+    }
+}
+
 /// Lowercase hex of arbitrary bytes.
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";

@@ -195,3 +195,53 @@ fn usage_errors() {
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("EXIT CODES"));
 }
+
+/// Names, paths, comments and tracker URLs are the torrent author's: `rtc
+/// info` prints them with control characters escaped, so a torrent cannot
+/// drive the terminal (colours, cursor moves, fake lines).
+#[test]
+fn info_escapes_terminal_control_characters() {
+    let dir = tempfile::tempdir().unwrap();
+    let pieces = [0u8; 20];
+    let path: &[&[u8]] = &[b"evil\x1b]0;owned\x07\nfake: line"];
+    let paths = [path];
+    let mut info = multi_file_info(&paths, &pieces);
+    info.insert(b"name", Value::Bytes(b"name\x1b[31mred\x1b[0m"));
+    let mut top = Dict::new();
+    top.insert(
+        b"announce",
+        Value::Bytes(b"http://127.0.0.1:1/\x1b[2Jannounce"),
+    );
+    top.insert(b"comment", Value::Bytes(b"line one\r\nline two\xc2\x9b"));
+    top.insert(b"info", Value::Dict(info));
+    std::fs::write(dir.path().join("evil.torrent"), encode(&Value::Dict(top))).unwrap();
+    let out = rtc(&["info", "evil.torrent"], dir.path());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        !text.chars().any(|c| c.is_control() && c != '\n'),
+        "raw control characters printed: {text:?}"
+    );
+    assert!(
+        text.contains("name:         name\\u{1b}[31mred\\u{1b}[0m"),
+        "{text}"
+    );
+    assert!(
+        text.contains("evil\\u{1b}]0;owned\\u{7}\\nfake: line"),
+        "{text}"
+    );
+    assert!(
+        text.contains("comment:      line one\\r\\nline two\\u{9b}"),
+        "{text}"
+    );
+    assert!(
+        text.contains("http://127.0.0.1:1/\\u{1b}[2Jannounce"),
+        "{text}"
+    );
+    // Every line is one of ours: no forged "fake: line" line.
+    assert!(!text.lines().any(|l| l.starts_with("fake")), "{text}");
+}

@@ -148,6 +148,12 @@ fn serve(mut s: TcpStream, ctx: &Ctx) -> std::io::Result<()> {
     if ctx.how == Misbehaviour::BadBitfield {
         bits.push(0xff);
     }
+    if ctx.how == Misbehaviour::Unrequested {
+        // Claim everything but the last piece, so rtc never asks this peer
+        // for it (its picker only assigns pieces a peer has).
+        let last = ctx.pieces - 1;
+        bits[(last / 8) as usize] &= !(0x80u8 >> (last % 8));
+    }
     s.write_all(&frame(5, &bits))?;
     match ctx.how {
         Misbehaviour::GiantLength => {
@@ -192,8 +198,7 @@ fn answer(s: &mut TcpStream, ctx: &Ctx, index: u32, offset: u32, len: u32) -> st
     match ctx.how {
         Misbehaviour::WrongData => s.write_all(&piece_msg(index, offset, &junk)),
         Misbehaviour::Unrequested => {
-            // The last piece: with 32 pieces and a pipeline of a few
-            // pieces, rtc has not asked anyone for it this early.
+            // The last piece, which this peer's bitfield does not claim.
             let last = ctx.pieces - 1;
             let last_len = (ctx.total - last as u64 * ctx.piece_len as u64).min(16384) as usize;
             s.write_all(&piece_msg(last, 0, &vec![0; last_len]))?;

@@ -68,10 +68,14 @@ impl Setup {
             .unwrap()
     }
     fn run_rtc(&self) -> std::process::Output {
+        self.run_rtc_with(&[])
+    }
+    fn run_rtc_with(&self, extra: &[&str]) -> std::process::Output {
         run_bounded(
             Command::new(rtc_bin())
                 .args(["-v", "-o"])
                 .arg(self.out())
+                .args(extra)
                 .arg(&self.torrent),
             BOUND,
         )
@@ -154,7 +158,21 @@ fn corrupted_data_on_disk_is_fetched_again() {
     assert_eq!(out.status.code(), Some(5));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("refusing to overwrite"), "{err}");
+    assert!(
+        err.contains("--repair"),
+        "the message names the way out: {err}"
+    );
     assert_eq!(std::fs::read(&file).unwrap(), bytes, "user file untouched");
+    // With --repair, exactly the three bad pieces are fetched again.
+    let out = s.run_rtc_with(&["--repair"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("resume: {} of {PIECES}", PIECES - 3)),
+        "{err}"
+    );
+    assert_same_bytes(&s.original(), &file);
+    std::fs::write(&file, &bytes).unwrap();
     // ...unless it is rtc's own partial download (the marker is back, as
     // after a crash): then exactly the bad pieces are fetched again.
     std::fs::write(s.out().join(format!(".rtc-{}", s.hash)), b"").unwrap();
@@ -180,6 +198,12 @@ fn a_users_file_in_the_way_is_never_overwritten() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().filter(|l| l.starts_with("rtc:")).count(), 1);
     assert!(err.contains("data.bin already exists"), "{err}");
+    assert_eq!(std::fs::read(&file).unwrap(), b"my precious notes");
+    // --repair only rewrites files of the torrent's size: not this one.
+    let out = s.run_rtc_with(&["--repair"]);
+    assert_eq!(out.status.code(), Some(5));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("left alone"), "{err}");
     assert_eq!(std::fs::read(&file).unwrap(), b"my precious notes");
 }
 

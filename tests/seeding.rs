@@ -82,6 +82,9 @@ impl Drop for Rtc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- rtc log (tail) ---\n{}", file_tail(&self.log, 60));
+        }
     }
 }
 

@@ -29,11 +29,14 @@ pub struct Accepted {
     pub encrypted: bool,
 }
 
-/// Reads and checks the opening within `timeout` in total.
+/// Reads and checks the opening within `timeout` in total. An encrypted
+/// opening is only answered when `allow_mse` (the listener rations the key
+/// exchange per address) and its key is plausible.
 pub fn accept_handshake(
     stream: &mut TcpStream,
     info_hash: InfoHash,
     timeout: Duration,
+    allow_mse: bool,
 ) -> Result<Accepted, Error> {
     let mut r = Reader {
         stream,
@@ -52,6 +55,9 @@ pub fn accept_handshake(
             encrypted: false,
         });
     }
+    if !allow_mse {
+        return Err(Error::Mse(mse::Error::RateLimited));
+    }
     encrypted(r, info_hash)
 }
 
@@ -59,6 +65,8 @@ fn encrypted(mut r: Reader<'_>, info_hash: InfoHash) -> Result<Accepted, Error> 
     // 1: Ya (PadA follows).
     r.fill(mse::KEY_LEN)?;
     let ya: [u8; mse::KEY_LEN] = r.take(mse::KEY_LEN).try_into().expect("96 bytes");
+    // Garbage is refused before any exponentiation is spent on it.
+    mse::check_public_key(&ya).map_err(Error::Mse)?;
     let mut private = [0u8; mse::PRIVATE_LEN];
     crate::types::random_bytes(&mut private);
     let ours = Responder::new(private);

@@ -61,6 +61,8 @@ pub enum Error {
     Protocol(message::Error),
     SelfConnection,
     BadBitfield,
+    /// More bitfields than any client sends (`MAX_BITFIELDS`).
+    BitfieldFlood,
     BadHave(u32),
     BadBlock {
         piece: u32,
@@ -92,6 +94,7 @@ impl fmt::Display for Error {
             Error::Protocol(e) => write!(f, "protocol error: {e}"),
             Error::SelfConnection => f.write_str("connected to ourselves"),
             Error::BadBitfield => f.write_str("bitfield of the wrong size or with spare bits set"),
+            Error::BitfieldFlood => write!(f, "sent more than {MAX_BITFIELDS} bitfields"),
             Error::BadHave(i) => write!(f, "have for piece {i}, which does not exist"),
             Error::BadBlock { piece, offset, len } => {
                 write!(
@@ -133,6 +136,7 @@ impl Error {
                 | Error::Mse(_)
                 | Error::SelfConnection
                 | Error::BadBitfield
+                | Error::BitfieldFlood
                 | Error::BadHave(_)
                 | Error::BadBlock { .. }
                 | Error::Unrequested { .. }
@@ -156,8 +160,9 @@ pub struct Params {
     pub layout: Arc<Layout>,
     /// Pieces we already have (verified and written) when the thread starts.
     pub have: Bitfield,
+    /// This connection's own work channel: the session puts the pieces it
+    /// assigns here (see `peer::Event` for how each is answered).
     pub work: Receiver<PieceIndex>,
-    pub requeue: Sender<PieceIndex>,
     pub events: Sender<Event>,
     pub pieces: Sender<CompletedPiece>,
     pub commands: Receiver<Command>,
@@ -180,7 +185,6 @@ fn run(p: Params) {
     let (id, addr) = (p.id, p.addr);
     let mut conn = Conn::new(p);
     let result = conn.run();
-    let abandoned = conn.active.iter().map(|a| a.piece).collect();
     // Last counters, so that bytes moved since the last report count too.
     let _ = events.send(conn.stats());
     let error = match result {
@@ -195,7 +199,6 @@ fn run(p: Params) {
         addr,
         error,
         connected: conn.connected,
-        abandoned,
     });
 }
 
@@ -231,20 +234,30 @@ struct Conn {
     last_block: Instant,
     last_recv: Instant,
     last_send: Instant,
-    starved_until: Option<Instant>,
     /// Blocks of pieces we cancelled may still be on the wire; tolerate a
     /// bounded number of them rather than calling the peer hostile.
     late_blocks_allowed: usize,
     upload: Upload,
     downloaded: u64,
     last_stats: Instant,
-    sent_not_interested: bool,
     stats_due: bool,
+    /// Pieces the peer has that we lack; we are interested while non-zero.
+    wanted: u32,
+    am_interested: bool,
+    /// A bitfield or a `have` arrived: a later bitfield only adds pieces.
+    got_pieces_msg: bool,
+    bitfields: u32,
+    /// Requests received since the last stats report.
+    requests: u32,
     /// RC4 both ways when an incoming peer negotiated it (MSE).
     cipher: Option<super::mse::Cipher>,
 }
 
 const STATS_EVERY: Duration = Duration::from_secs(1);
+/// Bitfields one connection may send. BEP 3 allows one; aria2c sends a
+/// second after `have`. Past a few, each costs a pass over every piece for
+/// nothing: a flood, and a protocol violation.
+const MAX_BITFIELDS: u32 = 4;
 /// Bytes of piece data queued per loop turn when serving: large enough that
 /// the short read timeout while serving costs little.
 const SERVE_BUDGET: usize = 1024 * 1024;
@@ -255,9 +268,7 @@ const SERVING_POLL: Duration = Duration::from_millis(1);
 impl Conn {
     fn new(p: Params) -> Conn {
         let n = p.layout.piece_count();
-        let piece_len = p.layout.piece_length().max(1) as usize;
-        // Enough pieces to keep `pipeline` blocks in flight, plus one.
-        let max_active = (p.limits.pipeline * BLOCK_LEN as usize).div_ceil(piece_len) + 1;
+        let max_active = p.layout.pieces_for_pipeline(p.limits.pipeline);
         let now = Instant::now();
         Conn {
             ours: p.have.clone(),
@@ -273,13 +284,16 @@ impl Conn {
             last_block: now,
             last_recv: now,
             last_send: now,
-            starved_until: None,
             late_blocks_allowed: 0,
             upload: Upload::default(),
             downloaded: 0,
             last_stats: now,
-            sent_not_interested: false,
             stats_due: false,
+            wanted: 0,
+            am_interested: false,
+            got_pieces_msg: false,
+            bitfields: 0,
+            requests: 0,
             cipher: None,
         }
     }
@@ -342,7 +356,7 @@ impl Conn {
         if self.ours.count() > 0 {
             message::encode(&Message::Bitfield(self.ours.as_bytes()), &mut self.out);
         }
-        message::encode(&Message::Interested, &mut self.out);
+        // `interested` follows once the peer shows a piece we lack.
 
         let max_frame = message::max_frame_for(self.p.layout.piece_count());
         let mut rx = RecvBuf::new(max_frame as usize + 4);
@@ -360,7 +374,11 @@ impl Conn {
         loop {
             while let Ok(cmd) = self.p.commands.try_recv() {
                 match cmd {
-                    Command::Have(piece) => self.on_have_cmd(piece)?,
+                    Command::Have(pieces) => {
+                        for &piece in pieces.iter() {
+                            self.on_have_cmd(piece)?;
+                        }
+                    }
                     Command::Unchoke => {
                         if self.upload.am_choking {
                             self.upload.am_choking = false;
@@ -376,15 +394,10 @@ impl Conn {
                     Command::Shutdown => return Ok(()),
                 }
             }
-            if self.ours.is_full() {
-                if self.remote.is_full() {
-                    return Ok(()); // two seeds have nothing to say
-                }
-                if !self.sent_not_interested {
-                    self.sent_not_interested = true;
-                    message::encode(&Message::NotInterested, &mut self.out);
-                }
-            } else if !self.peer_choking {
+            if self.ours.is_full() && self.remote.is_full() {
+                return Ok(()); // two seeds have nothing to say
+            }
+            if !self.ours.is_full() && !self.peer_choking {
                 self.fill_pipeline()?;
             }
             if self.upload.has_work() {
@@ -448,7 +461,7 @@ impl Conn {
                 return Err(Error::Idle(limits.idle));
             }
             if self.peer_choking
-                && !self.active.is_empty()
+                && (!self.active.is_empty() || !self.p.work.is_empty())
                 && now.duration_since(self.choked_since) > limits.choked_hold
             {
                 self.abandon_all()?;
@@ -473,7 +486,8 @@ impl Conn {
             downloaded: std::mem::take(&mut self.downloaded),
             uploaded: self.upload.take_uploaded(),
             peer_interested: self.upload.peer_interested,
-            peer_is_seed: self.remote.is_full(),
+            am_interested: self.am_interested,
+            requests: std::mem::take(&mut self.requests),
         }
     }
 
@@ -484,9 +498,14 @@ impl Conn {
     /// The session has this piece: drop our copy (cancelling what is still
     /// requested) so endgame duplicates stop costing bandwidth.
     fn on_have_cmd(&mut self, piece: PieceIndex) -> Result<(), Error> {
-        self.ours.set(piece);
-        if !self.remote.has(piece) {
-            message::encode(&Message::Have(piece), &mut self.out);
+        if !self.ours.has(piece) {
+            self.ours.set(piece);
+            if !self.remote.has(piece) {
+                message::encode(&Message::Have(piece), &mut self.out);
+            } else {
+                self.wanted -= 1;
+                self.update_interest();
+            }
         }
         if let Some(i) = self.active.iter().position(|a| a.piece == piece) {
             let a = self.active.remove(i);
@@ -509,16 +528,50 @@ impl Conn {
         }
     }
 
+    /// Gives back every piece we hold or were given (choked too long).
     fn abandon_all(&mut self) -> Result<(), Error> {
-        for a in std::mem::take(&mut self.active) {
-            // Choked peers have already dropped our requests (BEP 3).
+        // Choked peers have already dropped our requests (BEP 3).
+        let held: Vec<PieceIndex> = std::mem::take(&mut self.active)
+            .into_iter()
+            .map(|a| a.piece)
+            .chain(self.p.work.try_iter())
+            .collect();
+        for piece in held {
             self.send_event(Event::Abandoned {
                 id: self.p.id,
-                piece: a.piece,
+                piece,
             })?;
         }
         self.outstanding = 0;
         Ok(())
+    }
+
+    /// The peer has a piece it did not have (checked by the caller).
+    fn on_have(&mut self, piece: PieceIndex) -> Result<(), Error> {
+        self.remote.set(piece);
+        if !self.ours.has(piece) {
+            self.wanted += 1;
+            self.update_interest();
+        }
+        self.send_event(Event::Have {
+            id: self.p.id,
+            piece,
+        })
+    }
+
+    /// Tells the peer when we start or stop wanting something it has.
+    fn update_interest(&mut self) {
+        let want = self.wanted > 0;
+        if want != self.am_interested {
+            self.am_interested = want;
+            let msg = if want {
+                Message::Interested
+            } else {
+                Message::NotInterested
+            };
+            message::encode(&msg, &mut self.out);
+            self.stats_due = true;
+        }
     }
 
     fn block(&self, piece: PieceIndex, bi: usize) -> Block {
@@ -573,36 +626,22 @@ impl Conn {
         Ok(())
     }
 
-    /// Pulls the next piece this peer can serve. Pieces it lacks go back to
-    /// the queue for other peers; stale endgame duplicates are dropped.
+    /// The next piece the session assigned us. One we no longer need (it
+    /// completed elsewhere) or cannot get is handed back at once.
     fn take_piece(&mut self) -> Result<Option<PieceIndex>, Error> {
-        let now = Instant::now();
-        if self.starved_until.is_some_and(|t| now < t) {
-            return Ok(None);
-        }
-        // Look at each queued piece at most once per attempt.
-        let mut tries = self.p.work.len() + 1;
-        while tries > 0 {
-            tries -= 1;
-            let Ok(piece) = self.p.work.try_recv() else {
-                break;
-            };
-            if self.ours.has(piece) || self.active.iter().any(|a| a.piece == piece) {
+        while let Ok(piece) = self.p.work.try_recv() {
+            if self.ours.has(piece)
+                || !self.remote.has(piece)
+                || self.active.iter().any(|a| a.piece == piece)
+            {
+                self.send_event(Event::Abandoned {
+                    id: self.p.id,
+                    piece,
+                })?;
                 continue;
             }
-            if !self.remote.has(piece) {
-                if self.p.requeue.send(piece).is_err() {
-                    return Err(Error::SessionGone);
-                }
-                continue;
-            }
-            self.send_event(Event::Took {
-                id: self.p.id,
-                piece,
-            })?;
             return Ok(Some(piece));
         }
-        self.starved_until = Some(now + self.p.limits.poll);
         Ok(None)
     }
 
@@ -623,6 +662,10 @@ impl Conn {
                         a.next = 0;
                     }
                     self.outstanding = 0;
+                    self.send_event(Event::Choked {
+                        id: self.p.id,
+                        choked: true,
+                    })?;
                 }
             }
             Message::Unchoke => {
@@ -631,6 +674,10 @@ impl Conn {
                 if self.peer_choking {
                     self.peer_choking = false;
                     self.last_block = Instant::now();
+                    self.send_event(Event::Choked {
+                        id: self.p.id,
+                        choked: false,
+                    })?;
                 }
             }
             // Interest changes go to the choker at once, not in a second.
@@ -642,21 +689,56 @@ impl Conn {
                 self.upload.peer_interested = false;
                 self.stats_due = true;
             }
-            Message::Request(b) => self
-                .upload
-                .on_request(b, &self.p.layout, &self.ours)
-                .map_err(Error::BadRequest)?,
+            Message::Request(b) => {
+                self.requests = self.requests.saturating_add(1);
+                self.upload
+                    .on_request(b, &self.p.layout, &self.ours)
+                    .map_err(Error::BadRequest)?
+            }
             Message::Cancel(b) => self.upload.on_cancel(b),
             Message::Have(piece) => {
-                if !self.remote.set(piece) {
+                if piece.0 >= self.remote.len() {
                     return Err(Error::BadHave(piece.0));
                 }
-                self.starved_until = None;
+                self.got_pieces_msg = true;
+                // Repeats cost nothing: only news goes to the session.
+                if !self.remote.has(piece) {
+                    self.on_have(piece)?;
+                }
             }
             Message::Bitfield(bits) => {
-                self.remote = Bitfield::from_wire(bits, self.p.layout.piece_count())
+                self.bitfields += 1;
+                if self.bitfields > MAX_BITFIELDS {
+                    return Err(Error::BitfieldFlood);
+                }
+                let bits = Bitfield::from_wire(bits, self.p.layout.piece_count())
                     .ok_or(Error::BadBitfield)?;
-                self.starved_until = None;
+                if !self.got_pieces_msg {
+                    self.got_pieces_msg = true;
+                    self.wanted = bits
+                        .as_bytes()
+                        .iter()
+                        .zip(self.ours.as_bytes())
+                        .map(|(r, o)| (r & !o).count_ones())
+                        .sum();
+                    self.remote = bits.clone();
+                    self.update_interest();
+                    self.send_event(Event::Bitfield {
+                        id: self.p.id,
+                        bits,
+                    })?;
+                } else {
+                    // BEP 3 wants one bitfield, first, but clients send
+                    // one after `have` (aria2c does). Later ones only add
+                    // pieces, as haves: the session's cost over the whole
+                    // connection stays O(pieces) however many arrive.
+                    for i in 0..bits.len() {
+                        let piece = PieceIndex(i);
+                        if bits.has(piece) && !self.remote.has(piece) {
+                            self.on_have(piece)?;
+                        }
+                    }
+                }
             }
             Message::Piece {
                 piece,

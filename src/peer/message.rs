@@ -265,6 +265,9 @@ pub fn encode(msg: &Message<'_>, out: &mut Vec<u8>) {
 pub struct Bitfield {
     bits: Vec<u8>,
     len: u32,
+    /// Bits set, kept as bits change so `count` and `is_full` are O(1)
+    /// (a connection asks on every loop turn).
+    ones: u32,
 }
 
 impl Bitfield {
@@ -272,6 +275,7 @@ impl Bitfield {
         Bitfield {
             bits: vec![0; len.div_ceil(8) as usize],
             len,
+            ones: 0,
         }
     }
 
@@ -291,6 +295,7 @@ impl Bitfield {
         Some(Bitfield {
             bits: bytes.to_vec(),
             len,
+            ones: bytes.iter().map(|b| b.count_ones()).sum(),
         })
     }
 
@@ -311,16 +316,21 @@ impl Bitfield {
         if p.0 >= self.len {
             return false;
         }
-        self.bits[(p.0 / 8) as usize] |= 0x80 >> (p.0 % 8);
+        let byte = &mut self.bits[(p.0 / 8) as usize];
+        let mask = 0x80 >> (p.0 % 8);
+        if *byte & mask == 0 {
+            *byte |= mask;
+            self.ones += 1;
+        }
         true
     }
 
     pub fn count(&self) -> u32 {
-        self.bits.iter().map(|b| b.count_ones()).sum()
+        self.ones
     }
 
     pub fn is_full(&self) -> bool {
-        self.count() == self.len
+        self.ones == self.len
     }
 
     pub fn as_bytes(&self) -> &[u8] {

@@ -10,7 +10,9 @@ pub mod mse;
 pub mod upload;
 
 use crate::types::{PeerId, PieceIndex};
+use message::Bitfield;
 use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
 
 /// A connection a peer opened to us, with its opening (plain or MSE
 /// handshake) already read and checked by the listener.
@@ -25,11 +27,14 @@ pub struct Incoming {
 pub type ConnId = u64;
 
 /// Commands from the session to one connection thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// This piece is verified and on disk: stop fetching it (endgame
-    /// duplicates are cancelled) and never take it from the queue again.
-    Have(PieceIndex),
+    /// These pieces are verified and on disk: stop fetching them (endgame
+    /// duplicates are cancelled) and tell the peer. Sent at once to the
+    /// peers fetching a piece, and in one batch per session tick to all
+    /// (repeats are ignored), so a fast download does not cost one message
+    /// and one write per piece per peer.
+    Have(Arc<[PieceIndex]>),
     /// The choker picked this peer: let it download from us.
     Unchoke,
     /// The choker dropped this peer: stop serving it.
@@ -38,9 +43,11 @@ pub enum Command {
     Shutdown,
 }
 
-/// Events from a connection thread to the session. Every `Took` is answered
-/// by exactly one `CompletedPiece`, `Abandoned`, or entry in
-/// `Exited::abandoned`, so the session always knows who holds what.
+/// Events from a connection thread to the session. Every piece the session
+/// put on the connection's work channel is answered by exactly one
+/// `CompletedPiece` or `Abandoned`, or the connection's `Exited`; the
+/// session keeps each connection's assignments as a set, so it always knows
+/// who holds what.
 #[derive(Debug)]
 pub enum Event {
     /// From the listener: a peer connected to us and sent a good handshake.
@@ -49,19 +56,35 @@ pub enum Event {
         id: ConnId,
         peer_id: PeerId,
     },
-    Took {
+    /// The peer's first bitfield (later ones arrive as `Have` for the
+    /// pieces they add).
+    Bitfield {
+        id: ConnId,
+        bits: Bitfield,
+    },
+    /// The peer has a piece it did not have before (repeats are not sent).
+    Have {
         id: ConnId,
         piece: PieceIndex,
     },
-    /// About once a second: bytes of piece data moved since the last
-    /// report, for the choker and the tracker's counters.
+    /// The peer choked (`true`) or unchoked (`false`) us.
+    Choked {
+        id: ConnId,
+        choked: bool,
+    },
+    /// About once a second, and at once on an interest change: bytes of
+    /// piece data moved since the last report, interest both ways, and
+    /// requests received, for the choker, slots and tracker counters.
     Stats {
         id: ConnId,
         downloaded: u64,
         uploaded: u64,
         peer_interested: bool,
-        peer_is_seed: bool,
+        am_interested: bool,
+        requests: u32,
     },
+    /// A piece from the work channel that this connection will not fetch
+    /// (the session already has it, or the peer choked us for too long).
     Abandoned {
         id: ConnId,
         piece: PieceIndex,
@@ -73,7 +96,6 @@ pub enum Event {
         error: Option<conn::Error>,
         /// Whether the peer ever completed the handshake.
         connected: bool,
-        abandoned: Vec<PieceIndex>,
     },
 }
 

@@ -37,12 +37,15 @@ pub enum Error {
     NoCommonMethod(u32),
     /// A pad length over 512.
     PadTooLong(u16),
-    /// The initiator's key is 0, 1 or not below P.
+    /// The initiator's key is 0, 1, P-1 or not below P.
     BadPublicKey,
     /// HASH('req1', S) did not appear within PadA's 512 bytes.
     NoSync,
     /// The initiator asked for a torrent other than ours.
     UnknownTorrent,
+    /// Too many encrypted openings from this address (or from everyone)
+    /// lately: the key exchange costs CPU, so it is rationed.
+    RateLimited,
 }
 
 impl fmt::Display for Error {
@@ -60,6 +63,9 @@ impl fmt::Display for Error {
             Error::NoSync => f.write_str("encrypted handshake: no sync marker within 512 bytes"),
             Error::UnknownTorrent => {
                 f.write_str("encrypted handshake: peer asks for a different torrent")
+            }
+            Error::RateLimited => {
+                f.write_str("encrypted handshake refused: too many lately (rate limited)")
             }
         }
     }
@@ -307,16 +313,28 @@ impl Responder {
 
     /// S = Ya^Xb mod P, refusing keys that would make S trivial.
     pub fn shared(&self, ya: &[u8; KEY_LEN]) -> Result<Shared, Error> {
+        check_public_key(ya)?;
         let y = from_be(ya);
-        let mut two = [0u32; LIMBS];
-        two[0] = 2;
-        if ge(&y, &self.mont.p) || !ge(&y, &two) {
-            return Err(Error::BadPublicKey);
-        }
         Ok(Shared {
             s: to_be(&self.mont.pow(&y, &self.private)),
         })
     }
+}
+
+/// Whether `ya` can be an honest public key: in 2..=P-2 (0, 1 and P-1
+/// give a shared secret an eavesdropper knows). Cheap: checked before any
+/// modular exponentiation is spent on an opening.
+pub fn check_public_key(ya: &[u8; KEY_LEN]) -> Result<(), Error> {
+    let y = from_be(ya);
+    let p = from_be(&P_BYTES);
+    let mut two = [0u32; LIMBS];
+    two[0] = 2;
+    let mut p_minus_1 = p;
+    p_minus_1[0] -= 1; // P is odd: no borrow
+    if ge(&y, &p_minus_1) || !ge(&y, &two) {
+        return Err(Error::BadPublicKey);
+    }
+    Ok(())
 }
 
 /// The shared secret S and what is derived from it.
@@ -454,6 +472,12 @@ mod tests {
         one[KEY_LEN - 1] = 1;
         assert!(matches!(r.shared(&one), Err(Error::BadPublicKey)));
         assert!(matches!(r.shared(&P_BYTES), Err(Error::BadPublicKey)));
+        let mut p_minus_1 = P_BYTES;
+        p_minus_1[KEY_LEN - 1] -= 1;
+        assert!(matches!(r.shared(&p_minus_1), Err(Error::BadPublicKey)));
+        let mut p_minus_2 = P_BYTES;
+        p_minus_2[KEY_LEN - 1] -= 2;
+        assert!(check_public_key(&p_minus_2).is_ok());
         assert!(matches!(
             r.shared(&[0xff; KEY_LEN]),
             Err(Error::BadPublicKey)

@@ -1,26 +1,33 @@
-//! The session thread. Owns every piece's state, the set of peer
-//! connections, the verify/write pipeline and the tracker's announcer.
-//! Other threads never touch this state: peers, hashers, the writer and the
-//! announcer send it messages, and it answers with commands.
+//! The session thread. Owns the torrent's piece states (through the pure
+//! `pieces` module), the address book (`addrbook`), the set of peer
+//! connections and their slots (`slots`), choking (`choker`), the
+//! verify/write pipeline and the tracker's announcer. Other threads never
+//! touch this state: peers, hashers, the writer and the announcer send it
+//! messages, and it answers with commands. Decisions live in those pure
+//! modules; this file moves messages between them and the threads.
 //!
-//! Piece states (see md/DESIGN.md):
-//! `Queued` (index is in the work queue) -> `InFlight` (one or more peers
-//! hold it) -> `Verifying` (on the rayon pool) -> `Writing` (queued at the
-//! writer) -> `Done` (verified bytes are on disk). A failed hash, a dead
-//! peer or an abandoned piece sends it back to `Queued`.
+//! Work reaches a peer through that peer's own crossbeam channel: the
+//! session assigns pieces (rarest first) up to the peer's quota and the
+//! connection thread pulls them. A peer with nothing it can do is *hungry*
+//! and costs nothing until something changes for it: its bitfield or a
+//! `have`, a piece going back to the queue, endgame, or an unchoke.
 
-use super::choker::{Candidate, Choker, RECHOKE_EVERY};
+use super::addrbook::{AddressBook, Outcome};
+use super::choker::{self, Candidate, Choker, RECHOKE_EVERY};
+use super::pieces::{Pick, Pieces};
+use super::slots::{self, SlotPeer};
 use super::{listener, Error, Event, Options, SeedUntil, Shared, Summary};
 use crate::geometry::Layout;
 use crate::metainfo::Torrent;
-use crate::peer::message::Bitfield;
+use crate::peer::message::{Bitfield, Handshake};
 use crate::peer::{self, conn, CompletedPiece, ConnId};
 use crate::storage::{self, Storage, WriteCmd};
 use crate::tracker::{self, Announcer};
-use crate::types::PieceIndex;
+use crate::types::{PieceIndex, Rng};
 use crate::verify;
 use crossbeam_channel::{bounded, never, select, unbounded, Receiver, Sender};
 use std::collections::{HashMap, VecDeque};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -33,50 +40,63 @@ const PIPELINE_BYTES: u64 = 16 * 1024 * 1024;
 /// A peer that sent this many pieces failing their hash is dropped and its
 /// address never tried again.
 const MAX_HASH_FAILS: u32 = 2;
-/// Connection attempts to one address before we give up on it.
-const MAX_CONNECT_FAILS: u32 = 5;
-/// Endgame: how often one in-flight piece may be offered to another peer.
-const DUP_EVERY: Duration = Duration::from_millis(500);
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
-    Queued,
-    InFlight,
-    Verifying,
-    Writing,
-    Done,
-}
-
-struct Piece {
-    state: State,
-    /// Peers currently assembling this piece (more than one in endgame).
-    holders: u8,
-    last_dup: Option<Instant>,
-}
+/// A peer holding pieces that completes none for this long is snubbed: it
+/// keeps one piece at a time, and endgame copies what it holds.
+const SNUB_AFTER: Duration = Duration::from_secs(60);
+/// Pieces a peer may hold before it has delivered one.
+const FIRST_QUOTA: usize = 4;
+/// At most one useless peer is evicted per this interval for a candidate
+/// we want to dial (incoming peers evict at once).
+const EVICT_EVERY: Duration = Duration::from_secs(1);
 
 struct PeerHandle {
     addr: SocketAddr,
     commands: Sender<peer::Command>,
-    connected: bool,
-    hash_fails: u32,
-    /// Set when the session bans this peer; reported when it exits.
-    banned: Option<String>,
-    unchoked: bool,
-    interested: bool,
+    work: Sender<PieceIndex>,
     /// The peer connected to us: its address is an ephemeral port, not
     /// one to dial back.
     incoming: bool,
+    /// When the handshake completed.
+    connected_at: Option<Instant>,
+    /// The session asked it to go (evicted, banned or shutdown); it no
+    /// longer counts against the caps.
+    leaving: bool,
+    hash_fails: u32,
+    /// Set when the session bans this peer; reported when it exits.
+    banned: Option<String>,
+
+    /// The peer's pieces as it told us (bitfield and haves), counted in
+    /// the picker's availability.
+    bits: Bitfield,
+    /// Pieces assigned to it and not yet let go of.
+    assigned: Vec<PieceIndex>,
+    choking_us: bool,
+    /// Below its quota with nothing it can do.
+    hungry: bool,
+    /// Pieces it delivered on this connection.
+    delivered: u32,
+    /// Last delivered piece, or when it began holding pieces.
+    last_progress: Instant,
+    snubbed: bool,
+
+    am_interested: bool,
+    peer_interested: bool,
+    last_payload: Instant,
+    unchoked: bool,
+    unchoked_at: Option<Instant>,
+    last_request: Option<Instant>,
+    penalized_until: Option<Instant>,
     /// Piece bytes from / to this peer since the last rechoke.
     down: u64,
     up: u64,
+    /// Piece bytes from it in its last stats report (about a second).
+    recent_down: u64,
 }
 
-#[derive(Default)]
-struct AddrInfo {
-    live: bool,
-    failures: u32,
-    next_try: Option<Instant>,
-    banned: bool,
+impl PeerHandle {
+    fn connected(&self) -> bool {
+        self.connected_at.is_some()
+    }
 }
 
 struct Hashed {
@@ -90,15 +110,14 @@ pub(super) struct Coordinator {
     torrent: Arc<Torrent>,
     layout: Arc<Layout>,
     opts: Options,
-    pieces: Vec<Piece>,
+    pieces: Pieces,
     have: Bitfield,
     shared: Arc<Shared>,
     events: Sender<Event>,
     cancel: Receiver<()>,
     pool: rayon::ThreadPool,
+    rng: Rng,
 
-    work_tx: Sender<PieceIndex>,
-    work_rx: Receiver<PieceIndex>,
     peer_tx: Sender<peer::Event>,
     peer_rx: Receiver<peer::Event>,
     piece_tx: Sender<CompletedPiece>,
@@ -107,9 +126,10 @@ pub(super) struct Coordinator {
     hashed_rx: Receiver<Hashed>,
 
     peers: HashMap<ConnId, PeerHandle>,
-    addrs: HashMap<SocketAddr, AddrInfo>,
-    candidates: VecDeque<SocketAddr>,
+    book: AddressBook,
     next_conn: ConnId,
+    /// Pieces a fully working connection holds at once.
+    max_quota: usize,
     /// Bytes assembled but not yet written (Verifying + Writing).
     pipeline_bytes: u64,
     downloaded: u64,
@@ -121,6 +141,10 @@ pub(super) struct Coordinator {
     storage: Option<Arc<Storage>>,
     choker: Choker,
     last_rechoke: Instant,
+    rechoke_due: bool,
+    /// Pieces written since the last tick, for the batched `Have`.
+    pending_haves: Vec<PieceIndex>,
+    last_evict: Option<Instant>,
     uploaded: u64,
     completed_at: Option<Instant>,
 }
@@ -141,28 +165,21 @@ impl Coordinator {
             .map_err(|e| Error::Thread(e.to_string()))?;
         let n = torrent.piece_count();
         let layout = Arc::new(torrent.layout().clone());
-        let (work_tx, work_rx) = unbounded();
         let (peer_tx, peer_rx) = unbounded();
         let (piece_tx, piece_rx) = bounded(2);
         let (hashed_tx, hashed_rx) = unbounded();
-        let pieces = (0..n)
-            .map(|_| Piece {
-                state: State::Queued,
-                holders: 0,
-                last_dup: None,
-            })
-            .collect();
+        let max_quota = layout.pieces_for_pipeline(opts.limits.pipeline);
         Ok(Coordinator {
             torrent: Arc::new(torrent),
             layout,
-            pieces,
+            // Replaced by `resume` once the data on disk is checked.
+            pieces: Pieces::new(&Bitfield::new(n), Rng::new(0)),
             have: Bitfield::new(n),
             shared,
             events,
             cancel,
             pool,
-            work_tx,
-            work_rx,
+            rng: Rng::seeded(),
             peer_tx,
             peer_rx,
             piece_tx,
@@ -170,9 +187,9 @@ impl Coordinator {
             hashed_tx,
             hashed_rx,
             peers: HashMap::new(),
-            addrs: HashMap::new(),
-            candidates: VecDeque::new(),
+            book: AddressBook::default(),
             next_conn: 0,
+            max_quota,
             pipeline_bytes: 0,
             downloaded: 0,
             connected_count: 0,
@@ -183,6 +200,9 @@ impl Coordinator {
             storage: None,
             choker: Choker::default(),
             last_rechoke: Instant::now(),
+            rechoke_due: false,
+            pending_haves: Vec::new(),
+            last_evict: None,
             uploaded: 0,
             completed_at: None,
             opts,
@@ -191,7 +211,7 @@ impl Coordinator {
 
     pub(super) fn run(mut self) -> Result<Summary, Error> {
         let storage = Arc::new(self.resume()?);
-        if self.have.is_full() && self.opts.seed == SeedUntil::Never {
+        if self.pieces.is_complete() && self.opts.seed == SeedUntil::Never {
             // Everything is on disk and verified: no tracker, no peers.
             let _ = self.events.try_send(Event::Finished);
             return Ok(self.summary());
@@ -250,7 +270,7 @@ impl Coordinator {
             )
         };
         for addr in self.opts.peers.clone() {
-            self.add_candidate(addr);
+            self.book.add(addr);
         }
 
         let result = self.event_loop(
@@ -313,19 +333,17 @@ impl Coordinator {
         let have = verify::check(&self.torrent, &existing, &self.pool).map_err(Error::Storage)?;
         if !marker.exists() {
             existing
-                .check_not_clobbering(&have)
+                .check_not_clobbering(&have, self.opts.repair)
                 .map_err(Error::Storage)?;
         }
         let mut bytes = 0;
         for i in 0..self.torrent.piece_count() {
             let piece = PieceIndex(i);
             if have.has(piece) {
-                self.pieces[i as usize].state = State::Done;
                 bytes += self.layout.piece_len(piece) as u64;
-            } else {
-                let _ = self.work_tx.send(piece);
             }
         }
+        self.pieces = Pieces::new(&have, Rng::seeded());
         if have.count() > 0 {
             log::info!(
                 "resume: {} of {} pieces already verified on disk",
@@ -342,7 +360,7 @@ impl Coordinator {
             pieces_total: have.len(),
         });
         self.have = have;
-        if self.have.is_full() {
+        if self.pieces.is_complete() {
             marker.remove();
             return Ok(existing);
         }
@@ -365,7 +383,7 @@ impl Coordinator {
         self.last_peer_seen = Instant::now();
         self.last_rechoke = Instant::now();
         loop {
-            if self.have.is_full() && self.completed_at.is_none() {
+            if self.pieces.is_complete() && self.completed_at.is_none() {
                 self.completed_at = Some(Instant::now());
                 storage::Marker::new(&self.opts.output_dir, &self.torrent).remove();
                 let _ = self.events.try_send(Event::Finished);
@@ -394,7 +412,7 @@ impl Coordinator {
                         self.on_written(piece, result, counters)?;
                         // `completed` only for a download finished in this
                         // run (BEP 3), never for data that was already here.
-                        if self.have.is_full() {
+                        if self.pieces.is_complete() {
                             let _ = tracker_cmd.send(tracker::Command::Completed);
                         }
                     }
@@ -404,7 +422,7 @@ impl Coordinator {
                 }
                 recv(self.cancel) -> _ => {
                     // Stopping a seed is how seeding ends, not a failure.
-                    return if self.have.is_full() { Ok(()) } else { Err(Error::Cancelled) };
+                    return if self.pieces.is_complete() { Ok(()) } else { Err(Error::Cancelled) };
                 }
                 default(timeout) => {}
             }
@@ -429,31 +447,38 @@ impl Coordinator {
 
     /// Runs the choker and sends the changes to the peers.
     fn rechoke(&mut self, now: Instant) {
+        self.rechoke_due = false;
         let elapsed = now
             .duration_since(self.last_rechoke)
             .as_secs_f64()
             .max(0.001);
         self.last_rechoke = now;
-        let seeding = self.have.is_full();
+        let seeding = self.pieces.is_complete();
         let candidates: Vec<Candidate> = self
             .peers
             .iter()
-            .filter(|(_, p)| p.connected)
+            .filter(|(_, p)| p.connected() && !p.leaving)
             .map(|(&id, p)| Candidate {
                 id,
-                interested: p.interested,
+                interested: p.peer_interested,
                 rate: ((if seeding { p.up } else { p.down }) as f64 / elapsed) as u64,
+                last_unchoked: p.unchoked_at,
+                newcomer: p
+                    .connected_at
+                    .is_some_and(|t| now.duration_since(t) < choker::NEWCOMER),
+                penalized: p.penalized_until.is_some_and(|t| now < t),
             })
             .collect();
-        let unchoke = self.choker.decide(&candidates, now, |n| {
-            (crate::types::random_u64() % n as u64) as usize
-        });
+        let unchoke = self.choker.decide(&candidates, now, &mut self.rng);
         for (id, p) in self.peers.iter_mut() {
             p.down = 0;
             p.up = 0;
             let want = unchoke.contains(id);
             if want != p.unchoked {
                 p.unchoked = want;
+                if want {
+                    p.unchoked_at = Some(now);
+                }
                 let cmd = if want {
                     peer::Command::Unchoke
                 } else {
@@ -464,28 +489,45 @@ impl Coordinator {
         }
     }
 
-    fn add_candidate(&mut self, addr: SocketAddr) {
-        let info = self.addrs.entry(addr).or_default();
-        if info.banned || info.live || info.failures >= MAX_CONNECT_FAILS {
-            return;
-        }
-        if !self.candidates.contains(&addr) {
-            self.candidates.push_back(addr);
+    /// Chokes peers that took an unchoke and asked for nothing, so idle
+    /// "interested" peers cannot sit on the upload slots.
+    fn take_back_wasted_unchokes(&mut self, now: Instant) {
+        for p in self.peers.values_mut() {
+            if p.unchoked
+                && p.unchoked_at
+                    .is_some_and(|t| choker::wasted_unchoke(t, p.last_request, now))
+            {
+                log::debug!("peer {} asked for nothing while unchoked; choked", p.addr);
+                p.unchoked = false;
+                p.penalized_until = Some(now + choker::PENALTY);
+                let _ = p.commands.send(peer::Command::Choke);
+                self.rechoke_due = true;
+            }
         }
     }
 
     fn tick(&mut self, tracker_cmd: &Sender<tracker::Command>) -> Result<(), Error> {
         let now = Instant::now();
+        if !self.pending_haves.is_empty() {
+            let batch: Arc<[PieceIndex]> = std::mem::take(&mut self.pending_haves).into();
+            for p in self.peers.values() {
+                let _ = p.commands.send(peer::Command::Have(Arc::clone(&batch)));
+            }
+        }
         self.connect_more(now);
-        self.endgame(now);
+        self.update_snubs(now);
+        if self.pieces.in_endgame() && !self.pieces.is_complete() {
+            self.feed_hungry(None, now);
+        }
         self.update_rate(now);
-        if now.duration_since(self.last_rechoke) >= RECHOKE_EVERY {
+        self.take_back_wasted_unchokes(now);
+        if self.rechoke_due || now.duration_since(self.last_rechoke) >= RECHOKE_EVERY {
             self.rechoke(now);
         }
-        if self.connected_count > 0 || self.have.is_full() {
+        if self.connected_count > 0 || self.pieces.is_complete() {
             self.last_peer_seen = now;
         } else {
-            if self.peers.is_empty() && self.candidates.is_empty() {
+            if self.peers.is_empty() && self.book.candidates() == 0 {
                 let _ = tracker_cmd.send(tracker::Command::WantPeers);
             }
             let waited = now.duration_since(self.last_peer_seen);
@@ -499,44 +541,117 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Connected peers by direction, not counting those asked to leave:
+    /// (incoming, outgoing).
+    fn counts(&self) -> (usize, usize) {
+        let mut inc = 0;
+        let mut out = 0;
+        for p in self.peers.values().filter(|p| !p.leaving) {
+            if p.incoming {
+                inc += 1;
+            } else {
+                out += 1;
+            }
+        }
+        (inc, out)
+    }
+
+    fn slot_peers(&self, now: Instant) -> Vec<SlotPeer> {
+        self.peers
+            .iter()
+            .filter(|(_, p)| !p.leaving)
+            .filter_map(|(&id, p)| {
+                let at = p.connected_at?;
+                Some(SlotPeer {
+                    id,
+                    incoming: p.incoming,
+                    connected_for: now.duration_since(at),
+                    am_interested: p.am_interested,
+                    peer_interested: p.peer_interested,
+                    since_payload: now.duration_since(p.last_payload.max(at)),
+                })
+            })
+            .collect()
+    }
+
+    /// Makes room by evicting up to `n` of the most useless peers of
+    /// `direction`; returns how many went.
+    fn evict(&mut self, direction: Option<bool>, n: usize, now: Instant, why: &str) -> usize {
+        let victims = slots::victims(&self.slot_peers(now), direction, n);
+        for id in &victims {
+            if let Some(p) = self.peers.get_mut(id) {
+                log::debug!("peer {} evicted: {why}", p.addr);
+                p.leaving = true;
+                let _ = p.commands.send(peer::Command::Shutdown);
+            }
+        }
+        victims.len()
+    }
+
     fn connect_more(&mut self, now: Instant) {
-        let mut tries = self.candidates.len();
-        while self.peers.len() < self.opts.max_peers && tries > 0 {
-            tries -= 1;
-            let Some(addr) = self.candidates.pop_front() else {
-                break;
+        let caps = slots::caps(self.opts.max_peers, self.pieces.is_complete());
+        let (inc, mut out) = self.counts();
+        while out < caps.outbound && inc + out < caps.total {
+            let Some(addr) = self.book.next(now) else {
+                return;
             };
-            let info = self.addrs.entry(addr).or_default();
-            if info.banned || info.live {
-                continue;
-            }
-            if info.next_try.is_some_and(|t| now < t) {
-                self.candidates.push_back(addr);
-                continue;
-            }
             if !self.spawn_peer(addr, None) {
-                self.candidates.push_back(addr);
-                break;
+                self.book.closed(addr, Outcome::Retry, now);
+                return;
+            }
+            out += 1;
+        }
+        // Full, and candidates are waiting to be dialled: useless peers
+        // make room for as many of them (at most once per EVICT_EVERY, so
+        // dialling cannot churn; each newcomer has `slots::GRACE` to prove
+        // itself).
+        if self
+            .last_evict
+            .is_none_or(|t| now.duration_since(t) >= EVICT_EVERY)
+        {
+            let waiting = self.book.ready_count(now);
+            if waiting > 0 {
+                let direction = if out >= caps.outbound {
+                    Some(false)
+                } else {
+                    None
+                };
+                if self.evict(direction, waiting, now, "slot needed for a new peer") > 0 {
+                    self.last_evict = Some(now);
+                }
             }
         }
     }
 
-    /// A peer connected to us: keep it unless we are full or it is banned.
+    /// A peer connected to us: keep it unless it is banned or the slots are
+    /// full of peers that are doing something.
     fn accept(&mut self, inc: peer::Incoming) {
         let addr = inc.addr;
-        if self.peers.len() >= self.opts.max_peers {
-            log::debug!(
-                "incoming {addr} refused: {} peers already",
-                self.peers.len()
-            );
-            return;
-        }
         if inc.accepted.handshake.peer_id == self.opts.peer_id {
-            return; // ourselves, via a tracker that lists us
-        }
-        let info = self.addrs.entry(addr).or_default();
-        if info.banned || info.live {
+            // Ourselves, dialled through a tracker that lists us: answer,
+            // so the dialling side sees its own id, knows, and bans the
+            // address instead of retrying it.
+            let mut stream = inc.stream;
+            let reply = Handshake::new(self.torrent.info_hash(), self.opts.peer_id);
+            let _ = stream.write_all(&reply.encode());
             return;
+        }
+        if self.book.is_banned(&addr) {
+            return;
+        }
+        let now = Instant::now();
+        let caps = slots::caps(self.opts.max_peers, self.pieces.is_complete());
+        let (inbound, out) = self.counts();
+        if inbound >= caps.inbound || inbound + out >= caps.total {
+            let direction = if inbound >= caps.inbound {
+                Some(true)
+            } else {
+                None
+            };
+            if self.evict(direction, 1, now, "slot needed for an incoming peer") == 0 {
+                log::debug!("incoming {addr} refused: {} peers already", inbound + out);
+                return;
+            }
         }
         self.spawn_peer(addr, Some(inc));
     }
@@ -551,6 +666,8 @@ impl Coordinator {
         let id = self.next_conn;
         self.next_conn += 1;
         let (cmd_tx, cmd_rx) = unbounded();
+        // Never full: the session keeps at most `max_quota` assigned.
+        let (work_tx, work_rx) = bounded(self.max_quota + 1);
         let params = conn::Params {
             id,
             addr,
@@ -558,8 +675,7 @@ impl Coordinator {
             peer_id: self.opts.peer_id,
             layout: Arc::clone(&self.layout),
             have: self.have.clone(),
-            work: self.work_rx.clone(),
-            requeue: self.work_tx.clone(),
+            work: work_rx,
             events: self.peer_tx.clone(),
             pieces: self.piece_tx.clone(),
             commands: cmd_rx,
@@ -569,20 +685,35 @@ impl Coordinator {
         };
         match conn::spawn(params) {
             Ok(_detached) => {
-                self.addrs.entry(addr).or_default().live = true;
+                let now = Instant::now();
                 self.peers.insert(
                     id,
                     PeerHandle {
                         addr,
                         commands: cmd_tx,
-                        connected: false,
+                        work: work_tx,
+                        incoming: is_incoming,
+                        connected_at: None,
+                        leaving: false,
                         hash_fails: 0,
                         banned: None,
+                        bits: Bitfield::new(self.torrent.piece_count()),
+                        assigned: Vec::new(),
+                        choking_us: true,
+                        hungry: false,
+                        delivered: 0,
+                        last_progress: now,
+                        snubbed: false,
+                        am_interested: false,
+                        peer_interested: false,
+                        last_payload: now,
                         unchoked: false,
-                        interested: false,
-                        incoming: is_incoming,
+                        unchoked_at: None,
+                        last_request: None,
+                        penalized_until: None,
                         down: 0,
                         up: 0,
+                        recent_down: 0,
                     },
                 );
                 true
@@ -594,25 +725,102 @@ impl Coordinator {
         }
     }
 
-    /// Endgame: when nothing is left in the queue, offer pieces that only
-    /// one peer holds to the others, so one slow peer cannot hold the
-    /// download at 99%. The loser's copy is cancelled by `Command::Have`.
-    fn endgame(&mut self, now: Instant) {
-        if !self.work_rx.is_empty() || self.connected_count < 2 {
+    /// How many pieces `p` may hold at once: one while snubbed, a few
+    /// until it has delivered one, then enough to fill its pipeline.
+    fn quota(&self, p: &PeerHandle) -> usize {
+        if p.snubbed {
+            1
+        } else if p.delivered == 0 {
+            FIRST_QUOTA.min(self.max_quota)
+        } else {
+            self.max_quota
+        }
+    }
+
+    /// Assigns `id` pieces up to its quota; marks it hungry if there is
+    /// nothing it can do.
+    fn feed(&mut self, id: ConnId, now: Instant) {
+        let Some(p) = self.peers.get(&id) else {
+            return;
+        };
+        if p.leaving || p.choking_us || !p.connected() || self.pieces.is_complete() {
             return;
         }
-        for (i, p) in self.pieces.iter_mut().enumerate() {
-            if p.state == State::InFlight
-                && p.holders == 1
-                && p.last_dup
-                    .is_none_or(|t| now.duration_since(t) >= DUP_EVERY)
-            {
-                p.last_dup = Some(now);
-                let _ = self.work_tx.send(PieceIndex(i as u32));
+        let quota = self.quota(p);
+        let p = self.peers.get_mut(&id).expect("checked above");
+        while p.assigned.len() < quota {
+            let Some(pick) = self.pieces.assign(&p.bits, &p.assigned, now) else {
+                p.hungry = true;
+                return;
+            };
+            let piece = pick.piece();
+            if let Pick::Duplicate(_) = pick {
+                log::debug!("endgame: piece {piece} also to {}", p.addr);
+            }
+            if p.assigned.is_empty() {
+                p.last_progress = now;
+            }
+            p.assigned.push(piece);
+            // Cannot be full (sized to the quota); if the thread is gone,
+            // its `Exited` releases the piece.
+            let _ = p.work.try_send(piece);
+        }
+        p.hungry = false;
+    }
+
+    /// Feeds hungry peers, fastest first (in endgame, the fastest peers get
+    /// the copies): those that have `piece` when it went back to the
+    /// queue, or all of them.
+    fn feed_hungry(&mut self, piece: Option<PieceIndex>, now: Instant) {
+        let mut hungry: Vec<(u64, ConnId)> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.hungry && piece.is_none_or(|x| p.bits.has(x)))
+            .map(|(&id, p)| (p.recent_down, id))
+            .collect();
+        hungry.sort_unstable_by(|a, b| b.cmp(a));
+        for (_, id) in hungry {
+            self.feed(id, now);
+            if piece.is_some_and(|x| !self.pieces_is_queued(x)) {
+                break;
             }
         }
     }
 
+    fn pieces_is_queued(&self, p: PieceIndex) -> bool {
+        self.pieces.state(p) == super::pieces::State::Queued
+    }
+
+    /// `id` no longer holds `piece` (abandoned, or it left).
+    fn release(&mut self, id: ConnId, piece: PieceIndex, now: Instant) {
+        let Some(p) = self.peers.get_mut(&id) else {
+            return;
+        };
+        let Some(at) = p.assigned.iter().position(|&x| x == piece) else {
+            return; // already let go of (a crossing release)
+        };
+        p.assigned.swap_remove(at);
+        if self.pieces.release(piece) {
+            self.feed_hungry(Some(piece), now);
+        }
+    }
+
+    /// Snubbing (BEP 3 clients' term): a peer that holds pieces and has
+    /// completed none for `SNUB_AFTER` keeps only one at a time; a trickle
+    /// of blocks does not count as progress.
+    fn update_snubs(&mut self, now: Instant) {
+        for p in self.peers.values_mut() {
+            let snub = !p.assigned.is_empty() && now.duration_since(p.last_progress) >= SNUB_AFTER;
+            if snub && !p.snubbed {
+                log::info!(
+                    "peer {} snubbed: no piece for {}s",
+                    p.addr,
+                    SNUB_AFTER.as_secs()
+                );
+            }
+            p.snubbed = snub || (p.snubbed && !p.assigned.is_empty());
+        }
+    }
     fn update_rate(&mut self, now: Instant) {
         let verified = self.shared.verified_bytes.load(Ordering::Relaxed);
         self.shared.uploaded.store(self.uploaded, Ordering::Relaxed);
@@ -636,22 +844,8 @@ impl Coordinator {
         }
     }
 
-    fn requeue(&mut self, piece: PieceIndex) {
-        let p = &mut self.pieces[piece.as_usize()];
-        p.state = State::Queued;
-        p.last_dup = None;
-        let _ = self.work_tx.send(piece);
-    }
-
-    fn release(&mut self, piece: PieceIndex) {
-        let p = &mut self.pieces[piece.as_usize()];
-        p.holders = p.holders.saturating_sub(1);
-        if p.holders == 0 && p.state == State::InFlight {
-            self.requeue(piece);
-        }
-    }
-
     fn on_peer_event(&mut self, ev: peer::Event) {
+        let now = Instant::now();
         match ev {
             peer::Event::Incoming(inc) => self.accept(*inc),
             peer::Event::Stats {
@@ -659,120 +853,161 @@ impl Coordinator {
                 downloaded,
                 uploaded,
                 peer_interested,
-                ..
+                am_interested,
+                requests,
             } => {
                 self.uploaded += uploaded;
                 if let Some(p) = self.peers.get_mut(&id) {
                     p.down += downloaded;
                     p.up += uploaded;
-                    let newly = peer_interested && !p.interested;
-                    p.interested = peer_interested;
+                    p.recent_down = downloaded;
+                    if downloaded > 0 || uploaded > 0 {
+                        p.last_payload = now;
+                    }
+                    if requests > 0 {
+                        p.last_request = Some(now);
+                    }
+                    p.am_interested = am_interested;
+                    let newly = peer_interested && !p.peer_interested;
+                    p.peer_interested = peer_interested;
+                    let never_unchoked = p.unchoked_at.is_none();
                     // A newly interested peer need not wait 10 s for a
-                    // free slot.
+                    // free slot, nor a newcomer for the optimistic one.
                     if newly
-                        && self.peers.values().filter(|p| p.unchoked).count()
-                            <= super::choker::REGULAR_SLOTS
+                        && (self.peers.values().filter(|p| p.unchoked).count()
+                            <= choker::REGULAR_SLOTS
+                            || (never_unchoked && self.choker.newcomer_may_preempt(now)))
                     {
-                        self.rechoke(Instant::now());
+                        self.rechoke_due = true;
                     }
                 }
             }
             peer::Event::Connected { id, .. } => {
                 if let Some(p) = self.peers.get_mut(&id) {
-                    p.connected = true;
+                    p.connected_at = Some(now);
+                    p.last_payload = now;
                     self.connected_count += 1;
                     self.shared
                         .peers
                         .store(self.connected_count, Ordering::Relaxed);
-                    if let Some(a) = self.addrs.get_mut(&p.addr) {
-                        a.failures = 0;
-                    }
+                    self.book.connected(&p.addr);
                     log::info!("peer {} connected", p.addr);
                     let _ = self.events.try_send(Event::PeerConnected(p.addr));
                 }
             }
-            peer::Event::Took { piece, .. } => {
-                let p = &mut self.pieces[piece.as_usize()];
-                p.holders = p.holders.saturating_add(1);
-                if p.state == State::Queued {
-                    p.state = State::InFlight;
+            peer::Event::Bitfield { id, bits } => {
+                if let Some(p) = self.peers.get_mut(&id) {
+                    self.pieces.peer_bitfield(&bits, true);
+                    p.bits = bits;
+                    self.feed(id, now);
                 }
             }
-            peer::Event::Abandoned { piece, .. } => self.release(piece),
+            peer::Event::Have { id, piece } => {
+                if let Some(p) = self.peers.get_mut(&id) {
+                    p.bits.set(piece);
+                    let queued = self.pieces.peer_have(piece);
+                    // A hungry peer had nothing to do before this piece.
+                    if queued && p.hungry {
+                        self.feed(id, now);
+                    }
+                }
+            }
+            peer::Event::Choked { id, choked } => {
+                if let Some(p) = self.peers.get_mut(&id) {
+                    p.choking_us = choked;
+                    if !choked {
+                        self.feed(id, now);
+                    }
+                }
+            }
+            peer::Event::Abandoned { id, piece } => {
+                self.release(id, piece, now);
+                self.feed(id, now);
+            }
             peer::Event::Exited {
                 id,
                 addr,
                 error,
                 connected,
-                abandoned,
-            } => {
-                for piece in abandoned {
-                    self.release(piece);
-                }
-                let Some(handle) = self.peers.remove(&id) else {
-                    return;
-                };
-                if handle.connected {
-                    self.connected_count -= 1;
-                    self.shared
-                        .peers
-                        .store(self.connected_count, Ordering::Relaxed);
-                }
-                let misbehaved = error.as_ref().is_some_and(|e| e.is_misbehaviour());
-                let reason = match (&handle.banned, &error) {
-                    (Some(why), _) => why.clone(),
-                    (None, Some(e)) => e.to_string(),
-                    (None, None) => "closed".to_string(),
-                };
-                if connected {
-                    log::info!("peer {addr} dropped: {reason}");
-                } else {
-                    log::debug!("peer {addr} not reachable: {reason}");
-                }
-                let _ = self.events.try_send(Event::PeerDropped {
-                    addr,
-                    reason: reason.clone(),
-                });
-                let info = self.addrs.entry(addr).or_default();
-                info.live = false;
-                if misbehaved || handle.banned.is_some() {
-                    info.banned = true;
-                }
-                if info.banned {
-                    log::info!("peer {addr} banned: {reason}");
-                    return;
-                }
-                if handle.incoming {
-                    // Its source port will not be seen again: forget it,
-                    // so a long seed's address map does not grow.
-                    self.addrs.remove(&addr);
-                    return;
-                }
-                // A peer that connected and then went away may come back;
-                // one that never answered is retried with backoff.
-                info.failures += 1;
-                let backoff = Duration::from_secs(2u64 << info.failures.min(6));
-                info.next_try = Some(Instant::now() + backoff);
-                if info.failures < MAX_CONNECT_FAILS {
-                    self.candidates.push_back(addr);
-                }
+            } => self.on_exited(id, addr, error, connected, now),
+        }
+    }
+
+    fn on_exited(
+        &mut self,
+        id: ConnId,
+        addr: SocketAddr,
+        error: Option<conn::Error>,
+        connected: bool,
+        now: Instant,
+    ) {
+        let Some(handle) = self.peers.remove(&id) else {
+            return;
+        };
+        self.pieces.peer_bitfield(&handle.bits, false);
+        for piece in handle.assigned {
+            if self.pieces.release(piece) {
+                self.feed_hungry(Some(piece), now);
             }
+        }
+        if handle.connected_at.is_some() {
+            self.connected_count -= 1;
+            self.shared
+                .peers
+                .store(self.connected_count, Ordering::Relaxed);
+        }
+        if handle.unchoked {
+            self.rechoke_due = true;
+        }
+        let misbehaved = error.as_ref().is_some_and(|e| e.is_misbehaviour());
+        let reason = match (&handle.banned, &error) {
+            (Some(why), _) => why.clone(),
+            (None, Some(e)) => e.to_string(),
+            (None, None) => "closed".to_string(),
+        };
+        if connected {
+            log::info!("peer {addr} dropped: {reason}");
+        } else {
+            log::debug!("peer {addr} not reachable: {reason}");
+        }
+        let _ = self.events.try_send(Event::PeerDropped {
+            addr,
+            reason: reason.clone(),
+        });
+        if misbehaved || handle.banned.is_some() {
+            log::info!("peer {addr} banned: {reason}");
+            self.book.ban(addr);
+        } else if handle.incoming {
+            // Its source port will not be seen again: nothing to keep.
+        } else if error.is_none() || handle.leaving {
+            self.book.closed(addr, Outcome::Forget, now);
+        } else {
+            // Unreachable, or connected and then went away: retried with
+            // backoff a few times, then forgotten.
+            self.book.closed(addr, Outcome::Retry, now);
         }
     }
 
     fn on_completed(&mut self, cp: CompletedPiece) {
-        // The peer sent `Took` for this piece before the piece itself, but on
-        // another channel: handle queued events first so the holder count
-        // sees them in order.
-        while let Ok(ev) = self.peer_rx.try_recv() {
-            self.on_peer_event(ev);
-        }
-        let p = &mut self.pieces[cp.piece.as_usize()];
-        p.holders = p.holders.saturating_sub(1);
-        if matches!(p.state, State::Verifying | State::Writing | State::Done) {
+        let now = Instant::now();
+        let was_holder = match self.peers.get_mut(&cp.from) {
+            Some(p) => match p.assigned.iter().position(|&x| x == cp.piece) {
+                Some(at) => {
+                    p.assigned.swap_remove(at);
+                    p.delivered += 1;
+                    p.last_progress = now;
+                    p.snubbed = false;
+                    true
+                }
+                None => false,
+            },
+            None => false,
+        };
+        let verify = self.pieces.completed(cp.piece, was_holder);
+        self.feed(cp.from, now);
+        if !verify {
             return; // an endgame duplicate that lost the race
         }
-        p.state = State::Verifying;
         let len = cp.data.len() as u64;
         self.pipeline_bytes += len;
         let expected = *self
@@ -793,8 +1028,9 @@ impl Coordinator {
 
     fn on_hashed(&mut self, h: Hashed, write_tx: &Sender<WriteCmd>) -> Result<(), Error> {
         let len = h.data.len() as u64;
+        let now = Instant::now();
+        self.pieces.hashed(h.piece, h.ok, now);
         if h.ok {
-            self.pieces[h.piece.as_usize()].state = State::Writing;
             self.downloaded += len;
             // Blocks when the writer is 8 pieces behind; the writer never
             // waits on us, so this cannot deadlock.
@@ -808,11 +1044,8 @@ impl Coordinator {
         }
         self.pipeline_bytes -= len;
         log::warn!("piece {} failed its hash check", h.piece);
-        let p = &mut self.pieces[h.piece.as_usize()];
-        if p.holders > 0 {
-            p.state = State::InFlight;
-        } else {
-            self.requeue(h.piece);
+        if self.pieces_is_queued(h.piece) {
+            self.feed_hungry(Some(h.piece), now);
         }
         if let Some(peer) = self.peers.get_mut(&h.from) {
             peer.hash_fails += 1;
@@ -820,7 +1053,7 @@ impl Coordinator {
                 let why = format!("sent {} pieces that failed the hash check", peer.hash_fails);
                 log::warn!("peer {} {why}; dropped and banned", peer.addr);
                 let _ = peer.commands.send(peer::Command::Shutdown);
-                self.addrs.entry(peer.addr).or_default().banned = true;
+                peer.leaving = true;
                 peer.banned = Some(why);
             }
         }
@@ -836,7 +1069,7 @@ impl Coordinator {
         result.map_err(Error::Storage)?;
         let len = self.layout.piece_len(piece) as u64;
         self.pipeline_bytes -= len;
-        self.pieces[piece.as_usize()].state = State::Done;
+        self.pieces.written(piece);
         self.have.set(piece);
         let verified = self.shared.verified_bytes.fetch_add(len, Ordering::Relaxed) + len;
         self.shared.pieces_done.fetch_add(1, Ordering::Relaxed);
@@ -846,9 +1079,13 @@ impl Coordinator {
         counters
             .left
             .store(self.torrent.total_length() - verified, Ordering::Relaxed);
-        for p in self.peers.values() {
-            let _ = p.commands.send(peer::Command::Have(piece));
+        // The peers fetching a copy hear at once (they cancel it); the rest
+        // in the next batch.
+        let now_list: Arc<[PieceIndex]> = Arc::from([piece]);
+        for p in self.peers.values().filter(|p| p.assigned.contains(&piece)) {
+            let _ = p.commands.send(peer::Command::Have(Arc::clone(&now_list)));
         }
+        self.pending_haves.push(piece);
         let _ = self.events.try_send(Event::PieceDone {
             piece: piece.0,
             progress: self.shared.snapshot(
@@ -864,8 +1101,9 @@ impl Coordinator {
         match r {
             tracker::Report::Peers(list) => {
                 log::debug!("tracker returned {} peers", list.len());
+                // O(1) each: a reply of any size costs linear time.
                 for addr in list {
-                    self.add_candidate(addr);
+                    self.book.add(addr);
                 }
             }
             tracker::Report::RoundFailed { error, first_round } => {
@@ -874,16 +1112,14 @@ impl Coordinator {
                 // With nothing else to go on, a tracker that fails the first
                 // round is the answer: fail now rather than wait for peers
                 // that cannot come.
-                if self.have.is_full() {
+                if self.pieces.is_complete() {
                     return Ok(()); // seeding: the data is safe either way
                 }
-                if first_round && self.addrs.is_empty() {
+                let nobody = self.peers.is_empty() && self.book.candidates() == 0;
+                if first_round && nobody && self.opts.peers.is_empty() {
                     return Err(Error::Tracker(error));
                 }
-                if matches!(error, tracker::Error::Refused { .. })
-                    && self.peers.is_empty()
-                    && self.candidates.is_empty()
-                {
+                if matches!(error, tracker::Error::Refused { .. }) && nobody {
                     return Err(Error::Tracker(error));
                 }
             }

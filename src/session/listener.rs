@@ -4,23 +4,32 @@
 //! `peer::Event::Incoming`. The session decides whether to keep them (peer
 //! cap, bans) and starts their connection thread.
 
+use super::admission::MseBudget;
 use crate::peer::accept::accept_handshake;
 use crate::peer::{self, Incoming};
 use crate::types::InfoHash;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use std::collections::VecDeque;
 use std::io;
-use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How often a blocked `accept` looks at its stop channel.
-const POLL: Duration = Duration::from_millis(50);
+const POLL: Duration = Duration::from_millis(10);
 
-/// At most this many incoming handshakes are read at once; further
-/// connections are closed on accept. Without a cap, a flood of silent
-/// connections would each hold a thread for the handshake timeout.
+/// At most this many incoming handshakes are read at once. When a new
+/// connection arrives at the cap, the oldest pending one is closed: a
+/// flood of silent sockets can only ever delay a real peer by the time it
+/// takes to send its 68 bytes, never lock it out.
 const MAX_PENDING: usize = 64;
+/// Once half the pending slots are taken, a handshake gets this long
+/// instead of the full handshake timeout.
+const PRESSURE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Handshake threads alive at once, counting closed ones that have not
+/// ended yet; connections beyond that are closed on accept.
+const MAX_THREADS: usize = 2 * MAX_PENDING;
 
 /// The sockets we accept on: `[::]` and/or `0.0.0.0`, all on one port.
 pub struct Listeners(Vec<TcpListener>);
@@ -73,6 +82,16 @@ pub fn bind(port: u16) -> io::Result<Listeners> {
     Ok(Listeners(all))
 }
 
+/// A handshake being read on its own thread.
+struct Pending {
+    since: Instant,
+    /// A second handle on the socket, to close it from here.
+    stream: TcpStream,
+    /// Set by the handshake thread when it ends (however it ends).
+    done: Arc<AtomicBool>,
+    closed: bool,
+}
+
 /// Runs until `stop` is sent to or dropped.
 pub fn spawn(
     listeners: Listeners,
@@ -84,66 +103,107 @@ pub fn spawn(
     for l in &listeners.0 {
         l.set_nonblocking(true)?;
     }
-    // Shared only with the short-lived handshake threads, as a counter; an
-    // atomic, not a Mutex (DESIGN.md, "Seeding", Listener).
-    let pending = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("rtc-listener".into())
-        .spawn(move || loop {
-            match stop.try_recv() {
-                Ok(()) | Err(TryRecvError::Disconnected) => return,
-                Err(TryRecvError::Empty) => {}
-            }
-            let mut idle = true;
-            for listener in &listeners.0 {
-                match listener.accept() {
-                    Ok((stream, addr)) => {
-                        idle = false;
-                        // A dual-stack socket reports IPv4 peers as
-                        // `::ffff:a.b.c.d`; bans and logs use the plain form.
-                        let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
-                        if pending.load(Ordering::Acquire) >= MAX_PENDING {
-                            log::debug!("incoming {addr}: too many pending handshakes; closed");
-                            continue;
-                        }
-                        handshake(
-                            stream,
-                            addr,
-                            info_hash,
-                            handshake_timeout,
-                            &events,
-                            &pending,
-                        )
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(e) => log::debug!("accept failed: {e}"),
+        .spawn(move || {
+            // Owned by this thread alone; each handshake thread shares only
+            // its `done` flag with it (an atomic, not a Mutex: DESIGN.md).
+            let mut pending: VecDeque<Pending> = VecDeque::new();
+            let mut budget = MseBudget::new(Instant::now());
+            loop {
+                match stop.try_recv() {
+                    Ok(()) | Err(TryRecvError::Disconnected) => return,
+                    Err(TryRecvError::Empty) => {}
                 }
-            }
-            if idle {
-                std::thread::sleep(POLL);
+                let mut idle = true;
+                for listener in &listeners.0 {
+                    match listener.accept() {
+                        Ok((stream, addr)) => {
+                            idle = false;
+                            // A dual-stack socket reports IPv4 peers as
+                            // `::ffff:a.b.c.d`; bans and logs use the plain form.
+                            let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
+                            make_room(&mut pending, addr);
+                            if pending.len() >= MAX_THREADS {
+                                log::debug!("incoming {addr}: too many handshakes; closed");
+                                continue;
+                            }
+                            let now = Instant::now();
+                            let allow_mse = budget.allow(addr.ip(), now);
+                            if let Some(p) = handshake(
+                                stream,
+                                addr,
+                                info_hash,
+                                handshake_timeout,
+                                allow_mse,
+                                &events,
+                            ) {
+                                pending.push_back(p);
+                            }
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => log::debug!("accept failed: {e}"),
+                    }
+                }
+                expire(&mut pending, Instant::now());
+                if idle {
+                    std::thread::sleep(POLL);
+                }
             }
         })
 }
 
+/// Forgets finished handshakes and, under pressure, closes the slow ones.
+fn expire(pending: &mut VecDeque<Pending>, now: Instant) {
+    pending.retain(|p| !p.done.load(Ordering::Acquire));
+    let open = pending.iter().filter(|p| !p.closed).count();
+    if open >= MAX_PENDING / 2 {
+        for p in pending.iter_mut().filter(|p| !p.closed) {
+            if now.duration_since(p.since) >= PRESSURE_TIMEOUT {
+                close(p);
+            }
+        }
+    }
+}
+
+/// At the cap, closes the oldest open handshake to make room for `addr`.
+fn make_room(pending: &mut VecDeque<Pending>, addr: SocketAddr) {
+    pending.retain(|p| !p.done.load(Ordering::Acquire));
+    let open = pending.iter().filter(|p| !p.closed).count();
+    if open >= MAX_PENDING {
+        if let Some(oldest) = pending.iter_mut().find(|p| !p.closed) {
+            log::debug!("incoming {addr}: handshake slots full; closed the oldest");
+            close(oldest);
+        }
+    }
+}
+
+fn close(p: &mut Pending) {
+    p.closed = true;
+    // The handshake thread's blocked read then returns at once.
+    let _ = p.stream.shutdown(Shutdown::Both);
+}
+
 fn handshake(
-    mut stream: std::net::TcpStream,
+    mut stream: TcpStream,
     addr: SocketAddr,
     info_hash: InfoHash,
     timeout: Duration,
+    allow_mse: bool,
     events: &Sender<peer::Event>,
-    pending: &Arc<AtomicUsize>,
-) {
+) -> Option<Pending> {
     let events = events.clone();
-    pending.fetch_add(1, Ordering::AcqRel);
-    let counter = Arc::clone(pending);
+    let handle = stream.try_clone().ok()?;
+    let done = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&done);
     let spawned = std::thread::Builder::new()
-        .name(format!("rtc-accept-{addr}"))
+        .name("rtc-accept".into())
         .spawn(move || {
-            let _guard = Pending(counter);
+            let _guard = Done(flag);
             if stream.set_nonblocking(false).is_err() {
                 return;
             }
-            match accept_handshake(&mut stream, info_hash, timeout) {
+            match accept_handshake(&mut stream, info_hash, timeout, allow_mse) {
                 Ok(accepted) => {
                     if accepted.encrypted {
                         let how = if accepted.cipher.is_some() {
@@ -162,19 +222,25 @@ fn handshake(
                 Err(e) => log::debug!("incoming {addr}: {e}"),
             }
         });
-    if let Err(e) = spawned {
-        // The closure (and its guard) never ran, so undo the count here.
-        pending.fetch_sub(1, Ordering::AcqRel);
-        log::warn!("cannot start a thread for incoming {addr}: {e}");
+    match spawned {
+        Ok(_) => Some(Pending {
+            since: Instant::now(),
+            stream: handle,
+            done,
+            closed: false,
+        }),
+        Err(e) => {
+            log::warn!("cannot start a thread for incoming {addr}: {e}");
+            None
+        }
     }
 }
 
-/// Decrements the pending-handshake count when a handshake thread ends,
-/// however it ends.
-struct Pending(Arc<AtomicUsize>);
+/// Sets the handshake's `done` flag when its thread ends, however it ends.
+struct Done(Arc<AtomicBool>);
 
-impl Drop for Pending {
+impl Drop for Done {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.store(true, Ordering::Release);
     }
 }

@@ -4,9 +4,14 @@
 //! The coordinator itself (piece states, peers, pipeline) is in
 //! `coordinator`; this file owns only the API types and their errors.
 
+mod addrbook;
+mod admission;
 mod choker;
 mod coordinator;
 mod listener;
+mod picker;
+mod pieces;
+mod slots;
 
 use crate::metainfo::Torrent;
 use crate::peer::conn::Limits;
@@ -43,6 +48,11 @@ pub struct Options {
     pub limits: Limits,
     /// Our peer id; a fresh random one by default.
     pub peer_id: PeerId,
+    /// Let rtc rewrite pieces that fail verification in existing files
+    /// that it did not create but that have the torrent's file sizes (a
+    /// finished download whose data later rotted). Off by default: such
+    /// files are the user's and are never written.
+    pub repair: bool,
 }
 
 impl Options {
@@ -58,6 +68,7 @@ impl Options {
             announce_timeout: crate::tracker::ANNOUNCE_TIMEOUT,
             limits: Limits::default(),
             peer_id: PeerId::generate(),
+            repair: false,
         }
     }
 }

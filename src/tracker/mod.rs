@@ -12,6 +12,7 @@ mod udp_client;
 
 pub use udp_client::UdpTrackers;
 
+use crate::text::Escaped;
 use crate::types::{InfoHash, PeerId};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::fmt;
@@ -29,8 +30,10 @@ pub const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(15);
 const STOPPED_TIMEOUT: Duration = Duration::from_secs(3);
 /// Retry delay after a failed round, doubled per failure up to the interval.
 const RETRY_FIRST: Duration = Duration::from_secs(5);
-/// Tracker answers larger than this are not tracker answers.
-const MAX_RESPONSE: u64 = 2 * 1024 * 1024;
+/// Tracker answers larger than this are not tracker answers. Room for a
+/// little over 2 MiB of compact peers (about 350,000), which the session
+/// takes in linear time and its address book caps.
+const MAX_RESPONSE: u64 = 4 * 1024 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Error {
@@ -60,17 +63,23 @@ pub enum Error {
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // URLs come from the torrent and reasons from the tracker: both
+        // are printed escaped.
         match self {
-            Error::Refused { url, reason } => write!(f, "tracker {url} refused: {reason}"),
-            Error::Http { url, detail } => write!(f, "tracker {url}: {detail}"),
-            Error::Protocol { url, detail } => write!(f, "tracker {url}: {detail}"),
+            Error::Refused { url, reason } => {
+                write!(f, "tracker {} refused: {}", Escaped(url), Escaped(reason))
+            }
+            Error::Http { url, detail } | Error::Protocol { url, detail } => {
+                write!(f, "tracker {}: {}", Escaped(url), Escaped(detail))
+            }
             Error::UnsupportedScheme { url } => {
                 write!(
                     f,
-                    "tracker {url}: unsupported scheme (http, https and udp work)"
+                    "tracker {}: unsupported scheme (http, https and udp work)",
+                    Escaped(url)
                 )
             }
-            Error::Timeout { url } => write!(f, "tracker {url}: no answer (timed out)"),
+            Error::Timeout { url } => write!(f, "tracker {}: no answer (timed out)", Escaped(url)),
         }
     }
 }

@@ -1,0 +1,437 @@
+//! Piece states and who holds what, as pure code: the session thread calls
+//! it, it does no I/O and knows nothing of channels or sockets.
+//!
+//! `Queued` (in the picker) → `InFlight` (assigned to one or more peers) →
+//! `Verifying` → `Writing` → `Done`. A peer is assigned a piece with
+//! [`Pieces::assign`] and lets go of it exactly once, through
+//! [`Pieces::release`] (abandoned, or the peer left) or
+//! [`Pieces::completed`] (it sent the piece). Each peer's assignments are a
+//! set, so a release that crosses another (a piece sent just as the peer
+//! exits) is counted once. A piece nobody holds any more goes back to
+//! `Queued`; a piece is `Done` only after its hash matched and the write
+//! succeeded; a hash failure puts it back (never loses it).
+//!
+//! Endgame: once nothing is queued, a hungry peer may duplicate any
+//! in-flight piece it has (whatever its holder count, at most
+//! `MAX_HOLDERS` copies), preferring the pieces with the fewest holders that
+//! have been in flight longest; the first copy to arrive wins and the
+//! others are cancelled by `have`.
+
+use super::picker::Picker;
+use crate::peer::message::Bitfield;
+use crate::types::{PieceIndex, Rng};
+use std::time::Instant;
+
+/// Copies of one piece in flight at once in endgame.
+pub(crate) const MAX_HOLDERS: u8 = 3;
+/// A fresh download picks its first pieces at random rather than rarest.
+const RANDOM_FIRST: u32 = 4;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum State {
+    Queued,
+    InFlight,
+    Verifying,
+    Writing,
+    Done,
+}
+
+struct Piece {
+    state: State,
+    holders: u8,
+    /// When it last went in flight (endgame prefers the oldest).
+    since: Option<Instant>,
+    /// Index in `Pieces::in_flight` while `InFlight`.
+    slot: u32,
+}
+
+/// What a peer could be given next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Pick {
+    /// A queued piece, now in flight with this peer as its only holder.
+    Fresh(PieceIndex),
+    /// Endgame: a copy of a piece other peers are already fetching.
+    Duplicate(PieceIndex),
+}
+
+impl Pick {
+    pub(crate) fn piece(self) -> PieceIndex {
+        match self {
+            Pick::Fresh(p) | Pick::Duplicate(p) => p,
+        }
+    }
+}
+
+pub(crate) struct Pieces {
+    pieces: Vec<Piece>,
+    picker: Picker,
+    /// Pieces in `InFlight`, for endgame (bounded by peers × their quota).
+    in_flight: Vec<PieceIndex>,
+    done: u32,
+}
+
+impl Pieces {
+    /// Every piece of `have` is `Done`, every other one `Queued`.
+    pub(crate) fn new(have: &Bitfield, rng: Rng) -> Pieces {
+        let n = have.len();
+        let mut picker = Picker::new(n, rng);
+        let pieces = (0..n)
+            .map(|i| {
+                let done = have.has(PieceIndex(i));
+                if !done {
+                    picker.queue(PieceIndex(i));
+                }
+                Piece {
+                    state: if done { State::Done } else { State::Queued },
+                    holders: 0,
+                    since: None,
+                    slot: 0,
+                }
+            })
+            .collect();
+        Pieces {
+            pieces,
+            picker,
+            in_flight: Vec::new(),
+            done: have.count(),
+        }
+    }
+
+    pub(crate) fn state(&self, p: PieceIndex) -> State {
+        self.pieces[p.as_usize()].state
+    }
+
+    #[cfg(test)]
+    pub(crate) fn holders(&self, p: PieceIndex) -> u8 {
+        self.pieces[p.as_usize()].holders
+    }
+
+    pub(crate) fn is_complete(&self) -> bool {
+        self.done as usize == self.pieces.len()
+    }
+
+    /// Nothing is queued: every missing piece is in flight or being
+    /// verified or written.
+    pub(crate) fn in_endgame(&self) -> bool {
+        self.picker.queued_count() == 0
+    }
+
+    #[cfg(test)]
+    pub(crate) fn queued_count(&self) -> usize {
+        self.picker.queued_count()
+    }
+
+    /// Availability bookkeeping: a peer's bitfield arrived or it left.
+    pub(crate) fn peer_bitfield(&mut self, bits: &Bitfield, arrived: bool) {
+        self.picker.add_bitfield(bits, arrived);
+    }
+
+    /// A peer announced `p`. Returns whether `p` is queued (worth waking a
+    /// hungry peer for).
+    pub(crate) fn peer_have(&mut self, p: PieceIndex) -> bool {
+        self.picker.add_holder(p);
+        self.picker.is_queued(p)
+    }
+
+    /// The next piece for a peer that has `bits` and already holds
+    /// `holding`, or `None` if there is nothing it can do now.
+    pub(crate) fn assign(
+        &mut self,
+        bits: &Bitfield,
+        holding: &[PieceIndex],
+        now: Instant,
+    ) -> Option<Pick> {
+        let random = self.done < RANDOM_FIRST;
+        if let Some(p) = self.picker.pick(bits, random) {
+            self.picker.unqueue(p);
+            let piece = &mut self.pieces[p.as_usize()];
+            debug_assert_eq!(piece.state, State::Queued);
+            piece.state = State::InFlight;
+            piece.holders = 1;
+            piece.since = Some(now);
+            piece.slot = self.in_flight.len() as u32;
+            self.in_flight.push(p);
+            return Some(Pick::Fresh(p));
+        }
+        if !self.in_endgame() {
+            return None;
+        }
+        let best = self
+            .in_flight
+            .iter()
+            .copied()
+            .filter(|&p| {
+                self.pieces[p.as_usize()].holders < MAX_HOLDERS
+                    && bits.has(p)
+                    && !holding.contains(&p)
+            })
+            .min_by_key(|&p| {
+                let piece = &self.pieces[p.as_usize()];
+                (piece.holders, piece.since)
+            })?;
+        self.pieces[best.as_usize()].holders += 1;
+        Some(Pick::Duplicate(best))
+    }
+
+    fn leave_in_flight(&mut self, p: PieceIndex) {
+        let slot = self.pieces[p.as_usize()].slot as usize;
+        self.in_flight.swap_remove(slot);
+        if let Some(&moved) = self.in_flight.get(slot) {
+            self.pieces[moved.as_usize()].slot = slot as u32;
+        }
+    }
+
+    fn requeue(&mut self, p: PieceIndex) {
+        let piece = &mut self.pieces[p.as_usize()];
+        piece.state = State::Queued;
+        piece.since = None;
+        self.picker.queue(p);
+    }
+
+    /// One holder let go of `p` without sending it. Returns true if the
+    /// piece went back to the queue.
+    pub(crate) fn release(&mut self, p: PieceIndex) -> bool {
+        let piece = &mut self.pieces[p.as_usize()];
+        piece.holders = piece.holders.saturating_sub(1);
+        if piece.holders == 0 && piece.state == State::InFlight {
+            self.leave_in_flight(p);
+            self.requeue(p);
+            return true;
+        }
+        false
+    }
+
+    /// A holder sent all of `p` (`was_holder`: it was still assigned it;
+    /// a piece that arrives after its sender was released still counts).
+    /// Returns true if it should be verified, false if another copy is
+    /// already being verified or is done.
+    pub(crate) fn completed(&mut self, p: PieceIndex, was_holder: bool) -> bool {
+        let piece = &mut self.pieces[p.as_usize()];
+        if was_holder {
+            piece.holders = piece.holders.saturating_sub(1);
+        }
+        match piece.state {
+            State::Verifying | State::Writing | State::Done => false,
+            State::Queued => {
+                self.picker.unqueue(p);
+                self.pieces[p.as_usize()].state = State::Verifying;
+                true
+            }
+            State::InFlight => {
+                self.leave_in_flight(p);
+                self.pieces[p.as_usize()].state = State::Verifying;
+                true
+            }
+        }
+    }
+
+    /// The hash check of `p` finished. A failure puts it back in flight if
+    /// other peers still fetch it, else back in the queue.
+    pub(crate) fn hashed(&mut self, p: PieceIndex, ok: bool, now: Instant) {
+        let piece = &mut self.pieces[p.as_usize()];
+        debug_assert_eq!(piece.state, State::Verifying);
+        if ok {
+            piece.state = State::Writing;
+        } else if piece.holders > 0 {
+            piece.state = State::InFlight;
+            piece.since = Some(now);
+            piece.slot = self.in_flight.len() as u32;
+            self.in_flight.push(p);
+        } else {
+            self.requeue(p);
+        }
+    }
+
+    /// The verified bytes of `p` are on disk.
+    pub(crate) fn written(&mut self, p: PieceIndex) {
+        let piece = &mut self.pieces[p.as_usize()];
+        debug_assert_eq!(piece.state, State::Writing);
+        piece.state = State::Done;
+        self.done += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn full(n: u32) -> Bitfield {
+        let mut b = Bitfield::new(n);
+        for i in 0..n {
+            b.set(PieceIndex(i));
+        }
+        b
+    }
+
+    fn fresh(n: u32) -> (Pieces, Bitfield) {
+        let mut ps = Pieces::new(&Bitfield::new(n), Rng::new(1));
+        let seed = full(n);
+        ps.peer_bitfield(&seed, true);
+        (ps, seed)
+    }
+
+    #[test]
+    fn a_piece_is_done_only_after_hash_and_write() {
+        let (mut ps, seed) = fresh(1);
+        let now = Instant::now();
+        let Some(Pick::Fresh(p)) = ps.assign(&seed, &[], now) else {
+            panic!("nothing assigned")
+        };
+        assert_eq!(ps.state(p), State::InFlight);
+        assert!(ps.completed(p, true));
+        assert_eq!(ps.state(p), State::Verifying);
+        ps.hashed(p, true, now);
+        assert_eq!(ps.state(p), State::Writing);
+        assert!(!ps.is_complete());
+        ps.written(p);
+        assert!(ps.is_complete());
+    }
+
+    #[test]
+    fn a_hash_failure_never_loses_the_piece() {
+        let (mut ps, seed) = fresh(1);
+        let now = Instant::now();
+        let p = ps.assign(&seed, &[], now).unwrap().piece();
+        ps.completed(p, true);
+        ps.hashed(p, false, now);
+        assert_eq!(ps.state(p), State::Queued);
+        // With another holder still fetching it, it stays in flight.
+        let p = ps.assign(&seed, &[], now).unwrap().piece();
+        let dup = ps.assign(&seed, &[], now).unwrap();
+        assert_eq!(dup, Pick::Duplicate(p));
+        ps.completed(p, true);
+        ps.hashed(p, false, now);
+        assert_eq!(ps.state(p), State::InFlight);
+        assert_eq!(ps.holders(p), 1);
+        // The last holder leaves: queued again.
+        assert!(ps.release(p));
+        assert_eq!(ps.state(p), State::Queued);
+    }
+
+    #[test]
+    fn releases_requeue_only_when_the_last_holder_goes() {
+        let (mut ps, seed) = fresh(2);
+        let now = Instant::now();
+        let a = ps.assign(&seed, &[], now).unwrap().piece();
+        let b = ps.assign(&seed, &[], now).unwrap().piece();
+        assert_ne!(a, b);
+        assert!(ps.in_endgame());
+        let d = ps.assign(&seed, &[a], now).unwrap();
+        assert_eq!(d, Pick::Duplicate(b));
+        assert!(!ps.release(b));
+        assert_eq!(ps.state(b), State::InFlight);
+        assert!(ps.release(b));
+        assert_eq!(ps.state(b), State::Queued);
+        assert!(!ps.in_endgame());
+    }
+
+    #[test]
+    fn endgame_duplicates_are_bounded_and_spread() {
+        let (mut ps, seed) = fresh(2);
+        let now = Instant::now();
+        let a = ps.assign(&seed, &[], now).unwrap().piece();
+        let later = now + std::time::Duration::from_secs(1);
+        let b = ps.assign(&seed, &[], later).unwrap().piece();
+        // Fewest holders first, then the oldest: a, then b, then a ...
+        let picks: Vec<_> = (0..4)
+            .map(|_| ps.assign(&seed, &[], later).map(Pick::piece))
+            .collect();
+        assert_eq!(picks, vec![Some(a), Some(b), Some(a), Some(b)]);
+        assert_eq!(ps.holders(a), MAX_HOLDERS);
+        assert_eq!(ps.assign(&seed, &[], later), None);
+        // First copy wins; the late copies are not verified again.
+        assert!(ps.completed(a, true));
+        assert!(!ps.completed(a, true));
+        assert_eq!(ps.holders(a), 1);
+    }
+
+    #[test]
+    fn a_peer_without_the_pieces_gets_nothing() {
+        let (mut ps, _) = fresh(8);
+        let none = Bitfield::new(8);
+        assert_eq!(ps.assign(&none, &[], Instant::now()), None);
+    }
+
+    #[test]
+    fn a_late_piece_from_a_released_peer_still_counts() {
+        let (mut ps, seed) = fresh(1);
+        let now = Instant::now();
+        let p = ps.assign(&seed, &[], now).unwrap().piece();
+        // The peer exited (released) before its piece was read.
+        assert!(ps.release(p));
+        assert!(ps.completed(p, false));
+        assert_eq!(ps.state(p), State::Verifying);
+        assert_eq!(ps.queued_count(), 0);
+    }
+
+    /// Random operations as the session would make them: every assignment
+    /// is let go of exactly once (release or completed), and the holder
+    /// counts always equal the assignments outstanding.
+    #[test]
+    fn holder_counts_match_assignments_under_random_play() {
+        let n = 40;
+        let (mut ps, seed) = fresh(n);
+        let mut r = Rng::new(42);
+        let now = Instant::now();
+        let mut held: Vec<Vec<PieceIndex>> = vec![Vec::new(); 5];
+        let mut verifying: Vec<PieceIndex> = Vec::new();
+        for _ in 0..20_000 {
+            let peer = r.below(held.len());
+            match r.below(5) {
+                0 | 1 => {
+                    if let Some(pick) = ps.assign(&seed, &held[peer], now) {
+                        held[peer].push(pick.piece());
+                    }
+                }
+                2 if !held[peer].is_empty() => {
+                    let at = r.below(held[peer].len());
+                    let p = held[peer].swap_remove(at);
+                    ps.release(p);
+                }
+                3 if !held[peer].is_empty() => {
+                    let at = r.below(held[peer].len());
+                    let p = held[peer].swap_remove(at);
+                    if ps.completed(p, true) {
+                        verifying.push(p);
+                    }
+                }
+                _ if !verifying.is_empty() => {
+                    let at = r.below(verifying.len());
+                    let p = verifying.swap_remove(at);
+                    let ok = r.below(3) > 0;
+                    ps.hashed(p, ok, now);
+                    if ok {
+                        ps.written(p);
+                    }
+                }
+                _ => {}
+            }
+            for i in 0..n {
+                let p = PieceIndex(i);
+                let count = held.iter().filter(|h| h.contains(&p)).count();
+                assert_eq!(ps.holders(p) as usize, count, "piece {i}");
+                match ps.state(p) {
+                    State::InFlight => assert!(count > 0),
+                    State::Queued => assert_eq!(count, 0),
+                    _ => {}
+                }
+            }
+        }
+        // Drain: everything ends Done.
+        for h in &mut held {
+            for p in h.drain(..) {
+                ps.release(p);
+            }
+        }
+        for p in verifying.drain(..) {
+            ps.hashed(p, true, now);
+            ps.written(p);
+        }
+        while !ps.is_complete() {
+            let p = ps.assign(&seed, &[], now).unwrap().piece();
+            assert!(ps.completed(p, true));
+            ps.hashed(p, true, now);
+            ps.written(p);
+        }
+    }
+}
