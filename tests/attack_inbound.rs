@@ -559,40 +559,14 @@ impl Case {
     }
 }
 
-/// `common::lt_leech_with` (the same `lt_peer.py leech` run), except that
-/// a download that fails or times out is an Err for the test to report
-/// rather than a panic.
+/// `common::try_lt_leech_with` from `peer` alone.
 fn try_lt_leech(
     torrent: &Path,
     out_dir: &Path,
     peer: SocketAddr,
     timeout: Duration,
 ) -> Result<Duration, String> {
-    let mut cmd = Command::new(PYTHON);
-    cmd.arg(lt_peer_script())
-        .arg("leech")
-        .arg(torrent)
-        .arg(out_dir)
-        .args(["--port", &free_port().to_string(), "--bind", "127.0.0.1"])
-        .args(["--timeout", &timeout.as_secs_f64().to_string()])
-        .arg("--peer")
-        .arg(peer.to_string());
-    // lt_peer.py enforces the timeout itself; the margin covers start-up.
-    let out = run_bounded(&mut cmd, timeout + Duration::from_secs(15));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let secs = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("DONE "))
-        .and_then(|s| s.trim().parse::<f64>().ok());
-    match secs {
-        Some(s) if out.status.success() => Ok(Duration::from_secs_f64(s)),
-        _ => Err(format!(
-            "lt_peer.py leech failed ({}): {}{}",
-            out.status,
-            stdout.trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
-    }
+    try_lt_leech_with(torrent, out_dir, free_port(), &[peer], timeout, &[])
 }
 
 /// aria2c downloads `torrent` (it finds rtc through the tracker) and exits;
@@ -600,22 +574,11 @@ fn try_lt_leech(
 fn aria2_leech(torrent: &Path, out: &Path, timeout: Duration) -> Result<Duration, String> {
     let t0 = Instant::now();
     let o = run_bounded(
-        Command::new("aria2c")
-            .arg("--seed-time=0")
-            .arg(format!("--dir={}", out.display()))
-            .arg(format!("--listen-port={}", free_port()))
-            .arg(format!("--stop={}", timeout.as_secs().max(1)))
-            .args([
-                "--interface=127.0.0.1",
-                "--enable-dht=false",
-                "--enable-dht6=false",
-                "--bt-enable-lpd=false",
-                "--enable-peer-exchange=false",
-                "--console-log-level=warn",
-                "--summary-interval=0",
-                &format!("--stop-with-process={}", std::process::id()),
-            ])
-            .arg(torrent),
+        aria2_leech_command(torrent, out).args([
+            &format!("--stop={}", timeout.as_secs().max(1)),
+            "--interface=127.0.0.1",
+            "--enable-dht6=false",
+        ]),
         timeout + Duration::from_secs(15),
     );
     let t = t0.elapsed();

@@ -442,6 +442,10 @@ fn judge(test: &str, s: &Setup, base: &Run, attacked: &Run) {
             ""
         }
     );
+    if let Ok(dir) = std::env::var("ATTACK_LOG_DIR") {
+        // Keep the full rtc log for a look after the test.
+        let _ = fs::write(Path::new(&dir).join(format!("{test}.log")), &attacked.log);
+    }
     if !attacked.finished_ok() {
         let done = pieces_on_disk(&s.src, &s.out_file("attacked"), s.piece_len);
         panic!(

@@ -135,22 +135,7 @@ fn setup(len: usize, seed: u64) -> Setup {
 }
 
 fn aria2_leech(torrent: &Path, out: &Path) {
-    let o = run_bounded(
-        Command::new("aria2c")
-            .arg("--seed-time=0")
-            .arg(format!("--dir={}", out.display()))
-            .arg(format!("--listen-port={}", free_port()))
-            .args([
-                "--enable-dht=false",
-                "--bt-enable-lpd=false",
-                "--enable-peer-exchange=false",
-                "--console-log-level=warn",
-                "--summary-interval=0",
-                &format!("--stop-with-process={}", std::process::id()),
-            ])
-            .arg(torrent),
-        BOUND,
-    );
+    let o = run_bounded(&mut aria2_leech_command(torrent, out), BOUND);
     assert!(
         o.status.success(),
         "aria2c: {}",

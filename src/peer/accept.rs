@@ -30,13 +30,14 @@ pub struct Accepted {
 }
 
 /// Reads and checks the opening within `timeout` in total. An encrypted
-/// opening is only answered when `allow_mse` (the listener rations the key
-/// exchange per address) and its key is plausible.
+/// opening is only answered when `allow_mse()` says so (the listener
+/// rations the key exchange per address; it is asked only for openings
+/// that are MSE) and its key is plausible.
 pub fn accept_handshake(
     stream: &mut TcpStream,
     info_hash: InfoHash,
     timeout: Duration,
-    allow_mse: bool,
+    allow_mse: &dyn Fn() -> bool,
 ) -> Result<Accepted, Error> {
     let mut r = Reader {
         stream,
@@ -55,7 +56,7 @@ pub fn accept_handshake(
             encrypted: false,
         });
     }
-    if !allow_mse {
+    if !allow_mse() {
         return Err(Error::Mse(mse::Error::RateLimited));
     }
     encrypted(r, info_hash)

@@ -61,8 +61,6 @@ pub enum Error {
     Protocol(message::Error),
     SelfConnection,
     BadBitfield,
-    /// More bitfields than any client sends (`MAX_BITFIELDS`).
-    BitfieldFlood,
     BadHave(u32),
     BadBlock {
         piece: u32,
@@ -94,7 +92,6 @@ impl fmt::Display for Error {
             Error::Protocol(e) => write!(f, "protocol error: {e}"),
             Error::SelfConnection => f.write_str("connected to ourselves"),
             Error::BadBitfield => f.write_str("bitfield of the wrong size or with spare bits set"),
-            Error::BitfieldFlood => write!(f, "sent more than {MAX_BITFIELDS} bitfields"),
             Error::BadHave(i) => write!(f, "have for piece {i}, which does not exist"),
             Error::BadBlock { piece, offset, len } => {
                 write!(
@@ -136,7 +133,6 @@ impl Error {
                 | Error::Mse(_)
                 | Error::SelfConnection
                 | Error::BadBitfield
-                | Error::BitfieldFlood
                 | Error::BadHave(_)
                 | Error::BadBlock { .. }
                 | Error::Unrequested { .. }
@@ -237,6 +233,12 @@ struct Conn {
     /// Blocks of pieces we cancelled may still be on the wire; tolerate a
     /// bounded number of them rather than calling the peer hostile.
     late_blocks_allowed: usize,
+    /// Time already waited for a block when the peer choked us: the stall
+    /// clock resumes from there, so choke/unchoke games cannot reset it.
+    stall_carry: Duration,
+    /// Choke state last reported to the session (reported once per loop
+    /// turn at most, and only when it changed).
+    reported_choking: bool,
     upload: Upload,
     downloaded: u64,
     last_stats: Instant,
@@ -246,7 +248,6 @@ struct Conn {
     am_interested: bool,
     /// A bitfield or a `have` arrived: a later bitfield only adds pieces.
     got_pieces_msg: bool,
-    bitfields: u32,
     /// Requests received since the last stats report.
     requests: u32,
     /// RC4 both ways when an incoming peer negotiated it (MSE).
@@ -254,10 +255,6 @@ struct Conn {
 }
 
 const STATS_EVERY: Duration = Duration::from_secs(1);
-/// Bitfields one connection may send. BEP 3 allows one; aria2c sends a
-/// second after `have`. Past a few, each costs a pass over every piece for
-/// nothing: a flood, and a protocol violation.
-const MAX_BITFIELDS: u32 = 4;
 /// Bytes of piece data queued per loop turn when serving: large enough that
 /// the short read timeout while serving costs little.
 const SERVE_BUDGET: usize = 1024 * 1024;
@@ -285,6 +282,8 @@ impl Conn {
             last_recv: now,
             last_send: now,
             late_blocks_allowed: 0,
+            stall_carry: Duration::ZERO,
+            reported_choking: true,
             upload: Upload::default(),
             downloaded: 0,
             last_stats: now,
@@ -292,7 +291,6 @@ impl Conn {
             wanted: 0,
             am_interested: false,
             got_pieces_msg: false,
-            bitfields: 0,
             requests: 0,
             cipher: None,
         }
@@ -376,8 +374,12 @@ impl Conn {
                 match cmd {
                     Command::Have(pieces) => {
                         for &piece in pieces.iter() {
-                            self.on_have_cmd(piece)?;
+                            self.on_have_cmd(piece);
                         }
+                    }
+                    Command::Done(piece) => {
+                        self.on_have_cmd(piece);
+                        self.drop_copy(piece)?;
                     }
                     Command::Unchoke => {
                         if self.upload.am_choking {
@@ -413,6 +415,13 @@ impl Conn {
             if want != read_timeout {
                 stream.set_read_timeout(Some(want)).map_err(Error::Io)?;
                 read_timeout = want;
+            }
+            if self.peer_choking != self.reported_choking {
+                self.reported_choking = self.peer_choking;
+                self.send_event(Event::Choked {
+                    id: self.p.id,
+                    choked: self.peer_choking,
+                })?;
             }
             let now = Instant::now();
             if self.stats_due || now.duration_since(self.last_stats) >= STATS_EVERY {
@@ -497,7 +506,7 @@ impl Conn {
 
     /// The session has this piece: drop our copy (cancelling what is still
     /// requested) so endgame duplicates stop costing bandwidth.
-    fn on_have_cmd(&mut self, piece: PieceIndex) -> Result<(), Error> {
+    fn on_have_cmd(&mut self, piece: PieceIndex) {
         if !self.ours.has(piece) {
             self.ours.set(piece);
             if !self.remote.has(piece) {
@@ -507,6 +516,10 @@ impl Conn {
                 self.update_interest();
             }
         }
+    }
+
+    /// Another copy of `piece` won: cancel ours and let it go.
+    fn drop_copy(&mut self, piece: PieceIndex) -> Result<(), Error> {
         if let Some(i) = self.active.iter().position(|a| a.piece == piece) {
             let a = self.active.remove(i);
             self.cancel_requested(&a);
@@ -523,6 +536,9 @@ impl Conn {
             if st == REQUESTED {
                 message::encode(&Message::Cancel(self.block(a.piece, bi)), &mut self.out);
                 self.outstanding -= 1;
+            }
+            // Dropped by a choke, but possibly already on the wire.
+            if matches!(st, REQUESTED | DROPPED) {
                 self.late_blocks_allowed += 1;
             }
         }
@@ -531,7 +547,15 @@ impl Conn {
     /// Gives back every piece we hold or were given (choked too long).
     fn abandon_all(&mut self) -> Result<(), Error> {
         // Choked peers have already dropped our requests (BEP 3).
-        let held: Vec<PieceIndex> = std::mem::take(&mut self.active)
+        let active = std::mem::take(&mut self.active);
+        for a in &active {
+            self.late_blocks_allowed += a
+                .blocks
+                .iter()
+                .filter(|&&st| matches!(st, REQUESTED | DROPPED))
+                .count();
+        }
+        let held: Vec<PieceIndex> = active
             .into_iter()
             .map(|a| a.piece)
             .chain(self.p.work.try_iter())
@@ -600,7 +624,7 @@ impl Conn {
                 let block = self.block(piece, bi);
                 message::encode(&Message::Request(block), &mut self.out);
                 if self.outstanding == 0 {
-                    self.last_block = Instant::now();
+                    self.last_block = Instant::now() - std::mem::take(&mut self.stall_carry);
                 }
                 self.outstanding += 1;
                 continue;
@@ -652,6 +676,9 @@ impl Conn {
                 if !self.peer_choking {
                     self.peer_choking = true;
                     self.choked_since = Instant::now();
+                    if self.outstanding > 0 {
+                        self.stall_carry = self.last_block.elapsed();
+                    }
                     // The peer discards our requests when it chokes us.
                     for a in &mut self.active {
                         for st in a.blocks.iter_mut() {
@@ -662,24 +689,9 @@ impl Conn {
                         a.next = 0;
                     }
                     self.outstanding = 0;
-                    self.send_event(Event::Choked {
-                        id: self.p.id,
-                        choked: true,
-                    })?;
                 }
             }
-            Message::Unchoke => {
-                // Only a real change restarts the stall clock: repeated
-                // unchokes must not hide a peer that never sends.
-                if self.peer_choking {
-                    self.peer_choking = false;
-                    self.last_block = Instant::now();
-                    self.send_event(Event::Choked {
-                        id: self.p.id,
-                        choked: false,
-                    })?;
-                }
-            }
+            Message::Unchoke => self.peer_choking = false,
             // Interest changes go to the choker at once, not in a second.
             Message::Interested => {
                 self.upload.peer_interested = true;
@@ -707,10 +719,6 @@ impl Conn {
                 }
             }
             Message::Bitfield(bits) => {
-                self.bitfields += 1;
-                if self.bitfields > MAX_BITFIELDS {
-                    return Err(Error::BitfieldFlood);
-                }
                 let bits = Bitfield::from_wire(bits, self.p.layout.piece_count())
                     .ok_or(Error::BadBitfield)?;
                 if !self.got_pieces_msg {
@@ -729,14 +737,24 @@ impl Conn {
                     })?;
                 } else {
                     // BEP 3 wants one bitfield, first, but clients send
-                    // one after `have` (aria2c does). Later ones only add
-                    // pieces, as haves: the session's cost over the whole
-                    // connection stays O(pieces) however many arrive.
-                    for i in 0..bits.len() {
-                        let piece = PieceIndex(i);
-                        if bits.has(piece) && !self.remote.has(piece) {
-                            self.on_have(piece)?;
-                        }
+                    // more (aria2c does, after `have`). Later ones only
+                    // add pieces, as haves: O(bytes) here, O(new pieces)
+                    // for the session, however many arrive.
+                    let new: Vec<PieceIndex> = bits
+                        .as_bytes()
+                        .iter()
+                        .zip(self.remote.as_bytes())
+                        .enumerate()
+                        .filter(|(_, (b, r))| *b & !*r != 0)
+                        .flat_map(|(i, (b, r))| {
+                            let fresh = b & !r;
+                            (0..8u32)
+                                .filter(move |k| fresh & (0x80 >> k) != 0)
+                                .map(move |k| PieceIndex(i as u32 * 8 + k))
+                        })
+                        .collect();
+                    for piece in new {
+                        self.on_have(piece)?;
                     }
                 }
             }

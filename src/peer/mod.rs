@@ -29,12 +29,14 @@ pub type ConnId = u64;
 /// Commands from the session to one connection thread.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// These pieces are verified and on disk: stop fetching them (endgame
-    /// duplicates are cancelled) and tell the peer. Sent at once to the
-    /// peers fetching a piece, and in one batch per session tick to all
-    /// (repeats are ignored), so a fast download does not cost one message
-    /// and one write per piece per peer.
+    /// These pieces are verified and on disk: tell the peer, never fetch
+    /// them. Sent in one batch per session tick (repeats are ignored), so
+    /// a fast download does not cost one message and one write per piece
+    /// per peer.
     Have(Arc<[PieceIndex]>),
+    /// This piece, which this connection is fetching a copy of (endgame),
+    /// is verified and on disk: cancel the copy (sent at once).
+    Done(PieceIndex),
     /// The choker picked this peer: let it download from us.
     Unchoke,
     /// The choker dropped this peer: stop serving it.

@@ -160,6 +160,15 @@ impl AddressBook {
 
     /// A connection we dialled has ended (a ban is [`AddressBook::ban`]).
     pub(crate) fn closed(&mut self, addr: SocketAddr, outcome: Outcome, now: Instant) {
+        // Only a live entry is ours to change: the address may have been
+        // banned and forgotten, or re-added, meanwhile.
+        if self
+            .entries
+            .get(&addr)
+            .is_none_or(|e| e.status != Status::Live)
+        {
+            return;
+        }
         match outcome {
             Outcome::Forget => {
                 self.entries.remove(&addr);

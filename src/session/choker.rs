@@ -11,9 +11,11 @@
 //!   go to the peer unchoked least recently (never first), then at random,
 //!   so the oldest connections cannot keep the slots by default.
 //! * The optimistic slot rotates every 30 s among the other interested
-//!   peers, to the one that has waited longest since its last unchoke,
-//!   newcomers counting three times; a newcomer never unchoked may take it
-//!   once its holder has had it for 5 s.
+//!   peers. A newcomer never unchoked goes first (the one that became
+//!   interested most recently: an honest peer arriving among idle ones is
+//!   served on arrival, not after a lottery), and may take the slot once
+//!   its holder has had it for 5 s. Otherwise the peer that has waited
+//!   longest since its last unchoke, newcomers counting three times.
 //! * A peer that takes an unchoke and sends no request ([`wasted_unchoke`])
 //!   is choked by the session and marked `penalized` for a while: it is
 //!   not a candidate until then.
@@ -48,6 +50,8 @@ pub(crate) struct Candidate {
     pub newcomer: bool,
     /// Recently wasted an unchoke: not a candidate.
     pub penalized: bool,
+    /// When it last became interested.
+    pub interested_since: Option<Instant>,
 }
 
 /// True when a peer we unchoked at `unchoked_at` has sent no request since
@@ -116,11 +120,20 @@ impl Choker {
             others
                 .iter()
                 .max_by_key(|p| {
-                    let waited = p
-                        .last_unchoked
-                        .map_or(3_600_000, |t| now.duration_since(t).as_millis() as u64);
-                    let weight = if p.newcomer { 3 } else { 1 };
-                    (waited * weight, rng.next_u64())
+                    let fresh = p.newcomer && p.last_unchoked.is_none();
+                    let score = if fresh {
+                        // Most recently interested first.
+                        let age = p
+                            .interested_since
+                            .map_or(u64::MAX, |t| now.duration_since(t).as_millis() as u64);
+                        u64::MAX - age
+                    } else {
+                        let waited = p
+                            .last_unchoked
+                            .map_or(3_600_000, |t| now.duration_since(t).as_millis() as u64);
+                        waited * if p.newcomer { 3 } else { 1 }
+                    };
+                    (fresh, score, rng.next_u64())
                 })
                 .map(|p| (p.id, now))
         });
@@ -143,6 +156,7 @@ mod tests {
             last_unchoked: None,
             newcomer: false,
             penalized: false,
+            interested_since: None,
         }
     }
 
@@ -246,8 +260,18 @@ mod tests {
         let mut peers: Vec<Candidate> = (1..=5).map(|id| c(id, true, 100 - id)).collect();
         let got = ch.decide(&peers, t0, &mut rng);
         assert!(got.contains(&4) || got.contains(&5));
+        // Nine idle newcomers that became interested long ago, then an
+        // honest one: it gets the slot, not a 1-in-10 lottery.
+        for id in 20..29 {
+            peers.push(Candidate {
+                newcomer: true,
+                interested_since: Some(t0),
+                ..c(id, true, 0)
+            });
+        }
         peers.push(Candidate {
             newcomer: true,
+            interested_since: Some(t0 + Duration::from_secs(4)),
             ..c(9, true, 0)
         });
         assert!(!ch.newcomer_may_preempt(t0 + Duration::from_secs(1)));

@@ -43,8 +43,14 @@ const MAX_HASH_FAILS: u32 = 2;
 /// A peer holding pieces that completes none for this long is snubbed: it
 /// keeps one piece at a time, and endgame copies what it holds.
 const SNUB_AFTER: Duration = Duration::from_secs(60);
-/// Pieces a peer may hold before it has delivered one.
+/// A connection thread that has sent no stats for this long is stuck
+/// writing to a peer that does not read: its unchoke is taken back. (Long
+/// enough for a slow reader to drain one loop turn's 1 MiB at 100 KB/s.)
+const STUCK_AFTER: Duration = Duration::from_secs(10);
+/// Pieces a peer may hold before its rate is known.
 const FIRST_QUOTA: usize = 4;
+/// A peer may hold the pieces it fetches in this many seconds at its rate.
+const QUOTA_SECS: u64 = 4;
 /// At most one useless peer is evicted per this interval for a candidate
 /// we want to dial (incoming peers evict at once).
 const EVICT_EVERY: Duration = Duration::from_secs(1);
@@ -73,8 +79,11 @@ struct PeerHandle {
     choking_us: bool,
     /// Below its quota with nothing it can do.
     hungry: bool,
-    /// Pieces it delivered on this connection.
-    delivered: u32,
+    /// `Pieces::version` when it went hungry: an unchoke with nothing new
+    /// queued since need not look again.
+    hungry_at: u64,
+    /// Piece bytes it delivered since its last stats report.
+    delivered_bytes_now: u64,
     /// Last delivered piece, or when it began holding pieces.
     last_progress: Instant,
     snubbed: bool,
@@ -86,6 +95,10 @@ struct PeerHandle {
     unchoked_at: Option<Instant>,
     last_request: Option<Instant>,
     penalized_until: Option<Instant>,
+    interested_since: Option<Instant>,
+    /// Its last stats report: a connection thread blocked writing to a
+    /// peer that does not read reports nothing.
+    last_stats: Instant,
     /// Piece bytes from / to this peer since the last rechoke.
     down: u64,
     up: u64,
@@ -467,6 +480,7 @@ impl Coordinator {
                     .connected_at
                     .is_some_and(|t| now.duration_since(t) < choker::NEWCOMER),
                 penalized: p.penalized_until.is_some_and(|t| now < t),
+                interested_since: p.interested_since,
             })
             .collect();
         let unchoke = self.choker.decide(&candidates, now, &mut self.rng);
@@ -489,20 +503,42 @@ impl Coordinator {
         }
     }
 
-    /// Chokes peers that took an unchoke and asked for nothing, so idle
-    /// "interested" peers cannot sit on the upload slots.
+    /// Chokes peers that took an unchoke and asked for nothing, or whose
+    /// connection thread has been stuck writing to them (they do not read),
+    /// so idle "interested" peers cannot sit on the upload slots. Also
+    /// rechokes when a waiting newcomer may take the optimistic slot.
     fn take_back_wasted_unchokes(&mut self, now: Instant) {
+        let mut newcomer_waiting = false;
         for p in self.peers.values_mut() {
-            if p.unchoked
-                && p.unchoked_at
-                    .is_some_and(|t| choker::wasted_unchoke(t, p.last_request, now))
-            {
-                log::debug!("peer {} asked for nothing while unchoked; choked", p.addr);
+            let wasted = p
+                .unchoked_at
+                .is_some_and(|t| choker::wasted_unchoke(t, p.last_request, now));
+            let stuck = now.duration_since(p.last_stats) >= STUCK_AFTER;
+            if p.unchoked && (wasted || stuck) {
+                log::debug!(
+                    "peer {} {} while unchoked; choked",
+                    p.addr,
+                    if stuck {
+                        "takes no data"
+                    } else {
+                        "asked for nothing"
+                    }
+                );
                 p.unchoked = false;
                 p.penalized_until = Some(now + choker::PENALTY);
                 let _ = p.commands.send(peer::Command::Choke);
                 self.rechoke_due = true;
             }
+            // As the choker counts newcomers, so that a rechoke here always
+            // changes something.
+            newcomer_waiting |= p.peer_interested
+                && p.unchoked_at.is_none()
+                && !p.leaving
+                && p.connected_at
+                    .is_some_and(|t| now.duration_since(t) < choker::NEWCOMER);
+        }
+        if newcomer_waiting && self.choker.newcomer_may_preempt(now) {
+            self.rechoke_due = true;
         }
     }
 
@@ -569,6 +605,7 @@ impl Coordinator {
                     am_interested: p.am_interested,
                     peer_interested: p.peer_interested,
                     since_payload: now.duration_since(p.last_payload.max(at)),
+                    penalized: p.penalized_until.is_some_and(|t| now < t),
                 })
             })
             .collect()
@@ -701,7 +738,8 @@ impl Coordinator {
                         assigned: Vec::new(),
                         choking_us: true,
                         hungry: false,
-                        delivered: 0,
+                        hungry_at: 0,
+                        delivered_bytes_now: 0,
                         last_progress: now,
                         snubbed: false,
                         am_interested: false,
@@ -711,6 +749,8 @@ impl Coordinator {
                         unchoked_at: None,
                         last_request: None,
                         penalized_until: None,
+                        interested_since: None,
+                        last_stats: now,
                         down: 0,
                         up: 0,
                         recent_down: 0,
@@ -725,16 +765,18 @@ impl Coordinator {
         }
     }
 
-    /// How many pieces `p` may hold at once: one while snubbed, a few
-    /// until it has delivered one, then enough to fill its pipeline.
+    /// How many pieces `p` may hold at once: one while snubbed; otherwise
+    /// a few, plus what it delivers in `QUOTA_SECS` at its recent rate, up
+    /// to what fills its request pipeline. A peer that trickles keeps a
+    /// handful; a fast one gets its whole pipeline within a second.
     fn quota(&self, p: &PeerHandle) -> usize {
         if p.snubbed {
-            1
-        } else if p.delivered == 0 {
-            FIRST_QUOTA.min(self.max_quota)
-        } else {
-            self.max_quota
+            return 1;
         }
+        let rate = p.recent_down.max(p.delivered_bytes_now);
+        let piece_len = u64::from(self.layout.piece_length().max(1));
+        let by_rate = (rate * QUOTA_SECS / piece_len) as usize;
+        (FIRST_QUOTA + by_rate).min(self.max_quota)
     }
 
     /// Assigns `id` pieces up to its quota; marks it hungry if there is
@@ -751,6 +793,7 @@ impl Coordinator {
         while p.assigned.len() < quota {
             let Some(pick) = self.pieces.assign(&p.bits, &p.assigned, now) else {
                 p.hungry = true;
+                p.hungry_at = self.pieces.version();
                 return;
             };
             let piece = pick.piece();
@@ -861,6 +904,7 @@ impl Coordinator {
                     p.down += downloaded;
                     p.up += uploaded;
                     p.recent_down = downloaded;
+                    p.delivered_bytes_now = 0;
                     if downloaded > 0 || uploaded > 0 {
                         p.last_payload = now;
                     }
@@ -868,8 +912,12 @@ impl Coordinator {
                         p.last_request = Some(now);
                     }
                     p.am_interested = am_interested;
+                    p.last_stats = now;
                     let newly = peer_interested && !p.peer_interested;
                     p.peer_interested = peer_interested;
+                    if newly {
+                        p.interested_since = Some(now);
+                    }
                     let never_unchoked = p.unchoked_at.is_none();
                     // A newly interested peer need not wait 10 s for a
                     // free slot, nor a newcomer for the optimistic one.
@@ -915,7 +963,8 @@ impl Coordinator {
             peer::Event::Choked { id, choked } => {
                 if let Some(p) = self.peers.get_mut(&id) {
                     p.choking_us = choked;
-                    if !choked {
+                    let stale = p.hungry && p.hungry_at == self.pieces.version();
+                    if !choked && !stale {
                         self.feed(id, now);
                     }
                 }
@@ -994,7 +1043,7 @@ impl Coordinator {
             Some(p) => match p.assigned.iter().position(|&x| x == cp.piece) {
                 Some(at) => {
                     p.assigned.swap_remove(at);
-                    p.delivered += 1;
+                    p.delivered_bytes_now += cp.data.len() as u64;
                     p.last_progress = now;
                     p.snubbed = false;
                     true
@@ -1079,11 +1128,12 @@ impl Coordinator {
         counters
             .left
             .store(self.torrent.total_length() - verified, Ordering::Relaxed);
-        // The peers fetching a copy hear at once (they cancel it); the rest
-        // in the next batch.
-        let now_list: Arc<[PieceIndex]> = Arc::from([piece]);
-        for p in self.peers.values().filter(|p| p.assigned.contains(&piece)) {
-            let _ = p.commands.send(peer::Command::Have(Arc::clone(&now_list)));
+        // Peers fetching a copy (endgame) hear at once and cancel it; every
+        // peer hears in the next batch.
+        if self.pieces.holders(piece) > 0 {
+            for p in self.peers.values().filter(|p| p.assigned.contains(&piece)) {
+                let _ = p.commands.send(peer::Command::Done(piece));
+            }
         }
         self.pending_haves.push(piece);
         let _ = self.events.try_send(Event::PieceDone {

@@ -12,8 +12,8 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use std::collections::VecDeque;
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// How often a blocked `accept` looks at its stop channel.
@@ -87,9 +87,22 @@ struct Pending {
     since: Instant,
     /// A second handle on the socket, to close it from here.
     stream: TcpStream,
-    /// Set by the handshake thread when it ends (however it ends).
-    done: Arc<AtomicBool>,
-    closed: bool,
+    /// `PENDING`, then `HANDED` (the handshake thread passed the socket to
+    /// the session) or `CLOSED` (the listener shut it), whichever comes
+    /// first, then `ENDED` when the thread ends. Compare-and-swap, so a
+    /// socket handed to the session is never shut from here.
+    state: Arc<AtomicU8>,
+}
+
+const PENDING: u8 = 0;
+const HANDED: u8 = 1;
+const CLOSED: u8 = 2;
+const ENDED: u8 = 3;
+
+impl Pending {
+    fn state(&self) -> u8 {
+        self.state.load(Ordering::Acquire)
+    }
 }
 
 /// Runs until `stop` is sent to or dropped.
@@ -107,9 +120,10 @@ pub fn spawn(
         .name("rtc-listener".into())
         .spawn(move || {
             // Owned by this thread alone; each handshake thread shares only
-            // its `done` flag with it (an atomic, not a Mutex: DESIGN.md).
+            // its state flag with it (an atomic). The MSE budget is behind a
+            // Mutex (DESIGN.md says why).
             let mut pending: VecDeque<Pending> = VecDeque::new();
-            let mut budget = MseBudget::new(Instant::now());
+            let budget = Arc::new(Mutex::new(MseBudget::new(Instant::now())));
             loop {
                 match stop.try_recv() {
                     Ok(()) | Err(TryRecvError::Disconnected) => return,
@@ -128,14 +142,12 @@ pub fn spawn(
                                 log::debug!("incoming {addr}: too many handshakes; closed");
                                 continue;
                             }
-                            let now = Instant::now();
-                            let allow_mse = budget.allow(addr.ip(), now);
                             if let Some(p) = handshake(
                                 stream,
                                 addr,
                                 info_hash,
                                 handshake_timeout,
-                                allow_mse,
+                                &budget,
                                 &events,
                             ) {
                                 pending.push_back(p);
@@ -155,10 +167,12 @@ pub fn spawn(
 
 /// Forgets finished handshakes and, under pressure, closes the slow ones.
 fn expire(pending: &mut VecDeque<Pending>, now: Instant) {
-    pending.retain(|p| !p.done.load(Ordering::Acquire));
-    let open = pending.iter().filter(|p| !p.closed).count();
+    // Handed and ended ones are gone; closed ones count until their
+    // thread ends (MAX_THREADS).
+    pending.retain(|p| matches!(p.state(), PENDING | CLOSED));
+    let open = pending.iter().filter(|p| p.state() == PENDING).count();
     if open >= MAX_PENDING / 2 {
-        for p in pending.iter_mut().filter(|p| !p.closed) {
+        for p in pending.iter() {
             if now.duration_since(p.since) >= PRESSURE_TIMEOUT {
                 close(p);
             }
@@ -168,20 +182,27 @@ fn expire(pending: &mut VecDeque<Pending>, now: Instant) {
 
 /// At the cap, closes the oldest open handshake to make room for `addr`.
 fn make_room(pending: &mut VecDeque<Pending>, addr: SocketAddr) {
-    pending.retain(|p| !p.done.load(Ordering::Acquire));
-    let open = pending.iter().filter(|p| !p.closed).count();
+    pending.retain(|p| matches!(p.state(), PENDING | CLOSED));
+    let open = pending.iter().filter(|p| p.state() == PENDING).count();
     if open >= MAX_PENDING {
-        if let Some(oldest) = pending.iter_mut().find(|p| !p.closed) {
+        if let Some(oldest) = pending.iter().find(|p| p.state() == PENDING) {
             log::debug!("incoming {addr}: handshake slots full; closed the oldest");
             close(oldest);
         }
     }
 }
 
-fn close(p: &mut Pending) {
-    p.closed = true;
-    // The handshake thread's blocked read then returns at once.
-    let _ = p.stream.shutdown(Shutdown::Both);
+/// Shuts a pending handshake's socket, unless its thread has just handed
+/// it to the session.
+fn close(p: &Pending) {
+    let won = p
+        .state
+        .compare_exchange(PENDING, CLOSED, Ordering::AcqRel, Ordering::Acquire)
+        .is_ok();
+    if won {
+        // The handshake thread's blocked read then returns at once.
+        let _ = p.stream.shutdown(Shutdown::Both);
+    }
 }
 
 fn handshake(
@@ -189,21 +210,28 @@ fn handshake(
     addr: SocketAddr,
     info_hash: InfoHash,
     timeout: Duration,
-    allow_mse: bool,
+    budget: &Arc<Mutex<MseBudget>>,
     events: &Sender<peer::Event>,
 ) -> Option<Pending> {
     let events = events.clone();
     let handle = stream.try_clone().ok()?;
-    let done = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&done);
+    let state = Arc::new(AtomicU8::new(PENDING));
+    let flag = Arc::clone(&state);
+    let budget = Arc::clone(budget);
     let spawned = std::thread::Builder::new()
         .name("rtc-accept".into())
         .spawn(move || {
-            let _guard = Done(flag);
+            let _guard = Ended(Arc::clone(&flag));
             if stream.set_nonblocking(false).is_err() {
                 return;
             }
-            match accept_handshake(&mut stream, info_hash, timeout, allow_mse) {
+            // Only an opening that is MSE spends from the budget.
+            let allow_mse = || {
+                budget
+                    .lock()
+                    .is_ok_and(|mut b| b.allow(addr.ip(), Instant::now()))
+            };
+            match accept_handshake(&mut stream, info_hash, timeout, &allow_mse) {
                 Ok(accepted) => {
                     if accepted.encrypted {
                         let how = if accepted.cipher.is_some() {
@@ -212,6 +240,12 @@ fn handshake(
                             "plaintext"
                         };
                         log::info!("incoming {addr}: encrypted handshake, {how} selected");
+                    }
+                    let handed = flag
+                        .compare_exchange(PENDING, HANDED, Ordering::AcqRel, Ordering::Acquire)
+                        .is_ok();
+                    if !handed {
+                        return; // the listener closed it meanwhile
                     }
                     let _ = events.send(peer::Event::Incoming(Box::new(Incoming {
                         stream,
@@ -226,8 +260,7 @@ fn handshake(
         Ok(_) => Some(Pending {
             since: Instant::now(),
             stream: handle,
-            done,
-            closed: false,
+            state,
         }),
         Err(e) => {
             log::warn!("cannot start a thread for incoming {addr}: {e}");
@@ -236,11 +269,11 @@ fn handshake(
     }
 }
 
-/// Sets the handshake's `done` flag when its thread ends, however it ends.
-struct Done(Arc<AtomicBool>);
+/// Marks the handshake `ENDED` when its thread ends, however it ends.
+struct Ended(Arc<AtomicU8>);
 
-impl Drop for Done {
+impl Drop for Ended {
     fn drop(&mut self) {
-        self.0.store(true, Ordering::Release);
+        self.0.store(ENDED, Ordering::Release);
     }
 }

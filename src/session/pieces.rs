@@ -12,18 +12,23 @@
 //! succeeded; a hash failure puts it back (never loses it).
 //!
 //! Endgame: once nothing is queued, a hungry peer may duplicate any
-//! in-flight piece it has (whatever its holder count, at most
-//! `MAX_HOLDERS` copies), preferring the pieces with the fewest holders that
-//! have been in flight longest; the first copy to arrive wins and the
-//! others are cancelled by `have`.
+//! in-flight piece it has (at most `MAX_HOLDERS` copies, or any number once
+//! the piece has been in flight for `STALE`, so peers that hold pieces and
+//! never finish them cannot block it), preferring the pieces with the
+//! fewest holders that have been in flight longest; the first copy to
+//! arrive wins and the others are cancelled.
 
 use super::picker::Picker;
 use crate::peer::message::Bitfield;
 use crate::types::{PieceIndex, Rng};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Copies of one piece in flight at once in endgame.
 pub(crate) const MAX_HOLDERS: u8 = 3;
+/// In flight this long: copies are no longer limited to `MAX_HOLDERS`
+/// (each peer still takes at most one copy, so copies stay bounded by the
+/// peers connected).
+const STALE: Duration = Duration::from_secs(30);
 /// A fresh download picks its first pieces at random rather than rarest.
 const RANDOM_FIRST: u32 = 4;
 
@@ -68,6 +73,8 @@ pub(crate) struct Pieces {
     /// Pieces in `InFlight`, for endgame (bounded by peers × their quota).
     in_flight: Vec<PieceIndex>,
     done: u32,
+    /// Bumped whenever a piece goes (back) into the queue.
+    version: u64,
 }
 
 impl Pieces {
@@ -94,6 +101,7 @@ impl Pieces {
             picker,
             in_flight: Vec::new(),
             done: have.count(),
+            version: 0,
         }
     }
 
@@ -101,7 +109,6 @@ impl Pieces {
         self.pieces[p.as_usize()].state
     }
 
-    #[cfg(test)]
     pub(crate) fn holders(&self, p: PieceIndex) -> u8 {
         self.pieces[p.as_usize()].holders
     }
@@ -161,9 +168,11 @@ impl Pieces {
             .iter()
             .copied()
             .filter(|&p| {
-                self.pieces[p.as_usize()].holders < MAX_HOLDERS
-                    && bits.has(p)
-                    && !holding.contains(&p)
+                let piece = &self.pieces[p.as_usize()];
+                // A piece in flight for long may be held by peers that
+                // only pretend to work on it: then any peer may copy it.
+                let stale = piece.since.is_some_and(|t| now.duration_since(t) >= STALE);
+                (piece.holders < MAX_HOLDERS || stale) && bits.has(p) && !holding.contains(&p)
             })
             .min_by_key(|&p| {
                 let piece = &self.pieces[p.as_usize()];
@@ -181,7 +190,15 @@ impl Pieces {
         }
     }
 
+    /// Changes whenever a piece goes back to the queue: a peer that found
+    /// nothing to do at one version finds nothing new at the same version
+    /// (until its own pieces or endgame change).
+    pub(crate) fn version(&self) -> u64 {
+        self.version
+    }
+
     fn requeue(&mut self, p: PieceIndex) {
+        self.version += 1;
         let piece = &mut self.pieces[p.as_usize()];
         piece.state = State::Queued;
         piece.since = None;
@@ -339,10 +356,14 @@ mod tests {
         assert_eq!(picks, vec![Some(a), Some(b), Some(a), Some(b)]);
         assert_eq!(ps.holders(a), MAX_HOLDERS);
         assert_eq!(ps.assign(&seed, &[], later), None);
+        // Thirty seconds on, a piece still in flight may be copied by any
+        // other peer: holders that only pretend cannot block it.
+        let stale = now + STALE;
+        assert_eq!(ps.assign(&seed, &[], stale), Some(Pick::Duplicate(a)));
         // First copy wins; the late copies are not verified again.
         assert!(ps.completed(a, true));
         assert!(!ps.completed(a, true));
-        assert_eq!(ps.holders(a), 1);
+        assert_eq!(ps.holders(a), 2);
     }
 
     #[test]

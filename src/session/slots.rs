@@ -9,7 +9,8 @@
 //!
 //! A connected peer is *useless* once it has had `GRACE` to show interest
 //! and either neither side is interested, or no piece data has moved
-//! either way for `IDLE`. When a slot is needed, the useless peer idle the
+//! either way for `IDLE`, or it wasted an unchoke lately (the choker's
+//! penalty: asked for nothing, or took no data). When a slot is needed, the useless peer idle the
 //! longest is evicted; a peer that is doing anything is never evicted.
 
 use crate::peer::ConnId;
@@ -48,11 +49,13 @@ pub(crate) struct SlotPeer {
     pub peer_interested: bool,
     /// Since piece data last moved either way (or since the handshake).
     pub since_payload: Duration,
+    /// It wasted an unchoke (asked for nothing, or took no data) lately.
+    pub penalized: bool,
 }
 
 pub(crate) fn is_useless(p: &SlotPeer) -> bool {
     p.connected_for >= GRACE
-        && ((!p.am_interested && !p.peer_interested) || p.since_payload >= IDLE)
+        && ((!p.am_interested && !p.peer_interested) || p.since_payload >= IDLE || p.penalized)
 }
 
 /// Up to `n` peers to evict so that new ones can come in: the useless
@@ -79,6 +82,7 @@ mod tests {
             am_interested: interested.0,
             peer_interested: interested.1,
             since_payload: Duration::from_secs(idle),
+            penalized: false,
         }
     }
 
@@ -104,5 +108,10 @@ mod tests {
         assert_eq!(victims(&peers, None, 5), vec![4, 1]);
         assert_eq!(victims(&peers, None, 1), vec![4]);
         assert!(victims(&peers[1..3], None, 5).is_empty());
+        let wasted = SlotPeer {
+            penalized: true,
+            ..peers[1]
+        };
+        assert_eq!(victims(&[wasted], None, 5), vec![2]);
     }
 }

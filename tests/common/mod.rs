@@ -675,6 +675,20 @@ pub fn lt_leech_with(
     timeout: Duration,
     extra: &[&str],
 ) -> Duration {
+    try_lt_leech_with(torrent, out_dir, port, peers, timeout, extra)
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`lt_leech_with`], returning a failure or timeout as an `Err` with
+/// libtorrent's output instead of panicking.
+pub fn try_lt_leech_with(
+    torrent: &Path,
+    out_dir: &Path,
+    port: u16,
+    peers: &[SocketAddr],
+    timeout: Duration,
+    extra: &[&str],
+) -> Result<Duration, String> {
     // A leecher bound to 127.0.0.1 still dials [::1]; only an all-IPv6
     // peer list gets an IPv6 listening address.
     let v6_only = !peers.is_empty() && peers.iter().all(|p| p.is_ipv6());
@@ -698,13 +712,33 @@ pub fn lt_leech_with(
         .find_map(|l| l.strip_prefix("DONE "))
         .and_then(|s| s.trim().parse::<f64>().ok());
     match secs {
-        Some(s) if out.status.success() => Duration::from_secs_f64(s),
-        _ => panic!(
+        Some(s) if out.status.success() => Ok(Duration::from_secs_f64(s)),
+        _ => Err(format!(
             "lt_peer.py leech failed ({})\nstdout:\n{stdout}\nstderr:\n{}",
             out.status,
             String::from_utf8_lossy(&out.stderr)
-        ),
+        )),
     }
+}
+
+/// aria2c leeching `torrent` into `out` (peers from the torrent's
+/// trackers), quiet, no DHT/LPD/PEX, ending with this test process; add
+/// arguments, then run it with [`run_bounded`].
+pub fn aria2_leech_command(torrent: &Path, out: &Path) -> Command {
+    let mut cmd = Command::new("aria2c");
+    cmd.arg("--seed-time=0")
+        .arg(format!("--dir={}", out.display()))
+        .arg(format!("--listen-port={}", free_port()))
+        .args([
+            "--enable-dht=false",
+            "--bt-enable-lpd=false",
+            "--enable-peer-exchange=false",
+            "--console-log-level=warn",
+            "--summary-interval=0",
+            &format!("--stop-with-process={}", std::process::id()),
+        ])
+        .arg(torrent);
+    cmd
 }
 
 /// Runs `cmd` with stdout and stderr captured; kills it (by PID) and panics
