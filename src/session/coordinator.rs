@@ -49,6 +49,9 @@ const SNUB_AFTER: Duration = Duration::from_secs(60);
 const STUCK_AFTER: Duration = Duration::from_secs(10);
 /// Pieces a peer may hold before its rate is known.
 const FIRST_QUOTA: usize = 4;
+/// Pieces assigned beyond what a connection works on at once: ready in its
+/// channel the moment one completes.
+const SPARE_PIECES: usize = 2;
 /// A peer may hold the pieces it fetches in this many seconds at its rate.
 const QUOTA_SECS: u64 = 4;
 /// At most one useless peer is evicted per this interval for a candidate
@@ -141,7 +144,8 @@ pub(super) struct Coordinator {
     peers: HashMap<ConnId, PeerHandle>,
     book: AddressBook,
     next_conn: ConnId,
-    /// Pieces a fully working connection holds at once.
+    /// Pieces a fully working connection holds at once (working on, and
+    /// spares in its channel).
     max_quota: usize,
     /// Bytes assembled but not yet written (Verifying + Writing).
     pipeline_bytes: u64,
@@ -181,7 +185,9 @@ impl Coordinator {
         let (peer_tx, peer_rx) = unbounded();
         let (piece_tx, piece_rx) = bounded(2);
         let (hashed_tx, hashed_rx) = unbounded();
-        let max_quota = layout.pieces_for_pipeline(opts.limits.pipeline);
+        // What the connection works on at once, plus spares waiting in its
+        // channel so it never idles while the session refills it.
+        let max_quota = layout.pieces_for_pipeline(opts.limits.pipeline) + SPARE_PIECES;
         Ok(Coordinator {
             torrent: Arc::new(torrent),
             layout,
@@ -704,7 +710,7 @@ impl Coordinator {
         self.next_conn += 1;
         let (cmd_tx, cmd_rx) = unbounded();
         // Never full: the session keeps at most `max_quota` assigned.
-        let (work_tx, work_rx) = bounded(self.max_quota + 1);
+        let (work_tx, work_rx) = bounded(self.max_quota);
         let params = conn::Params {
             id,
             addr,

@@ -166,12 +166,36 @@ impl Picker {
 
     /// A queued piece `peer` has: a random one when `random` (the first few
     /// pieces of a fresh download, so peers do not all start alike and we
-    /// soon have something to trade), else one of the rarest. The piece
-    /// stays queued; the caller unqueues what it assigns.
-    pub(crate) fn pick(&mut self, peer: &Bitfield, random: bool) -> Option<PieceIndex> {
+    /// soon have something to trade), else one of the rarest. Among the
+    /// rarest, `next` (the piece after the one this peer got last) is
+    /// preferred, so each peer fetches runs of adjacent pieces: sequential
+    /// reads for the seeder and sequential writes for us. The piece stays
+    /// queued; the caller unqueues what it assigns.
+    pub(crate) fn pick(
+        &mut self,
+        peer: &Bitfield,
+        random: bool,
+        next: Option<PieceIndex>,
+    ) -> Option<PieceIndex> {
         if self.order.is_empty() || peer.count() == 0 {
             return None;
         }
+        let pick = self.pick_any(peer, random)?;
+        Some(match next {
+            Some(n)
+                if !random
+                    && n.0 < peer.len()
+                    && self.is_queued(n)
+                    && peer.has(n)
+                    && bucket(self.avail[n.as_usize()]) <= bucket(self.avail[pick.as_usize()]) =>
+            {
+                n
+            }
+            _ => pick,
+        })
+    }
+
+    fn pick_any(&mut self, peer: &Bitfield, random: bool) -> Option<PieceIndex> {
         if random {
             for _ in 0..RANDOM_PROBES {
                 let p = PieceIndex(self.order[self.rng.below(self.order.len())]);
@@ -337,15 +361,43 @@ mod tests {
         p.remove_holder(PieceIndex(7));
         p.remove_holder(PieceIndex(7));
         check(&p);
-        assert_eq!(p.pick(&seed, false), Some(PieceIndex(7)));
+        assert_eq!(p.pick(&seed, false, None), Some(PieceIndex(7)));
         // A peer without 7 gets one of the 2-3 holder pieces, never 42.
         let partial = of(n, &[42, 50]);
-        assert_eq!(p.pick(&partial, false), Some(PieceIndex(50)));
+        assert_eq!(p.pick(&partial, false, None), Some(PieceIndex(50)));
         // Nothing queued that the peer has.
         p.unqueue(PieceIndex(42));
         p.unqueue(PieceIndex(50));
-        assert_eq!(p.pick(&partial, false), None);
-        assert_eq!(p.pick(&Bitfield::new(n), false), None);
+        assert_eq!(p.pick(&partial, false, None), None);
+        assert_eq!(p.pick(&Bitfield::new(n), false, None), None);
+    }
+
+    #[test]
+    fn a_peer_continues_its_run_among_equals_but_not_over_rarer_pieces() {
+        let n = 100;
+        let mut p = Picker::new(n, Rng::new(8));
+        for i in 0..n {
+            p.queue(PieceIndex(i));
+        }
+        p.add_bitfield(&full(n), true);
+        let seed = full(n);
+        assert_eq!(
+            p.pick(&seed, false, Some(PieceIndex(41))),
+            Some(PieceIndex(41))
+        );
+        // A rarer piece wins over the run.
+        p.add_holder(PieceIndex(41));
+        assert_ne!(
+            p.pick(&seed, false, Some(PieceIndex(41))),
+            Some(PieceIndex(41))
+        );
+        // Past the end, or not queued: ignored.
+        assert!(p.pick(&seed, false, Some(PieceIndex(n))).is_some());
+        p.unqueue(PieceIndex(7));
+        assert_ne!(
+            p.pick(&seed, false, Some(PieceIndex(7))),
+            Some(PieceIndex(7))
+        );
     }
 
     #[test]
@@ -357,11 +409,12 @@ mod tests {
         }
         p.add_bitfield(&full(n), true);
         let seed = full(n);
-        let picks: std::collections::HashSet<_> =
-            (0..200).filter_map(|_| p.pick(&seed, false)).collect();
+        let picks: std::collections::HashSet<_> = (0..200)
+            .filter_map(|_| p.pick(&seed, false, None))
+            .collect();
         assert!(picks.len() > 20, "only {} distinct picks", picks.len());
         let randoms: std::collections::HashSet<_> =
-            (0..200).filter_map(|_| p.pick(&seed, true)).collect();
+            (0..200).filter_map(|_| p.pick(&seed, true, None)).collect();
         assert!(randoms.len() > 20);
     }
 
@@ -381,8 +434,8 @@ mod tests {
             p.add_holder(only);
         }
         let peer = of(n, &[only.0]);
-        assert_eq!(p.pick(&peer, false), Some(only));
-        assert_eq!(p.pick(&peer, true), Some(only));
+        assert_eq!(p.pick(&peer, false, None), Some(only));
+        assert_eq!(p.pick(&peer, true, None), Some(only));
     }
 
     #[test]
@@ -412,7 +465,7 @@ mod tests {
         let mut picked = 0;
         for round in 0..40 {
             for b in &peers {
-                if let Some(piece) = p.pick(b, round < 2) {
+                if let Some(piece) = p.pick(b, round < 2, None) {
                     p.unqueue(piece);
                     picked += 1;
                 }

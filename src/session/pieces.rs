@@ -149,7 +149,9 @@ impl Pieces {
         now: Instant,
     ) -> Option<Pick> {
         let random = self.done < RANDOM_FIRST;
-        if let Some(p) = self.picker.pick(bits, random) {
+        // Continue the run after the peer's latest piece (see `Picker::pick`).
+        let next = holding.last().map(|p| PieceIndex(p.0.saturating_add(1)));
+        if let Some(p) = self.picker.pick(bits, random, next) {
             self.picker.unqueue(p);
             let piece = &mut self.pieces[p.as_usize()];
             debug_assert_eq!(piece.state, State::Queued);
