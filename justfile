@@ -12,6 +12,10 @@ demo:
 bench:
     scripts/bench
 
+# Honest transfers timed beside each attack; writes md/benchmarks.md.
+attack-bench:
+    scripts/attack-bench
+
 check:
     cargo fmt --all -- --check
     cargo clippy --all-targets -- -D warnings

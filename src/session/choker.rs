@@ -1,8 +1,8 @@
 //! The choking algorithm (BEP 3's "tit-for-tat"), as pure code: given each
 //! connected peer's interest, recent rate and unchoke history, which peers
-//! may download from us. The session runs it every 10 s, when a peer
-//! becomes interested while a slot is free, and when a slot is taken back;
-//! it sends the resulting `Choke`/`Unchoke` commands.
+//! may download from us. The session runs it every 10 s, within a second
+//! of a peer becoming interested, and when a slot is taken back; it sends
+//! the resulting `Choke`/`Unchoke` commands.
 //!
 //! It must not be farmable by peers that cost nothing to run:
 //! * Regular slots go to the interested peers with the best rate (the rate

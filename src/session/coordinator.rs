@@ -43,6 +43,8 @@ const MAX_HASH_FAILS: u32 = 2;
 /// A peer holding pieces that completes none for this long is snubbed: it
 /// keeps one piece at a time, and endgame copies what it holds.
 const SNUB_AFTER: Duration = Duration::from_secs(60);
+/// Least time between rechokes triggered by a peer becoming interested.
+const RECHOKE_SOON: Duration = Duration::from_secs(1);
 /// A connection thread that has sent no stats for this long is stuck
 /// writing to a peer that does not read: its unchoke is taken back. (Long
 /// enough for a slow reader to drain one loop turn's 1 MiB at 100 KB/s.)
@@ -159,6 +161,10 @@ pub(super) struct Coordinator {
     choker: Choker,
     last_rechoke: Instant,
     rechoke_due: bool,
+    /// Rechoke once `RECHOKE_SOON` has passed since the last one (a peer
+    /// became interested): soon, but never so often that the rates the
+    /// choker ranks by are measured over a sliver of time.
+    rechoke_soon: bool,
     /// Pieces written since the last tick, for the batched `Have`.
     pending_haves: Vec<PieceIndex>,
     last_evict: Option<Instant>,
@@ -220,6 +226,7 @@ impl Coordinator {
             choker: Choker::default(),
             last_rechoke: Instant::now(),
             rechoke_due: false,
+            rechoke_soon: false,
             pending_haves: Vec::new(),
             last_evict: None,
             uploaded: 0,
@@ -467,6 +474,7 @@ impl Coordinator {
     /// Runs the choker and sends the changes to the peers.
     fn rechoke(&mut self, now: Instant) {
         self.rechoke_due = false;
+        self.rechoke_soon = false;
         let elapsed = now
             .duration_since(self.last_rechoke)
             .as_secs_f64()
@@ -563,7 +571,11 @@ impl Coordinator {
         }
         self.update_rate(now);
         self.take_back_wasted_unchokes(now);
-        if self.rechoke_due || now.duration_since(self.last_rechoke) >= RECHOKE_EVERY {
+        let since = now.duration_since(self.last_rechoke);
+        if self.rechoke_soon && since >= RECHOKE_SOON {
+            self.rechoke_due = true;
+        }
+        if self.rechoke_due || since >= RECHOKE_EVERY {
             self.rechoke(now);
         }
         if self.connected_count > 0 || self.pieces.is_complete() {
@@ -611,7 +623,7 @@ impl Coordinator {
                     am_interested: p.am_interested,
                     peer_interested: p.peer_interested,
                     since_payload: now.duration_since(p.last_payload.max(at)),
-                    penalized: p.penalized_until.is_some_and(|t| now < t),
+                    penalized: p.snubbed || p.penalized_until.is_some_and(|t| now < t),
                 })
             })
             .collect()
@@ -924,15 +936,11 @@ impl Coordinator {
                     if newly {
                         p.interested_since = Some(now);
                     }
-                    let never_unchoked = p.unchoked_at.is_none();
-                    // A newly interested peer need not wait 10 s for a
-                    // free slot, nor a newcomer for the optimistic one.
-                    if newly
-                        && (self.peers.values().filter(|p| p.unchoked).count()
-                            <= choker::REGULAR_SLOTS
-                            || (never_unchoked && self.choker.newcomer_may_preempt(now)))
-                    {
-                        self.rechoke_due = true;
+                    // A newly interested peer need not wait 10 s: the choker
+                    // looks again within a second (ties favour peers never
+                    // unchoked, so a newcomer among idle peers gets a slot).
+                    if newly {
+                        self.rechoke_soon = true;
                     }
                 }
             }

@@ -9,9 +9,9 @@ use crate::peer::accept::accept_handshake;
 use crate::peer::{self, Incoming};
 use crate::types::InfoHash;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -85,6 +85,7 @@ pub fn bind(port: u16) -> io::Result<Listeners> {
 /// A handshake being read on its own thread.
 struct Pending {
     since: Instant,
+    ip: IpAddr,
     /// A second handle on the socket, to close it from here.
     stream: TcpStream,
     /// `PENDING`, then `HANDED` (the handshake thread passed the socket to
@@ -180,15 +181,24 @@ fn expire(pending: &mut VecDeque<Pending>, now: Instant) {
     }
 }
 
-/// At the cap, closes the oldest open handshake to make room for `addr`.
+/// At the cap, closes the oldest open handshake of the address with the
+/// most open handshakes, to make room for `addr`: one flooding address
+/// loses its own slots first.
 fn make_room(pending: &mut VecDeque<Pending>, addr: SocketAddr) {
     pending.retain(|p| matches!(p.state(), PENDING | CLOSED));
-    let open = pending.iter().filter(|p| p.state() == PENDING).count();
-    if open >= MAX_PENDING {
-        if let Some(oldest) = pending.iter().find(|p| p.state() == PENDING) {
-            log::debug!("incoming {addr}: handshake slots full; closed the oldest");
-            close(oldest);
-        }
+    let open: Vec<&Pending> = pending.iter().filter(|p| p.state() == PENDING).collect();
+    if open.len() < MAX_PENDING {
+        return;
+    }
+    let mut per_ip: HashMap<IpAddr, usize> = HashMap::new();
+    for p in &open {
+        *per_ip.entry(p.ip).or_default() += 1;
+    }
+    let busiest = per_ip.into_iter().max_by_key(|&(_, n)| n).map(|(ip, _)| ip);
+    // `open` is oldest first.
+    if let Some(oldest) = open.iter().find(|p| Some(p.ip) == busiest) {
+        log::debug!("incoming {addr}: handshake slots full; closed the oldest");
+        close(oldest);
     }
 }
 
@@ -259,6 +269,7 @@ fn handshake(
     match spawned {
         Ok(_) => Some(Pending {
             since: Instant::now(),
+            ip: addr.ip(),
             stream: handle,
             state,
         }),

@@ -10,14 +10,15 @@
 //! A connected peer is *useless* once it has had `GRACE` to show interest
 //! and either neither side is interested, or no piece data has moved
 //! either way for `IDLE`, or it wasted an unchoke lately (the choker's
-//! penalty: asked for nothing, or took no data). When a slot is needed, the useless peer idle the
+//! penalty: asked for nothing, or took no data), or it is snubbed. When a slot is needed, the useless peer idle the
 //! longest is evicted; a peer that is doing anything is never evicted.
 
 use crate::peer::ConnId;
 use std::time::Duration;
 
-/// Time after the handshake before a peer can be judged useless.
-pub(crate) const GRACE: Duration = Duration::from_secs(5);
+/// Time after the handshake before a peer can be judged useless (a peer
+/// shows its pieces and interest within a round trip of the handshake).
+pub(crate) const GRACE: Duration = Duration::from_secs(3);
 /// No payload either way for this long: useless even if interested.
 pub(crate) const IDLE: Duration = Duration::from_secs(60);
 
@@ -49,7 +50,8 @@ pub(crate) struct SlotPeer {
     pub peer_interested: bool,
     /// Since piece data last moved either way (or since the handshake).
     pub since_payload: Duration,
-    /// It wasted an unchoke (asked for nothing, or took no data) lately.
+    /// It wasted an unchoke (asked for nothing, or took no data) lately,
+    /// or it is snubbed (holds pieces and completes none).
     pub penalized: bool,
 }
 
