@@ -209,8 +209,8 @@ fn silent_sockets(name: &'static str, n: usize, with_aria2: bool, seed: u64) {
         .map(|i| n / threads + usize::from(i < n % threads))
         .collect();
     let attack = Attack::start_each("silent", &case, &shares, silent_sweeper);
-    // Every socket connected once; with more than rtc holds (64 pending
-    // handshakes today), enough to fill that and have as many refused
+    // Every socket connected once; with more than rtc reads at once (64
+    // pending handshakes), enough to fill that and have as many closed
     // (connecting all 1000 at the capped rate would take 20 s).
     let enough = n.min(128);
     attack.wait(&case, &format!("{enough} silent sockets connected"), |c| {
