@@ -23,6 +23,19 @@ mod exit {
     pub const CANCELLED: u8 = 130;
 }
 
+/// `println!` that ends rtc quietly (exit 0) when the reader of stdout has
+/// gone (`rtc info T | head`), instead of panicking on the broken pipe.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
 const HELP: &str = "\
 rtc - download a torrent, verifying every byte
 
@@ -112,11 +125,11 @@ fn run() -> Result<(), Failure> {
     });
     let mut args = pico_args::Arguments::from_vec(argv.collect());
     if args.contains(["-h", "--help"]) {
-        print!("{HELP}");
+        outln!("{}", HELP.trim_end());
         return Ok(());
     }
     if args.contains(["-V", "--version"]) {
-        println!("rtc {}", env!("CARGO_PKG_VERSION"));
+        outln!("rtc {}", env!("CARGO_PKG_VERSION"));
         return Ok(());
     }
     let quiet = args.contains(["-q", "--quiet"]);
@@ -273,34 +286,34 @@ fn load_torrent(source: &str) -> Result<Torrent, Failure> {
 }
 
 fn print_info(t: &Torrent) {
-    println!("name:         {}", Escaped(t.name()));
-    println!("info hash:    {}", t.info_hash());
-    println!(
+    outln!("name:         {}", Escaped(t.name()));
+    outln!("info hash:    {}", t.info_hash());
+    outln!(
         "total size:   {} ({} bytes)",
         human(t.total_length()),
         t.total_length()
     );
-    println!(
+    outln!(
         "pieces:       {} x {}",
         t.piece_count(),
         human(t.piece_length() as u64)
     );
-    println!("private:      {}", if t.private() { "yes" } else { "no" });
+    outln!("private:      {}", if t.private() { "yes" } else { "no" });
     if let Some(c) = t.comment() {
-        println!("comment:      {}", Escaped(c));
+        outln!("comment:      {}", Escaped(c));
     }
-    println!("files:        {}", t.files().len());
+    outln!("files:        {}", t.files().len());
     for f in t.files() {
-        println!("  {:>12}  {}", f.length(), escaped_path(f.path()));
+        outln!("  {:>12}  {}", f.length(), escaped_path(f.path()));
     }
     let tiers = t.trackers();
     if tiers.is_empty() {
-        println!("trackers:     none");
+        outln!("trackers:     none");
     } else {
-        println!("trackers:");
+        outln!("trackers:");
         for (i, tier) in tiers.iter().enumerate() {
             for url in tier {
-                println!("  tier {i}: {}", Escaped(url));
+                outln!("  tier {i}: {}", Escaped(url));
             }
         }
     }
@@ -320,7 +333,7 @@ fn verify(torrent: &Torrent, dir: &std::path::Path) -> Result<(), Failure> {
         .filter(|&p| have.has(p))
         .map(|p| layout.piece_len(p) as u64)
         .sum();
-    println!(
+    outln!(
         "{}: {}/{} pieces verified ({} of {})",
         Escaped(torrent.name()),
         have.count(),
@@ -338,7 +351,7 @@ fn verify(torrent: &Torrent, dir: &std::path::Path) -> Result<(), Failure> {
             FileStatus::Missing => "missing".to_string(),
             FileStatus::Partial { pieces, of } => format!("partial {pieces}/{of}"),
         };
-        println!("  {st:<16} {}", escaped_path(f.path()));
+        outln!("  {st:<16} {}", escaped_path(f.path()));
     }
     if have.is_full() {
         Ok(())
@@ -416,16 +429,16 @@ fn create(
 
 fn print_scrape(t: &Torrent, timeout: Duration) {
     let mut clients = rtc::tracker::Clients::new();
-    println!("scrape:");
+    outln!("scrape:");
     for url in t.trackers().iter().flatten() {
         match rtc::tracker::scrape(&mut clients, url, &t.info_hash(), timeout) {
             Ok((seeders, completed, leechers)) => {
-                println!(
+                outln!(
                     "  {}: {seeders} seeders, {leechers} leechers, {completed} completed",
                     Escaped(url)
                 )
             }
-            Err(e) => println!("  {}: error: {e}", Escaped(url)),
+            Err(e) => outln!("  {}: error: {e}", Escaped(url)),
         }
     }
 }

@@ -811,6 +811,9 @@ enum Data {
 /// A seeder-like attacker: sends `bitfield`, unchokes, queues requests for
 /// pieces it claims and answers them with correct data, one block per
 /// `pace` (the first at once).
+/// A `serve` pace that means "never answer".
+const SILENT: Duration = Duration::from_secs(3600);
+
 fn serve(
     bitfield: Vec<u8>,
     pace: Duration,
@@ -828,7 +831,9 @@ fn serve(
         w.send(&frame(BITFIELD, &bitfield), stop)?;
         w.send(&frame(UNCHOKE, &[]), stop)?;
         let mut queue: VecDeque<(u32, u32, u32)> = VecDeque::new();
-        let mut last_sent: Option<Instant> = None;
+        // The first block goes at once, unless the pace is `SILENT` or
+        // more: then the peer never answers within a test.
+        let mut last_sent: Option<Instant> = (pace >= SILENT).then(Instant::now);
         while !stop.now() {
             let due = last_sent.map_or(Duration::ZERO, |t| pace.saturating_sub(t.elapsed()));
             let wait = if queue.is_empty() {
@@ -1105,6 +1110,48 @@ fn trickle_peers_at_the_end() {
     let attacked = Rtc::start(&s, "attacked", &peer_args(&peers)).finish(bound(base.elapsed));
     eprintln!(
         "MEASURE {TEST}: {} trickle connections, {} blocks served by them",
+        crew.stats.handshakes.load(Ordering::SeqCst),
+        crew.stats.blocks.load(Ordering::Relaxed)
+    );
+    judge(TEST, &s, &base, &attacked);
+}
+
+/// 20 attackers send a full bitfield, unchoke, and never send a block:
+/// they take their first pieces and hold them. In endgame the seeder
+/// copies and completes those, which leaves the claimers hungry: they must
+/// not then fill every remaining piece's copies (only peers that have
+/// delivered get copies), or the seeder waits 30 s for the copy limit to
+/// lift.
+#[test]
+fn silent_claimers_at_the_end() {
+    const TEST: &str = "silent_claimers_at_the_end";
+    let _serial = serial();
+    // 32 MiB in 1 MiB pieces from a seeder capped at 8 MB/s: about 4 s,
+    // long enough for the claimers' pieces to be copied and completed by
+    // the seeder, which leaves the claimers hungry in endgame.
+    let s = Setup::random(32 * MIB, 1 << 20, 105, None);
+    let seeder = s.seeder(&["--upload-limit", "8000000"]);
+    let base = Rtc::start(&s, "unattacked", &peer_args(&[seeder.addr()])).finish(BASELINE_LIMIT);
+    expect_baseline(TEST, &s, &base);
+
+    let crew = Crew::new(s.info_hash);
+    let data = Data::Bytes(Arc::new(fs::read(&s.src).unwrap()));
+    let (bits, pl, total) = (s.full_bitfield(), s.piece_len, s.total);
+    let stats = Arc::clone(&crew.stats);
+    let mut peers = crew.listen(20, move |_| {
+        serve(
+            bits.clone(),
+            SILENT,
+            data.clone(),
+            pl,
+            total,
+            Arc::clone(&stats),
+        )
+    });
+    peers.push(seeder.addr());
+    let attacked = Rtc::start(&s, "attacked", &peer_args(&peers)).finish(bound(base.elapsed));
+    eprintln!(
+        "MEASURE {TEST}: {} silent connections, {} blocks served by them",
         crew.stats.handshakes.load(Ordering::SeqCst),
         crew.stats.blocks.load(Ordering::Relaxed)
     );

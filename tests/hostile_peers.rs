@@ -43,6 +43,9 @@ enum Misbehaviour {
     Trickle,
     /// Accepts the connection and never says anything.
     Mute,
+    /// Chokes and unchokes us over and over (each unchoke would make rtc
+    /// re-request its whole pipeline).
+    ChokeFlap,
 }
 
 struct Hostile {
@@ -162,6 +165,14 @@ fn serve(mut s: TcpStream, ctx: &Ctx) -> std::io::Result<()> {
         }
         Misbehaviour::OutOfRangeHave => {
             s.write_all(&frame(4, &(ctx.pieces + 5).to_be_bytes()))?;
+        }
+        Misbehaviour::ChokeFlap => {
+            let mut flap = frame(1, &[]);
+            flap.extend_from_slice(&frame(0, &[]));
+            for _ in 0..1000 {
+                s.write_all(&flap)?;
+            }
+            return idle(&mut s, ctx);
         }
         _ => {}
     }
@@ -326,6 +337,11 @@ fn expect_banned(how: Misbehaviour, seed: u64, reason: &str) {
         "{how:?}: dropped for {why:?}, expected {reason:?}"
     );
     assert_eq!(connections, 1, "{how:?}: reconnected to a banned peer");
+}
+
+#[test]
+fn choke_unchoke_flapping() {
+    expect_banned(Misbehaviour::ChokeFlap, 79, "choked us more than");
 }
 
 #[test]

@@ -61,6 +61,9 @@ pub enum Error {
     Protocol(message::Error),
     SelfConnection,
     BadBitfield,
+    /// More than `MAX_CHOKES` chokes within `CHOKE_WINDOW`: each one makes
+    /// us re-request a whole pipeline.
+    ChokeFlood,
     BadHave(u32),
     BadBlock {
         piece: u32,
@@ -92,6 +95,11 @@ impl fmt::Display for Error {
             Error::Protocol(e) => write!(f, "protocol error: {e}"),
             Error::SelfConnection => f.write_str("connected to ourselves"),
             Error::BadBitfield => f.write_str("bitfield of the wrong size or with spare bits set"),
+            Error::ChokeFlood => write!(
+                f,
+                "choked us more than {MAX_CHOKES} times in {}s",
+                CHOKE_WINDOW.as_secs()
+            ),
             Error::BadHave(i) => write!(f, "have for piece {i}, which does not exist"),
             Error::BadBlock { piece, offset, len } => {
                 write!(
@@ -133,6 +141,7 @@ impl Error {
                 | Error::Mse(_)
                 | Error::SelfConnection
                 | Error::BadBitfield
+                | Error::ChokeFlood
                 | Error::BadHave(_)
                 | Error::BadBlock { .. }
                 | Error::Unrequested { .. }
@@ -239,6 +248,9 @@ struct Conn {
     /// Choke state last reported to the session (reported once per loop
     /// turn at most, and only when it changed).
     reported_choking: bool,
+    /// Chokes since `choke_window_start`.
+    chokes: u32,
+    choke_window_start: Instant,
     upload: Upload,
     downloaded: u64,
     last_stats: Instant,
@@ -255,6 +267,11 @@ struct Conn {
 }
 
 const STATS_EVERY: Duration = Duration::from_secs(1);
+/// Chokes allowed within `CHOKE_WINDOW`. Clients rechoke every 10-15 s;
+/// a peer that flaps faster makes us re-request our whole pipeline each
+/// time for nothing.
+const MAX_CHOKES: u32 = 20;
+const CHOKE_WINDOW: Duration = Duration::from_secs(10);
 /// Bytes of piece data queued per loop turn when serving: large enough that
 /// the short read timeout while serving costs little.
 const SERVE_BUDGET: usize = 1024 * 1024;
@@ -284,6 +301,8 @@ impl Conn {
             late_blocks_allowed: 0,
             stall_carry: Duration::ZERO,
             reported_choking: true,
+            chokes: 0,
+            choke_window_start: now,
             upload: Upload::default(),
             downloaded: 0,
             last_stats: now,
@@ -674,8 +693,17 @@ impl Conn {
             Message::KeepAlive | Message::Port(_) | Message::Other { .. } => {}
             Message::Choke => {
                 if !self.peer_choking {
+                    let now = Instant::now();
+                    if now.duration_since(self.choke_window_start) > CHOKE_WINDOW {
+                        self.choke_window_start = now;
+                        self.chokes = 0;
+                    }
+                    self.chokes += 1;
+                    if self.chokes > MAX_CHOKES {
+                        return Err(Error::ChokeFlood);
+                    }
                     self.peer_choking = true;
-                    self.choked_since = Instant::now();
+                    self.choked_since = now;
                     if self.outstanding > 0 {
                         self.stall_carry = self.last_block.elapsed();
                     }

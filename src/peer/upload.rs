@@ -9,7 +9,7 @@ use crate::geometry::{Layout, BLOCK_LEN};
 use crate::peer::message::Bitfield;
 use crate::storage::{self, Storage};
 use crate::types::Block;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 
 /// Largest request served. 16 KiB is what every mainstream client asks for;
 /// BEP 3 lets us drop peers that ask for more.
@@ -31,7 +31,12 @@ pub struct Upload {
     /// We start choking every peer; the session's choker decides.
     pub am_choking: bool,
     pub peer_interested: bool,
+    /// Requests in arrival order. A cancelled request stays here until it
+    /// comes up and is skipped: `queued` says what is live, so a cancel is
+    /// O(1) however long the queue (a cancel flood must not cost O(queue)
+    /// each).
     queue: VecDeque<Block>,
+    queued: HashSet<Block>,
     /// Bytes of piece data sent since the last `take_uploaded`.
     uploaded: u64,
 }
@@ -42,6 +47,7 @@ impl Default for Upload {
             am_choking: true,
             peer_interested: false,
             queue: VecDeque::new(),
+            queued: HashSet::new(),
             uploaded: 0,
         }
     }
@@ -65,25 +71,35 @@ impl Upload {
         if self.am_choking {
             return Ok(());
         }
-        if self.queue.len() >= MAX_QUEUED {
+        if self.queued.contains(&b) {
+            return Ok(()); // already queued: once is enough
+        }
+        if self.queued.len() >= MAX_QUEUED {
             return Err(Refusal::Flood);
         }
+        self.queued.insert(b);
         self.queue.push_back(b);
+        if self.queue.len() > 2 * MAX_QUEUED {
+            // Mostly cancelled entries: keep each live request once, in order.
+            let mut live = self.queued.clone();
+            self.queue.retain(|q| live.remove(q));
+        }
         Ok(())
     }
 
     pub fn on_cancel(&mut self, b: Block) {
-        self.queue.retain(|q| *q != b);
+        self.queued.remove(&b);
     }
 
     /// Choking drops every queued request (BEP 3).
     pub fn choke(&mut self) {
         self.am_choking = true;
         self.queue.clear();
+        self.queued.clear();
     }
 
     pub fn has_work(&self) -> bool {
-        !self.am_choking && !self.queue.is_empty()
+        !self.am_choking && !self.queued.is_empty()
     }
 
     pub fn take_uploaded(&mut self) -> u64 {
@@ -103,6 +119,9 @@ impl Upload {
             let Some(b) = self.queue.pop_front() else {
                 break;
             };
+            if !self.queued.remove(&b) {
+                continue; // cancelled
+            }
             let start = out.len();
             message::encode(
                 &message::Message::Piece {
@@ -173,6 +192,18 @@ mod tests {
         assert!(up.has_work());
         up.on_cancel(block(0, 16384, 16384));
         assert!(!up.has_work());
+        // Cancels cost O(1) and the queue stays bounded however many
+        // request/cancel rounds a peer plays.
+        for _ in 0..10 * MAX_QUEUED {
+            up.on_request(block(0, 0, 16384), &layout, &ours).unwrap();
+            up.on_cancel(block(0, 0, 16384));
+        }
+        assert!(!up.has_work());
+        assert!(up.queue.len() <= 2 * MAX_QUEUED + 1);
+        // A repeated request is queued once.
+        up.on_request(block(0, 0, 16384), &layout, &ours).unwrap();
+        up.on_request(block(0, 0, 16384), &layout, &ours).unwrap();
+        assert_eq!(up.queued.len(), 1);
         up.on_request(block(0, 0, 100), &layout, &ours).unwrap();
         up.choke();
         assert!(!up.has_work());

@@ -81,6 +81,9 @@ struct PeerHandle {
     bits: Bitfield,
     /// Pieces assigned to it and not yet let go of.
     assigned: Vec<PieceIndex>,
+    /// Those of them assigned before it had delivered anything (weak
+    /// holds, see `Pieces::assign`).
+    weak: Vec<PieceIndex>,
     choking_us: bool,
     /// Below its quota with nothing it can do.
     hungry: bool,
@@ -89,6 +92,10 @@ struct PeerHandle {
     hungry_at: u64,
     /// Piece bytes it delivered since its last stats report.
     delivered_bytes_now: u64,
+    /// Pieces it delivered on this connection.
+    delivered: u32,
+    /// Piece bytes moved either way on this connection.
+    payload: u64,
     /// Last delivered piece, or when it began holding pieces.
     last_progress: Instant,
     snubbed: bool,
@@ -114,6 +121,17 @@ struct PeerHandle {
 impl PeerHandle {
     fn connected(&self) -> bool {
         self.connected_at.is_some()
+    }
+
+    /// Forgets `piece` as a weak hold; returns whether the hold was strong.
+    fn let_go_weak(&mut self, piece: PieceIndex) -> bool {
+        match self.weak.iter().position(|&x| x == piece) {
+            Some(at) => {
+                self.weak.swap_remove(at);
+                false
+            }
+            None => true,
+        }
     }
 }
 
@@ -624,6 +642,7 @@ impl Coordinator {
                     peer_interested: p.peer_interested,
                     since_payload: now.duration_since(p.last_payload.max(at)),
                     penalized: p.snubbed || p.penalized_until.is_some_and(|t| now < t),
+                    payload: p.payload,
                 })
             })
             .collect()
@@ -633,14 +652,20 @@ impl Coordinator {
     /// `direction`; returns how many went.
     fn evict(&mut self, direction: Option<bool>, n: usize, now: Instant, why: &str) -> usize {
         let victims = slots::victims(&self.slot_peers(now), direction, n);
-        for id in &victims {
-            if let Some(p) = self.peers.get_mut(id) {
-                log::debug!("peer {} evicted: {why}", p.addr);
-                p.leaving = true;
-                let _ = p.commands.send(peer::Command::Shutdown);
-            }
+        for &id in &victims {
+            self.close_peer(id, why);
         }
         victims.len()
+    }
+
+    fn close_peer(&mut self, id: ConnId, why: &str) -> bool {
+        let Some(p) = self.peers.get_mut(&id) else {
+            return false;
+        };
+        log::debug!("peer {} evicted: {why}", p.addr);
+        p.leaving = true;
+        let _ = p.commands.send(peer::Command::Shutdown);
+        true
     }
 
     fn connect_more(&mut self, now: Instant) {
@@ -703,7 +728,10 @@ impl Coordinator {
             } else {
                 None
             };
-            if self.evict(direction, 1, now, "slot needed for an incoming peer") == 0 {
+            let made_room = self.evict(direction, 1, now, "slot needed for an incoming peer") > 0
+                || slots::squatter(&self.slot_peers(now), direction)
+                    .is_some_and(|id| self.close_peer(id, "least productive; slot needed"));
+            if !made_room {
                 log::debug!("incoming {addr} refused: {} peers already", inbound + out);
                 return;
             }
@@ -754,10 +782,13 @@ impl Coordinator {
                         banned: None,
                         bits: Bitfield::new(self.torrent.piece_count()),
                         assigned: Vec::new(),
+                        weak: Vec::new(),
                         choking_us: true,
                         hungry: false,
                         hungry_at: 0,
                         delivered_bytes_now: 0,
+                        delivered: 0,
+                        payload: 0,
                         last_progress: now,
                         snubbed: false,
                         am_interested: false,
@@ -809,7 +840,8 @@ impl Coordinator {
         let quota = self.quota(p);
         let p = self.peers.get_mut(&id).expect("checked above");
         while p.assigned.len() < quota {
-            let Some(pick) = self.pieces.assign(&p.bits, &p.assigned, now) else {
+            let proven = p.delivered > 0;
+            let Some(pick) = self.pieces.assign(&p.bits, &p.assigned, proven, now) else {
                 p.hungry = true;
                 p.hungry_at = self.pieces.version();
                 return;
@@ -822,6 +854,9 @@ impl Coordinator {
                 p.last_progress = now;
             }
             p.assigned.push(piece);
+            if !proven {
+                p.weak.push(piece);
+            }
             // Cannot be full (sized to the quota); if the thread is gone,
             // its `Exited` releases the piece.
             let _ = p.work.try_send(piece);
@@ -861,7 +896,8 @@ impl Coordinator {
             return; // already let go of (a crossing release)
         };
         p.assigned.swap_remove(at);
-        if self.pieces.release(piece) {
+        let strong = p.let_go_weak(piece);
+        if self.pieces.release(piece, strong) {
             self.feed_hungry(Some(piece), now);
         }
     }
@@ -923,6 +959,7 @@ impl Coordinator {
                     p.up += uploaded;
                     p.recent_down = downloaded;
                     p.delivered_bytes_now = 0;
+                    p.payload += downloaded + uploaded;
                     if downloaded > 0 || uploaded > 0 {
                         p.last_payload = now;
                     }
@@ -1008,8 +1045,9 @@ impl Coordinator {
             return;
         };
         self.pieces.peer_bitfield(&handle.bits, false);
-        for piece in handle.assigned {
-            if self.pieces.release(piece) {
+        for &piece in &handle.assigned {
+            let strong = !handle.weak.contains(&piece);
+            if self.pieces.release(piece, strong) {
                 self.feed_hungry(Some(piece), now);
             }
         }
@@ -1053,20 +1091,23 @@ impl Coordinator {
 
     fn on_completed(&mut self, cp: CompletedPiece) {
         let now = Instant::now();
-        let was_holder = match self.peers.get_mut(&cp.from) {
+        // `Some(strong)` if the sender still held the piece.
+        let holder = match self.peers.get_mut(&cp.from) {
             Some(p) => match p.assigned.iter().position(|&x| x == cp.piece) {
                 Some(at) => {
                     p.assigned.swap_remove(at);
+                    let strong = p.let_go_weak(cp.piece);
                     p.delivered_bytes_now += cp.data.len() as u64;
+                    p.delivered += 1;
                     p.last_progress = now;
                     p.snubbed = false;
-                    true
+                    Some(strong)
                 }
-                None => false,
+                None => None,
             },
-            None => false,
+            None => None,
         };
-        let verify = self.pieces.completed(cp.piece, was_holder);
+        let verify = self.pieces.completed(cp.piece, holder);
         self.feed(cp.from, now);
         if !verify {
             return; // an endgame duplicate that lost the race

@@ -44,6 +44,10 @@ pub(crate) enum State {
 struct Piece {
     state: State,
     holders: u8,
+    /// Holders that had delivered a piece when they were given this one:
+    /// only they count towards `MAX_HOLDERS`, so peers that claim pieces
+    /// and never send cannot use up a piece's copies.
+    strong: u8,
     /// When it last went in flight (endgame prefers the oldest).
     since: Option<Instant>,
     /// Index in `Pieces::in_flight` while `InFlight`.
@@ -91,6 +95,7 @@ impl Pieces {
                 Piece {
                     state: if done { State::Done } else { State::Queued },
                     holders: 0,
+                    strong: 0,
                     since: None,
                     slot: 0,
                 }
@@ -142,10 +147,16 @@ impl Pieces {
 
     /// The next piece for a peer that has `bits` and already holds
     /// `holding`, or `None` if there is nothing it can do now.
+    /// `proven`: the peer has delivered a piece. An unproven peer gets an
+    /// endgame copy only while it holds nothing (one at a time), and its
+    /// holds do not count towards a piece's `MAX_HOLDERS`: peers that claim
+    /// every piece and send nothing cannot block the copies, and a new
+    /// honest peer can still start.
     pub(crate) fn assign(
         &mut self,
         bits: &Bitfield,
         holding: &[PieceIndex],
+        proven: bool,
         now: Instant,
     ) -> Option<Pick> {
         let random = self.done < RANDOM_FIRST;
@@ -157,12 +168,13 @@ impl Pieces {
             debug_assert_eq!(piece.state, State::Queued);
             piece.state = State::InFlight;
             piece.holders = 1;
+            piece.strong = u8::from(proven);
             piece.since = Some(now);
             piece.slot = self.in_flight.len() as u32;
             self.in_flight.push(p);
             return Some(Pick::Fresh(p));
         }
-        if !self.in_endgame() {
+        if !self.in_endgame() || (!proven && !holding.is_empty()) {
             return None;
         }
         let best = self
@@ -174,13 +186,15 @@ impl Pieces {
                 // A piece in flight for long may be held by peers that
                 // only pretend to work on it: then any peer may copy it.
                 let stale = piece.since.is_some_and(|t| now.duration_since(t) >= STALE);
-                (piece.holders < MAX_HOLDERS || stale) && bits.has(p) && !holding.contains(&p)
+                (piece.strong < MAX_HOLDERS || stale) && bits.has(p) && !holding.contains(&p)
             })
             .min_by_key(|&p| {
                 let piece = &self.pieces[p.as_usize()];
-                (piece.holders, piece.since)
+                (piece.strong, piece.holders, piece.since)
             })?;
-        self.pieces[best.as_usize()].holders += 1;
+        let piece = &mut self.pieces[best.as_usize()];
+        piece.holders = piece.holders.saturating_add(1);
+        piece.strong += u8::from(proven);
         Some(Pick::Duplicate(best))
     }
 
@@ -207,11 +221,13 @@ impl Pieces {
         self.picker.queue(p);
     }
 
-    /// One holder let go of `p` without sending it. Returns true if the
-    /// piece went back to the queue.
-    pub(crate) fn release(&mut self, p: PieceIndex) -> bool {
+    /// One holder (`strong`: one that was proven when assigned) let go of
+    /// `p` without sending it. Returns true if the piece went back to the
+    /// queue.
+    pub(crate) fn release(&mut self, p: PieceIndex, strong: bool) -> bool {
         let piece = &mut self.pieces[p.as_usize()];
         piece.holders = piece.holders.saturating_sub(1);
+        piece.strong = piece.strong.saturating_sub(u8::from(strong));
         if piece.holders == 0 && piece.state == State::InFlight {
             self.leave_in_flight(p);
             self.requeue(p);
@@ -220,14 +236,16 @@ impl Pieces {
         false
     }
 
-    /// A holder sent all of `p` (`was_holder`: it was still assigned it;
-    /// a piece that arrives after its sender was released still counts).
-    /// Returns true if it should be verified, false if another copy is
-    /// already being verified or is done.
-    pub(crate) fn completed(&mut self, p: PieceIndex, was_holder: bool) -> bool {
+    /// A peer sent all of `p`. `holder`: `Some(strong)` if it was still
+    /// assigned it, `None` if it had been released already (a piece that
+    /// arrives just after its sender left still counts). Returns true if
+    /// it should be verified, false if another copy is already being
+    /// verified or is done.
+    pub(crate) fn completed(&mut self, p: PieceIndex, holder: Option<bool>) -> bool {
         let piece = &mut self.pieces[p.as_usize()];
-        if was_holder {
+        if let Some(strong) = holder {
             piece.holders = piece.holders.saturating_sub(1);
+            piece.strong = piece.strong.saturating_sub(u8::from(strong));
         }
         match piece.state {
             State::Verifying | State::Writing | State::Done => false,
@@ -293,11 +311,11 @@ mod tests {
     fn a_piece_is_done_only_after_hash_and_write() {
         let (mut ps, seed) = fresh(1);
         let now = Instant::now();
-        let Some(Pick::Fresh(p)) = ps.assign(&seed, &[], now) else {
+        let Some(Pick::Fresh(p)) = ps.assign(&seed, &[], true, now) else {
             panic!("nothing assigned")
         };
         assert_eq!(ps.state(p), State::InFlight);
-        assert!(ps.completed(p, true));
+        assert!(ps.completed(p, Some(true)));
         assert_eq!(ps.state(p), State::Verifying);
         ps.hashed(p, true, now);
         assert_eq!(ps.state(p), State::Writing);
@@ -310,20 +328,20 @@ mod tests {
     fn a_hash_failure_never_loses_the_piece() {
         let (mut ps, seed) = fresh(1);
         let now = Instant::now();
-        let p = ps.assign(&seed, &[], now).unwrap().piece();
-        ps.completed(p, true);
+        let p = ps.assign(&seed, &[], true, now).unwrap().piece();
+        ps.completed(p, Some(true));
         ps.hashed(p, false, now);
         assert_eq!(ps.state(p), State::Queued);
         // With another holder still fetching it, it stays in flight.
-        let p = ps.assign(&seed, &[], now).unwrap().piece();
-        let dup = ps.assign(&seed, &[], now).unwrap();
+        let p = ps.assign(&seed, &[], true, now).unwrap().piece();
+        let dup = ps.assign(&seed, &[], true, now).unwrap();
         assert_eq!(dup, Pick::Duplicate(p));
-        ps.completed(p, true);
+        ps.completed(p, Some(true));
         ps.hashed(p, false, now);
         assert_eq!(ps.state(p), State::InFlight);
         assert_eq!(ps.holders(p), 1);
         // The last holder leaves: queued again.
-        assert!(ps.release(p));
+        assert!(ps.release(p, true));
         assert_eq!(ps.state(p), State::Queued);
     }
 
@@ -331,15 +349,15 @@ mod tests {
     fn releases_requeue_only_when_the_last_holder_goes() {
         let (mut ps, seed) = fresh(2);
         let now = Instant::now();
-        let a = ps.assign(&seed, &[], now).unwrap().piece();
-        let b = ps.assign(&seed, &[], now).unwrap().piece();
+        let a = ps.assign(&seed, &[], true, now).unwrap().piece();
+        let b = ps.assign(&seed, &[], true, now).unwrap().piece();
         assert_ne!(a, b);
         assert!(ps.in_endgame());
-        let d = ps.assign(&seed, &[a], now).unwrap();
+        let d = ps.assign(&seed, &[a], true, now).unwrap();
         assert_eq!(d, Pick::Duplicate(b));
-        assert!(!ps.release(b));
+        assert!(!ps.release(b, true));
         assert_eq!(ps.state(b), State::InFlight);
-        assert!(ps.release(b));
+        assert!(ps.release(b, true));
         assert_eq!(ps.state(b), State::Queued);
         assert!(!ps.in_endgame());
     }
@@ -348,41 +366,65 @@ mod tests {
     fn endgame_duplicates_are_bounded_and_spread() {
         let (mut ps, seed) = fresh(2);
         let now = Instant::now();
-        let a = ps.assign(&seed, &[], now).unwrap().piece();
+        let a = ps.assign(&seed, &[], true, now).unwrap().piece();
         let later = now + std::time::Duration::from_secs(1);
-        let b = ps.assign(&seed, &[], later).unwrap().piece();
+        let b = ps.assign(&seed, &[], true, later).unwrap().piece();
         // Fewest holders first, then the oldest: a, then b, then a ...
         let picks: Vec<_> = (0..4)
-            .map(|_| ps.assign(&seed, &[], later).map(Pick::piece))
+            .map(|_| ps.assign(&seed, &[], true, later).map(Pick::piece))
             .collect();
         assert_eq!(picks, vec![Some(a), Some(b), Some(a), Some(b)]);
         assert_eq!(ps.holders(a), MAX_HOLDERS);
-        assert_eq!(ps.assign(&seed, &[], later), None);
+        assert_eq!(ps.assign(&seed, &[], true, later), None);
         // Thirty seconds on, a piece still in flight may be copied by any
         // other peer: holders that only pretend cannot block it.
         let stale = now + STALE;
-        assert_eq!(ps.assign(&seed, &[], stale), Some(Pick::Duplicate(a)));
+        assert_eq!(ps.assign(&seed, &[], true, stale), Some(Pick::Duplicate(a)));
         // First copy wins; the late copies are not verified again.
-        assert!(ps.completed(a, true));
-        assert!(!ps.completed(a, true));
+        assert!(ps.completed(a, Some(true)));
+        assert!(!ps.completed(a, Some(true)));
         assert_eq!(ps.holders(a), 2);
+    }
+
+    #[test]
+    fn peers_that_never_deliver_cannot_use_up_the_copies() {
+        let (mut ps, seed) = fresh(1);
+        let now = Instant::now();
+        // Unproven claimers: the first gets the piece; each other one, a
+        // copy only while it holds nothing.
+        let p = ps.assign(&seed, &[], false, now).unwrap().piece();
+        for _ in 0..10 {
+            assert_eq!(ps.assign(&seed, &[], false, now), Some(Pick::Duplicate(p)));
+        }
+        assert_eq!(ps.assign(&seed, &[p], false, now), None, "one at a time");
+        // Eleven weak holders, yet a proven peer still gets its copies.
+        assert_eq!(ps.holders(p), 11);
+        for _ in 0..MAX_HOLDERS {
+            assert_eq!(ps.assign(&seed, &[], true, now), Some(Pick::Duplicate(p)));
+        }
+        assert_eq!(ps.assign(&seed, &[], true, now), None);
+        // Weak and strong releases are counted apart.
+        assert!(!ps.release(p, false));
+        assert_eq!(ps.assign(&seed, &[], true, now), None);
+        assert!(!ps.release(p, true));
+        assert_eq!(ps.assign(&seed, &[], true, now), Some(Pick::Duplicate(p)));
     }
 
     #[test]
     fn a_peer_without_the_pieces_gets_nothing() {
         let (mut ps, _) = fresh(8);
         let none = Bitfield::new(8);
-        assert_eq!(ps.assign(&none, &[], Instant::now()), None);
+        assert_eq!(ps.assign(&none, &[], true, Instant::now()), None);
     }
 
     #[test]
     fn a_late_piece_from_a_released_peer_still_counts() {
         let (mut ps, seed) = fresh(1);
         let now = Instant::now();
-        let p = ps.assign(&seed, &[], now).unwrap().piece();
+        let p = ps.assign(&seed, &[], true, now).unwrap().piece();
         // The peer exited (released) before its piece was read.
-        assert!(ps.release(p));
-        assert!(ps.completed(p, false));
+        assert!(ps.release(p, true));
+        assert!(ps.completed(p, None));
         assert_eq!(ps.state(p), State::Verifying);
         assert_eq!(ps.queued_count(), 0);
     }
@@ -402,19 +444,19 @@ mod tests {
             let peer = r.below(held.len());
             match r.below(5) {
                 0 | 1 => {
-                    if let Some(pick) = ps.assign(&seed, &held[peer], now) {
+                    if let Some(pick) = ps.assign(&seed, &held[peer], true, now) {
                         held[peer].push(pick.piece());
                     }
                 }
                 2 if !held[peer].is_empty() => {
                     let at = r.below(held[peer].len());
                     let p = held[peer].swap_remove(at);
-                    ps.release(p);
+                    ps.release(p, true);
                 }
                 3 if !held[peer].is_empty() => {
                     let at = r.below(held[peer].len());
                     let p = held[peer].swap_remove(at);
-                    if ps.completed(p, true) {
+                    if ps.completed(p, Some(true)) {
                         verifying.push(p);
                     }
                 }
@@ -443,7 +485,7 @@ mod tests {
         // Drain: everything ends Done.
         for h in &mut held {
             for p in h.drain(..) {
-                ps.release(p);
+                ps.release(p, true);
             }
         }
         for p in verifying.drain(..) {
@@ -451,8 +493,8 @@ mod tests {
             ps.written(p);
         }
         while !ps.is_complete() {
-            let p = ps.assign(&seed, &[], now).unwrap().piece();
-            assert!(ps.completed(p, true));
+            let p = ps.assign(&seed, &[], true, now).unwrap().piece();
+            assert!(ps.completed(p, Some(true)));
             ps.hashed(p, true, now);
             ps.written(p);
         }

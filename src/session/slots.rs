@@ -53,6 +53,32 @@ pub(crate) struct SlotPeer {
     /// It wasted an unchoke (asked for nothing, or took no data) lately,
     /// or it is snubbed (holds pieces and completes none).
     pub penalized: bool,
+    /// Piece bytes moved either way on this connection.
+    pub payload: u64,
+}
+
+/// Connected at least this long before a peer can be judged a squatter.
+pub(crate) const SQUAT_AGE: Duration = Duration::from_secs(10);
+/// Below this average payload rate (bytes per second either way over the
+/// connection), a peer that is not useless is still not worth a slot an
+/// arriving peer wants.
+pub(crate) const SQUAT_RATE: u64 = 32 * 1024;
+
+/// For an incoming peer at the cap when no peer is useless: the peer of
+/// `direction` connected for `SQUAT_AGE` that moved the least data per
+/// second, if below `SQUAT_RATE`. Peers that keep slots busy by saying
+/// "interested" and asking for a block now and then (and reconnecting
+/// before they count as idle) give way to a peer that knocks; a peer
+/// doing real work never does. Not used to dial candidates, which may be
+/// dead addresses: only for a peer that has already shaken hands.
+pub(crate) fn squatter(peers: &[SlotPeer], direction: Option<bool>) -> Option<ConnId> {
+    peers
+        .iter()
+        .filter(|p| direction.is_none_or(|d| p.incoming == d) && p.connected_for >= SQUAT_AGE)
+        .map(|p| (p.payload / p.connected_for.as_secs().max(1), p))
+        .filter(|(rate, _)| *rate < SQUAT_RATE)
+        .min_by_key(|(rate, _)| *rate)
+        .map(|(_, p)| p.id)
 }
 
 pub(crate) fn is_useless(p: &SlotPeer) -> bool {
@@ -85,6 +111,7 @@ mod tests {
             peer_interested: interested.1,
             since_payload: Duration::from_secs(idle),
             penalized: false,
+            payload: 0,
         }
     }
 
@@ -115,5 +142,20 @@ mod tests {
             ..peers[1]
         };
         assert_eq!(victims(&[wasted], None, 5), vec![2]);
+    }
+
+    #[test]
+    fn squatters_give_way_to_a_knocking_peer_workers_never_do() {
+        let worker = SlotPeer {
+            payload: 100 * 1024 * 1024,
+            ..p(1, true, 100, (false, true), 1)
+        };
+        let idler = SlotPeer {
+            payload: 64 * 1024,
+            ..p(2, true, 50, (false, true), 1)
+        };
+        let young = p(3, true, 2, (false, true), 1);
+        assert_eq!(squatter(&[worker, idler, young], Some(true)), Some(2));
+        assert_eq!(squatter(&[worker, young], Some(true)), None);
     }
 }
