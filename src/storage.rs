@@ -8,12 +8,14 @@ use crate::geometry::Layout;
 use crate::metainfo::Torrent;
 use crate::types::PieceIndex;
 use crossbeam_channel::{Receiver, Sender};
+use std::collections::HashMap;
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug)]
 pub enum Error {
@@ -108,8 +110,8 @@ impl std::error::Error for Error {}
 /// One file of the torrent as found or created on disk.
 struct Slot {
     path: PathBuf,
-    /// `None` when opened read-only and the file does not exist.
-    file: Option<File>,
+    /// False when opened read-only and the file does not exist.
+    exists: bool,
     /// The file held bytes before we opened it: its pieces may already be
     /// downloaded and are worth verifying.
     had_data: bool,
@@ -117,12 +119,30 @@ struct Slot {
     found_len: u64,
 }
 
-/// The open files of one torrent. Reads and writes are positional
+/// Files of one torrent held open at once. A torrent may have 100,000
+/// files; the process may open about 1,000 (`ulimit -n`).
+pub const MAX_OPEN_FILES: usize = 64;
+
+/// The files of one torrent. Reads and writes are positional
 /// (`pread`/`pwrite`), so `&self` suffices and no seek state is shared;
-/// several threads may read while the writer thread writes.
+/// several threads may read while the writer thread writes. Files are
+/// opened on first use and at most `MAX_OPEN_FILES` stay open (least
+/// recently used closed first).
 pub struct Storage {
     layout: Layout,
     files: Vec<Slot>,
+    writable: bool,
+    /// Shared by the writer and every serving connection: the lock is held
+    /// to find or open a file and clone its handle, never across a read or
+    /// a write (DESIGN.md, "Open files").
+    open: Mutex<OpenFiles>,
+}
+
+#[derive(Default)]
+struct OpenFiles {
+    /// File index -> handle and when it was last used.
+    handles: HashMap<usize, (Arc<File>, u64)>,
+    clock: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -161,15 +181,16 @@ impl Storage {
                     path: path.clone(),
                     source,
                 })?;
+                drop(file);
                 Ok(Slot {
                     path,
-                    file: Some(file),
+                    exists: true,
                     had_data: true,
                     found_len: 0,
                 })
             })
             .collect::<Result<_, Error>>()?;
-        Ok(Storage { layout, files })
+        Ok(Storage::new(layout, files, false))
     }
 
     fn open_with(dir: &Path, torrent: &Torrent, mode: Mode) -> Result<Storage, Error> {
@@ -179,7 +200,7 @@ impl Storage {
             if !check_tree(dir, entry.path(), mode)? {
                 files.push(Slot {
                     path,
-                    file: None,
+                    exists: false,
                     had_data: false,
                     found_len: 0,
                 });
@@ -216,17 +237,67 @@ impl Storage {
                         source,
                     })?;
             }
+            // Closed now, reopened on first use: a torrent's files need not
+            // all be open at once.
+            drop(file);
             files.push(Slot {
                 path,
-                file: Some(file),
+                exists: true,
                 had_data: len > 0,
                 found_len: len,
             });
         }
-        Ok(Storage {
-            layout: torrent.layout().clone(),
+        Ok(Storage::new(
+            torrent.layout().clone(),
             files,
-        })
+            mode == Mode::Create,
+        ))
+    }
+
+    fn new(layout: Layout, files: Vec<Slot>, writable: bool) -> Storage {
+        Storage {
+            layout,
+            files,
+            writable,
+            open: Mutex::new(OpenFiles::default()),
+        }
+    }
+
+    /// File `i`, opened if it is not (closing the least recently used one
+    /// at the cap). `NotFound` for a file that did not exist read-only.
+    fn handle(&self, i: usize) -> io::Result<Arc<File>> {
+        if !self.files[i].exists {
+            return Err(io::Error::from(io::ErrorKind::NotFound));
+        }
+        let mut open = self
+            .open
+            .lock()
+            .map_err(|_| io::Error::other("file cache poisoned"))?;
+        open.clock += 1;
+        let now = open.clock;
+        if let Some((file, used)) = open.handles.get_mut(&i) {
+            *used = now;
+            return Ok(Arc::clone(file));
+        }
+        if open.handles.len() >= MAX_OPEN_FILES {
+            let oldest = open
+                .handles
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(&k, _)| k);
+            if let Some(k) = oldest {
+                // Users still holding a clone keep it open until they finish.
+                open.handles.remove(&k);
+            }
+        }
+        let mut options = OpenOptions::new();
+        options
+            .read(true)
+            .write(self.writable)
+            .custom_flags(libc::O_NOFOLLOW);
+        let file = Arc::new(options.open(&self.files[i].path)?);
+        open.handles.insert(i, (Arc::clone(&file), now));
+        Ok(file)
     }
 
     pub fn layout(&self) -> &Layout {
@@ -276,7 +347,7 @@ impl Storage {
 
     /// Whether file `i` exists on disk.
     pub fn file_exists(&self, i: usize) -> bool {
-        self.files.get(i).is_some_and(|s| s.file.is_some())
+        self.files.get(i).is_some_and(|s| s.exists)
     }
 
     /// Writes one whole piece at its place, across file boundaries.
@@ -285,10 +356,9 @@ impl Storage {
             let slot = &self.files[span.file];
             let start = span.piece_offset as usize;
             let chunk = &data[start..start + span.len as usize];
-            let write = match &slot.file {
-                Some(f) => f.write_all_at(chunk, span.file_offset),
-                None => Err(io::Error::from(io::ErrorKind::NotFound)),
-            };
+            let write = self
+                .handle(span.file)
+                .and_then(|f| f.write_all_at(chunk, span.file_offset));
             write.map_err(|source| Error::Write {
                 path: slot.path.clone(),
                 source,
@@ -311,10 +381,9 @@ impl Storage {
             let slot = &self.files[span.file];
             let dst = &mut buf[(from - lo) as usize..(to - lo) as usize];
             let at = span.file_offset + (from - s_lo) as u64;
-            let read = match &slot.file {
-                Some(f) => f.read_exact_at(dst, at),
-                None => Err(io::Error::from(io::ErrorKind::NotFound)),
-            };
+            let read = self
+                .handle(span.file)
+                .and_then(|f| f.read_exact_at(dst, at));
             read.map_err(|source| Error::Read {
                 path: slot.path.clone(),
                 source,
@@ -330,9 +399,13 @@ impl Storage {
         buf.resize(self.layout.piece_len(piece) as usize, 0);
         for span in self.layout.spans(piece) {
             let slot = &self.files[span.file];
-            let Some(file) = &slot.file else {
+            if !slot.exists {
                 return Ok(false);
-            };
+            }
+            let file = self.handle(span.file).map_err(|source| Error::Read {
+                path: slot.path.clone(),
+                source,
+            })?;
             let start = span.piece_offset as usize;
             let chunk = &mut buf[start..start + span.len as usize];
             match file.read_exact_at(chunk, span.file_offset) {

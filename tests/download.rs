@@ -255,3 +255,41 @@ fn tracker_refusal_is_reported() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not authorized"), "{err}");
 }
+
+/// 20,000 small files (about 4 MiB, 32 KiB pieces, each piece spanning
+/// about 160 files) downloaded by rtc running under `ulimit -n 256`: rtc
+/// keeps at most a few dozen files open at once, not one per file.
+#[test]
+fn twenty_thousand_files_under_a_low_open_file_limit() {
+    const FILES: usize = 20_000;
+    let s = Swarm::new(15, |d| {
+        let root = d.join("many");
+        for dir in 0..20 {
+            let sub = root.join(format!("d{dir:02}"));
+            std::fs::create_dir_all(&sub).unwrap();
+            for i in 0..FILES / 20 {
+                let n = dir * 1000 + i;
+                // 150-250 bytes of content that differs per file.
+                let body: Vec<u8> = (0..150 + n % 101).map(|k| (n * 31 + k * 7) as u8).collect();
+                std::fs::write(sub.join(format!("f{i:04}")), body).unwrap();
+            }
+        }
+        root
+    });
+    let _seed = s.libtorrent();
+    s.tracker
+        .wait_for_seeders(&s.hash, 1, Duration::from_secs(60));
+    let out = run_bounded(
+        Command::new("sh")
+            .arg("-c")
+            .arg("ulimit -n 256 && exec \"$0\" \"$@\"")
+            .arg(rtc_bin())
+            .arg("-v")
+            .arg("-o")
+            .arg(s.out_dir())
+            .arg(&s.torrent),
+        BOUND,
+    );
+    assert_success(&out);
+    assert_same_tree(&s.seed_dir(), &s.out_dir());
+}
