@@ -1085,35 +1085,8 @@ fn idle_peers_flood_inbound_while_leeching() {
 /// block each). rtc must not leave the last pieces with the trickling peers.
 #[test]
 fn trickle_peers_at_the_end() {
-    const TEST: &str = "trickle_peers_at_the_end";
-    let _serial = serial();
     let s = Setup::random(16 * MIB, 16 * 1024, 104, None);
-    let seeder = s.seeder(&[]);
-    let base = Rtc::start(&s, "unattacked", &peer_args(&[seeder.addr()])).finish(BASELINE_LIMIT);
-    expect_baseline(TEST, &s, &base);
-
-    let crew = Crew::new(s.info_hash);
-    let data = Data::Bytes(Arc::new(fs::read(&s.src).unwrap()));
-    let (bits, pl, total) = (s.full_bitfield(), s.piece_len, s.total);
-    let stats = Arc::clone(&crew.stats);
-    let mut peers = crew.listen(20, move |_| {
-        serve(
-            bits.clone(),
-            Duration::from_secs(25),
-            data.clone(),
-            pl,
-            total,
-            Arc::clone(&stats),
-        )
-    });
-    peers.push(seeder.addr());
-    let attacked = Rtc::start(&s, "attacked", &peer_args(&peers)).finish(bound(base.elapsed));
-    eprintln!(
-        "MEASURE {TEST}: {} trickle connections, {} blocks served by them",
-        crew.stats.handshakes.load(Ordering::SeqCst),
-        crew.stats.blocks.load(Ordering::Relaxed)
-    );
-    judge(TEST, &s, &base, &attacked);
+    claimers_beside_a_seeder("trickle_peers_at_the_end", &s, &[], Duration::from_secs(25));
 }
 
 /// 20 attackers send a full bitfield, unchoke, and never send a block:
@@ -1124,15 +1097,26 @@ fn trickle_peers_at_the_end() {
 /// lift.
 #[test]
 fn silent_claimers_at_the_end() {
-    const TEST: &str = "silent_claimers_at_the_end";
-    let _serial = serial();
     // 32 MiB in 1 MiB pieces from a seeder capped at 8 MB/s: about 4 s,
     // long enough for the claimers' pieces to be copied and completed by
     // the seeder, which leaves the claimers hungry in endgame.
     let s = Setup::random(32 * MIB, 1 << 20, 105, None);
-    let seeder = s.seeder(&["--upload-limit", "8000000"]);
-    let base = Rtc::start(&s, "unattacked", &peer_args(&[seeder.addr()])).finish(BASELINE_LIMIT);
-    expect_baseline(TEST, &s, &base);
+    claimers_beside_a_seeder(
+        "silent_claimers_at_the_end",
+        &s,
+        &["--upload-limit", "8000000"],
+        SILENT,
+    );
+}
+
+/// rtc downloads `s` from a libtorrent seeder (`seeder_args`), alone and
+/// then beside 20 attackers that claim every piece, unchoke, and answer
+/// one block per `pace`.
+fn claimers_beside_a_seeder(test: &str, s: &Setup, seeder_args: &[&str], pace: Duration) {
+    let _serial = serial();
+    let seeder = s.seeder(seeder_args);
+    let base = Rtc::start(s, "unattacked", &peer_args(&[seeder.addr()])).finish(BASELINE_LIMIT);
+    expect_baseline(test, s, &base);
 
     let crew = Crew::new(s.info_hash);
     let data = Data::Bytes(Arc::new(fs::read(&s.src).unwrap()));
@@ -1141,7 +1125,7 @@ fn silent_claimers_at_the_end() {
     let mut peers = crew.listen(20, move |_| {
         serve(
             bits.clone(),
-            SILENT,
+            pace,
             data.clone(),
             pl,
             total,
@@ -1149,13 +1133,13 @@ fn silent_claimers_at_the_end() {
         )
     });
     peers.push(seeder.addr());
-    let attacked = Rtc::start(&s, "attacked", &peer_args(&peers)).finish(bound(base.elapsed));
+    let attacked = Rtc::start(s, "attacked", &peer_args(&peers)).finish(bound(base.elapsed));
     eprintln!(
-        "MEASURE {TEST}: {} silent connections, {} blocks served by them",
+        "MEASURE {test}: {} claimer connections, {} blocks served by them",
         crew.stats.handshakes.load(Ordering::SeqCst),
         crew.stats.blocks.load(Ordering::Relaxed)
     );
-    judge(TEST, &s, &base, &attacked);
+    judge(test, s, &base, &attacked);
 }
 
 /// An attacker sends full bitfields back to back, as fast as rtc reads

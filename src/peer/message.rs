@@ -279,6 +279,20 @@ impl Bitfield {
         }
     }
 
+    /// Every one of `len` pieces set (a seed's bitfield).
+    pub fn full(len: u32) -> Bitfield {
+        let mut bits = vec![0xffu8; len.div_ceil(8) as usize];
+        let spare = bits.len() as u32 * 8 - len;
+        if let Some(last) = bits.last_mut() {
+            *last &= 0xffu8.checked_shl(spare).unwrap_or(0);
+        }
+        Bitfield {
+            bits,
+            len,
+            ones: len,
+        }
+    }
+
     /// Accepts a peer's bitfield only if it has exactly the right byte count
     /// and no bits set past the last piece (BEP 3 says spare bits are zero).
     pub fn from_wire(bytes: &[u8], len: u32) -> Option<Bitfield> {
@@ -397,6 +411,16 @@ mod tests {
         encode(&Message::Have(PieceIndex(9)), &mut out);
         for cut in 0..out.len() {
             assert_eq!(decode_frame(&out[..cut], MAX_FRAME), Ok(None));
+        }
+    }
+
+    #[test]
+    fn a_full_bitfield_has_every_piece_and_no_spare_bits() {
+        for len in [0, 1, 7, 8, 9, 100] {
+            let full = Bitfield::full(len);
+            assert_eq!(full.count(), len);
+            assert!(full.is_full());
+            assert_eq!(Bitfield::from_wire(full.as_bytes(), len), Some(full));
         }
     }
 

@@ -283,11 +283,7 @@ mod tests {
     use std::time::Instant;
 
     fn full(n: u32) -> Bitfield {
-        let mut b = Bitfield::new(n);
-        for i in 0..n {
-            b.set(PieceIndex(i));
-        }
-        b
+        Bitfield::full(n)
     }
 
     fn of(n: u32, pieces: &[u32]) -> Bitfield {

@@ -293,11 +293,7 @@ mod tests {
     use super::*;
 
     fn full(n: u32) -> Bitfield {
-        let mut b = Bitfield::new(n);
-        for i in 0..n {
-            b.set(PieceIndex(i));
-        }
-        b
+        Bitfield::full(n)
     }
 
     fn fresh(n: u32) -> (Pieces, Bitfield) {
