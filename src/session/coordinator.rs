@@ -877,14 +877,10 @@ impl Coordinator {
         hungry.sort_unstable_by(|a, b| b.cmp(a));
         for (_, id) in hungry {
             self.feed(id, now);
-            if piece.is_some_and(|x| !self.pieces_is_queued(x)) {
+            if piece.is_some_and(|x| !self.pieces.is_queued(x)) {
                 break;
             }
         }
-    }
-
-    fn pieces_is_queued(&self, p: PieceIndex) -> bool {
-        self.pieces.state(p) == super::pieces::State::Queued
     }
 
     /// `id` no longer holds `piece` (abandoned, or it left).
@@ -1148,7 +1144,7 @@ impl Coordinator {
         }
         self.pipeline_bytes -= len;
         log::warn!("piece {} failed its hash check", h.piece);
-        if self.pieces_is_queued(h.piece) {
+        if self.pieces.is_queued(h.piece) {
             self.feed_hungry(Some(h.piece), now);
         }
         if let Some(peer) = self.peers.get_mut(&h.from) {

@@ -110,12 +110,17 @@ impl Pieces {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn state(&self, p: PieceIndex) -> State {
         self.pieces[p.as_usize()].state
     }
 
     pub(crate) fn holders(&self, p: PieceIndex) -> u8 {
         self.pieces[p.as_usize()].holders
+    }
+
+    pub(crate) fn is_queued(&self, p: PieceIndex) -> bool {
+        self.picker.is_queued(p)
     }
 
     pub(crate) fn is_complete(&self) -> bool {
