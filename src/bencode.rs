@@ -20,26 +20,53 @@ pub const MAX_DEPTH: usize = 64;
 /// Why a byte sequence is not exactly one well-formed bencoded value. Every
 /// variant carries the byte offset in the input where the problem was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Error {
     /// The input ended inside a value, or a byte string's declared length
     /// runs past the end of the input.
-    UnexpectedEof { at: usize },
+    UnexpectedEof {
+        /// Byte offset in the input.
+        at: usize,
+    },
     /// An integer (starting at `at`) is empty, has a leading zero, is `-0`,
     /// contains a non-digit, or does not fit an `i64`.
-    InvalidInteger { at: usize },
+    InvalidInteger {
+        /// Byte offset in the input.
+        at: usize,
+    },
     /// A byte string length prefix (starting at `at`) has a leading zero, a
     /// non-digit before `:`, or does not fit in 64 bits.
-    InvalidLength { at: usize },
+    InvalidLength {
+        /// Byte offset in the input.
+        at: usize,
+    },
     /// A complete value ended at `at` but more input followed.
-    TrailingBytes { at: usize },
+    TrailingBytes {
+        /// Byte offset in the input.
+        at: usize,
+    },
     /// The container starting at `at` would nest deeper than [`MAX_DEPTH`].
-    TooDeep { at: usize },
+    TooDeep {
+        /// Byte offset in the input.
+        at: usize,
+    },
     /// The dictionary key starting at `at` already occurred in its dictionary.
-    DuplicateKey { at: usize },
+    DuplicateKey {
+        /// Byte offset in the input.
+        at: usize,
+    },
     /// A byte that cannot start a value.
-    UnexpectedByte { byte: u8, at: usize },
+    UnexpectedByte {
+        /// The byte.
+        byte: u8,
+        /// Its offset in the input.
+        at: usize,
+    },
     /// A dictionary key position holds something other than a byte string.
-    KeyNotString { at: usize },
+    KeyNotString {
+        /// Byte offset in the input.
+        at: usize,
+    },
 }
 
 impl fmt::Display for Error {
@@ -162,6 +189,7 @@ impl<'a> Dict<'a> {
         Dict::default()
     }
 
+    #[cfg(test)]
     /// Builds a dictionary for encoding. A key given more than once keeps its
     /// last value, as map insertion would. Constructed entries have no raw
     /// span: `get_raw` returns `None` for them.
@@ -188,6 +216,7 @@ impl<'a> Dict<'a> {
         None
     }
 
+    #[cfg(test)]
     pub fn remove(&mut self, key: &[u8]) -> Option<Value<'a>> {
         let pos = self.entries.iter().position(|e| e.key == key)?;
         Some(self.entries.remove(pos).value)
@@ -209,15 +238,18 @@ impl<'a> Dict<'a> {
             .and_then(|e| e.raw)
     }
 
+    #[cfg(test)]
     /// Entries in input (or insertion) order.
     pub fn iter(&self) -> impl Iterator<Item = (&'a [u8], &Value<'a>)> + '_ {
         self.entries.iter().map(|e| (e.key, &e.value))
     }
 
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

@@ -129,6 +129,7 @@ impl Layout {
 
     /// The `BLOCK_LEN` blocks of `piece` in order; the last may be shorter.
     /// Empty for a piece out of range.
+    #[cfg(test)]
     pub fn blocks(&self, piece: PieceIndex) -> impl Iterator<Item = Block> {
         let len = self.piece_len(piece);
         (0..len)
@@ -155,6 +156,7 @@ impl Layout {
     }
 
     /// Number of files, including zero-length ones.
+    #[cfg(test)]
     pub fn file_count(&self) -> usize {
         self.files.len()
     }

@@ -1,24 +1,62 @@
 //! rtc: a BitTorrent client library with no async runtime.
 //!
-//! Owns the public API (re-exports) and the module map. Protocol modules
-//! (`bencode`, `metainfo`, `peer::message`, `tracker::http`) are pure: they
-//! turn bytes into values and back. Sockets and files live only in
-//! `peer::conn`, `tracker`, and `storage`; `session` wires the threads.
+//! A blocking, thread-safe API: a [`Session`] holds what torrents share
+//! (one listening port, one hashing pool, one budget of peer connections
+//! and of open files), [`Session::add`] starts a download and returns a
+//! [`Download`] handle (progress, [`Events`], pause, resume, cancel,
+//! wait). [`Download::start`] is the one-torrent shortcut. Every thread
+//! is a plain OS thread (one per peer connection); when `wait`,
+//! [`Session::shutdown`] or a drop returns, every thread it owned has
+//! ended and every file and socket is closed.
+//!
+//! ```no_run
+//! use rtc::{AddOptions, Download, Event, Torrent};
+//!
+//! let torrent = Torrent::from_bytes(&std::fs::read("debian.torrent")?)?;
+//! let download = Download::start(torrent, AddOptions::new("downloads"))?;
+//! for event in download.events() {
+//!     match event {
+//!         Event::PieceDone { progress, .. } => {
+//!             println!("{:.1}%", progress.fraction() * 100.0)
+//!         }
+//!         Event::Ended(result) => println!("ended: {result:?}"),
+//!         _ => {}
+//!     }
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Module map (all private to the crate; DESIGN.md has the full table):
+//! protocol modules (`bencode`, `metainfo`, `peer::message`,
+//! `tracker::http`, `tracker::udp`, `peer::mse`) are pure: they turn bytes
+//! into values and back. Sockets and files live only in `peer::conn`,
+//! `peer::accept`, `tracker` and `storage`; `session` wires the threads.
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
 
-pub mod bencode;
-pub mod create;
-pub mod geometry;
-pub mod metainfo;
-pub mod types;
+pub(crate) mod bencode;
+pub(crate) mod create;
+pub(crate) mod geometry;
+pub(crate) mod metainfo;
+pub(crate) mod peer;
+pub(crate) mod session;
+pub(crate) mod storage;
+pub(crate) mod text;
+pub(crate) mod tracker;
+pub(crate) mod types;
+pub(crate) mod verify;
 
-pub use metainfo::{MetainfoError, Torrent};
-pub use types::{Block, InfoHash, PeerId, PieceIndex};
-pub mod peer;
-pub mod session;
-pub mod storage;
-pub mod text;
-pub mod tracker;
-pub mod verify;
+#[cfg(feature = "cli")]
+#[doc(hidden)]
+pub mod cli;
 
-pub use session::{Download, Options};
+pub use bencode::Error as BencodeError;
+pub use metainfo::{FileEntry, MetainfoError, Torrent};
+pub use peer::conn::Limits;
+pub use session::{
+    AddOptions, CancelHandle, Download, Error, Event, Events, Progress, RecvError, SeedUntil,
+    Session, SessionOptions, Summary,
+};
+pub use storage::Error as StorageError;
+pub use tracker::Error as TrackerError;
+pub use types::{InfoHash, PeerId};

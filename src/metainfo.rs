@@ -32,13 +32,19 @@ pub const MAX_TOTAL_LENGTH: u64 = 1 << 50;
 /// Why bytes are not an acceptable torrent. Field names are dotted paths into
 /// the metainfo, with list indices, e.g. `info.files[3].length`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum MetainfoError {
     /// The bytes are not exactly one bencoded value.
     Bencode(bencode::Error),
+    /// A required key is absent (its path, e.g. `info.name`).
     MissingField(String),
+    /// A key holds the wrong kind of value.
     WrongType {
+        /// Its path.
         field: String,
+        /// What it must be.
         expected: &'static str,
+        /// What it is.
         found: &'static str,
     },
     /// `info.piece length` is not in `1..=MAX_PIECE_LENGTH`.
@@ -48,30 +54,41 @@ pub enum MetainfoError {
     PiecesNotMultipleOf20(usize),
     /// The data needs `expected` pieces but `info.pieces` holds `found` hashes.
     PieceCountMismatch {
+        /// Pieces the lengths need.
         expected: u64,
+        /// Hashes present.
         found: u64,
     },
+    /// A length is negative.
     NegativeLength {
+        /// Its path.
         field: String,
     },
     /// A length, the total, or the piece count exceeds its limit.
     TooLarge {
+        /// Its path.
         field: String,
+        /// Its value.
         value: u64,
+        /// rtc's limit.
         max: u64,
     },
     /// A name or path component that could escape the download directory or
     /// cannot be a file name. Rejected, never rewritten: a silently renamed
     /// file would not be where the user or other clients expect it.
     UnsafePath {
+        /// The path as the torrent spells it (lossy UTF-8).
         path: String,
+        /// What makes it unsafe.
         reason: &'static str,
     },
     /// Two files share one path.
     DuplicatePath(String),
     /// `file` is a file, but `other` needs it to be a directory.
     PathConflict {
+        /// The file.
         file: String,
+        /// The path that needs it to be a directory.
         other: String,
     },
     /// `info.files` is an empty list.
@@ -168,6 +185,7 @@ impl FileEntry {
         &self.path
     }
 
+    /// Bytes in the file.
     pub fn length(&self) -> u64 {
         self.length
     }
@@ -333,19 +351,22 @@ impl Torrent {
         &self.name
     }
 
+    /// Bytes per piece (the last piece may be shorter).
     pub fn piece_length(&self) -> u32 {
         self.piece_length
     }
 
+    /// Pieces in the torrent.
     pub fn piece_count(&self) -> u32 {
         self.layout.piece_count()
     }
 
     /// Expected SHA-1 of `piece`, or `None` if out of range.
-    pub fn piece_hash(&self, piece: PieceIndex) -> Option<&[u8; 20]> {
+    pub(crate) fn piece_hash(&self, piece: PieceIndex) -> Option<&[u8; 20]> {
         self.piece_hashes.get(piece.as_usize())
     }
 
+    /// Bytes of all files together.
     pub fn total_length(&self) -> u64 {
         self.layout.total_length()
     }
@@ -356,7 +377,7 @@ impl Torrent {
         &self.files
     }
 
-    pub fn layout(&self) -> &Layout {
+    pub(crate) fn layout(&self) -> &Layout {
         &self.layout
     }
 
@@ -388,10 +409,12 @@ impl Torrent {
         self.private
     }
 
+    /// The `comment` key, if any.
     pub fn comment(&self) -> Option<&str> {
         self.comment.as_deref()
     }
 
+    /// The `created by` key, if any.
     pub fn created_by(&self) -> Option<&str> {
         self.created_by.as_deref()
     }

@@ -17,39 +17,94 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+/// Why reading or writing a torrent's files failed. Every path is the
+/// full path on disk; `Display` prints it escaped.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Error {
     /// A file that rtc did not start holds data that would be overwritten.
     WouldClobber {
+        /// The user's file.
         path: PathBuf,
     },
     /// `--repair` was asked for, but the file is not this torrent's size:
     /// it is someone else's file, and it is not touched.
     NotRepairable {
+        /// The file left alone.
         path: PathBuf,
+        /// Its length in the torrent.
         expected: u64,
+        /// Its length on disk.
         actual: u64,
     },
+    /// A directory of the output tree could not be created.
     CreateDir {
+        /// The directory.
         path: PathBuf,
+        /// Why.
         source: io::Error,
     },
+    /// A file could not be opened (or created).
     Open {
+        /// The file.
         path: PathBuf,
+        /// Why.
         source: io::Error,
     },
+    /// Writing (or extending) a file failed, e.g. the disk is full.
     Write {
+        /// The file.
         path: PathBuf,
+        /// Why.
         source: io::Error,
     },
+    /// Reading a file failed.
     Read {
+        /// The file.
         path: PathBuf,
+        /// Why.
         source: io::Error,
     },
     /// A path in the output tree is a symlink or not a regular file/dir.
     NotAFile {
+        /// The path refused.
         path: PathBuf,
     },
+}
+
+impl Clone for Error {
+    fn clone(&self) -> Self {
+        use crate::session::clone_io;
+        match self {
+            Error::WouldClobber { path } => Error::WouldClobber { path: path.clone() },
+            Error::NotRepairable {
+                path,
+                expected,
+                actual,
+            } => Error::NotRepairable {
+                path: path.clone(),
+                expected: *expected,
+                actual: *actual,
+            },
+            Error::CreateDir { path, source } => Error::CreateDir {
+                path: path.clone(),
+                source: clone_io(source),
+            },
+            Error::Open { path, source } => Error::Open {
+                path: path.clone(),
+                source: clone_io(source),
+            },
+            Error::Write { path, source } => Error::Write {
+                path: path.clone(),
+                source: clone_io(source),
+            },
+            Error::Read { path, source } => Error::Read {
+                path: path.clone(),
+                source: clone_io(source),
+            },
+            Error::NotAFile { path } => Error::NotAFile { path: path.clone() },
+        }
+    }
 }
 
 impl fmt::Display for Error {
@@ -105,7 +160,17 @@ impl fmt::Display for Error {
     }
 }
 
-impl std::error::Error for Error {}
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::CreateDir { source, .. }
+            | Error::Open { source, .. }
+            | Error::Write { source, .. }
+            | Error::Read { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
 
 /// One file of the torrent as found or created on disk.
 struct Slot {
@@ -119,30 +184,111 @@ struct Slot {
     found_len: u64,
 }
 
-/// Files of one torrent held open at once. A torrent may have 100,000
-/// files; the process may open about 1,000 (`ulimit -n`).
-pub const MAX_OPEN_FILES: usize = 64;
+/// Data files held open at once by one [`FileCache`] unless told
+/// otherwise. A torrent may have 100,000 files; the process may open about
+/// 1,000 (`ulimit -n`).
+pub(crate) const MAX_OPEN_FILES: usize = 64;
+
+/// Open file handles shared by every [`Storage`] of a session: at most
+/// `cap` stay open (least recently used closed first), whatever the number
+/// of torrents and files. Shared by the writer threads and every serving
+/// connection: the lock is held to find or open a file and clone its
+/// handle, never across a read or a write (DESIGN.md, "Open files").
+pub(crate) struct FileCache {
+    cap: usize,
+    inner: Mutex<CacheInner>,
+}
+
+#[derive(Default)]
+struct CacheInner {
+    /// (storage, file index) -> handle and when it was last used.
+    handles: HashMap<(u64, usize), (Arc<File>, u64)>,
+    clock: u64,
+    next_storage: u64,
+}
+
+impl FileCache {
+    pub(crate) fn new(cap: usize) -> Arc<FileCache> {
+        Arc::new(FileCache {
+            cap: cap.max(1),
+            inner: Mutex::new(CacheInner::default()),
+        })
+    }
+
+    fn lock(&self) -> io::Result<std::sync::MutexGuard<'_, CacheInner>> {
+        self.inner
+            .lock()
+            .map_err(|_| io::Error::other("file cache poisoned"))
+    }
+
+    fn register(&self) -> u64 {
+        self.lock().map_or(u64::MAX, |mut c| {
+            c.next_storage += 1;
+            c.next_storage
+        })
+    }
+
+    /// Handle of `(storage, file)`, opened with `open` if it is not open
+    /// (closing the least recently used one at the cap). Users still
+    /// holding a clone of a closed handle keep it until they finish.
+    fn get(
+        &self,
+        key: (u64, usize),
+        open: impl FnOnce() -> io::Result<File>,
+    ) -> io::Result<Arc<File>> {
+        let mut c = self.lock()?;
+        c.clock += 1;
+        let now = c.clock;
+        if let Some((file, used)) = c.handles.get_mut(&key) {
+            *used = now;
+            return Ok(Arc::clone(file));
+        }
+        if c.handles.len() >= self.cap {
+            let oldest = c
+                .handles
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(&k, _)| k);
+            if let Some(k) = oldest {
+                c.handles.remove(&k);
+            }
+        }
+        let file = Arc::new(open()?);
+        c.handles.insert(key, (Arc::clone(&file), now));
+        Ok(file)
+    }
+
+    /// Closes every handle of `storage` (it is being dropped).
+    fn forget(&self, storage: u64) {
+        if let Ok(mut c) = self.lock() {
+            c.handles.retain(|&(s, _), _| s != storage);
+        }
+    }
+
+    /// Handles open now (for tests).
+    #[cfg(test)]
+    fn open_count(&self) -> usize {
+        self.lock().map_or(0, |c| c.handles.len())
+    }
+}
 
 /// The files of one torrent. Reads and writes are positional
 /// (`pread`/`pwrite`), so `&self` suffices and no seek state is shared;
 /// several threads may read while the writer thread writes. Files are
-/// opened on first use and at most `MAX_OPEN_FILES` stay open (least
-/// recently used closed first).
-pub struct Storage {
+/// opened on first use through the session's [`FileCache`]; dropping the
+/// storage closes its files.
+pub(crate) struct Storage {
     layout: Layout,
     files: Vec<Slot>,
     writable: bool,
-    /// Shared by the writer and every serving connection: the lock is held
-    /// to find or open a file and clone its handle, never across a read or
-    /// a write (DESIGN.md, "Open files").
-    open: Mutex<OpenFiles>,
+    cache: Arc<FileCache>,
+    id: u64,
 }
 
-#[derive(Default)]
-struct OpenFiles {
-    /// File index -> handle and when it was last used.
-    handles: HashMap<usize, (Arc<File>, u64)>,
-    clock: u64,
+impl Drop for Storage {
+    fn drop(&mut self) {
+        self.cache.forget(self.id);
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -157,18 +303,22 @@ impl Storage {
     /// file shorter than its torrent length is extended (sparse), a longer
     /// one is left alone. Symlinks inside the output tree are refused so
     /// that a torrent cannot be steered outside `dir` through a planted link.
-    pub fn open(dir: &Path, torrent: &Torrent) -> Result<Storage, Error> {
+    pub fn open(dir: &Path, torrent: &Torrent, cache: &Arc<FileCache>) -> Result<Storage, Error> {
         std::fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
             path: dir.to_path_buf(),
             source,
         })?;
-        Self::open_with(dir, torrent, Mode::Create)
+        Self::open_with(dir, torrent, Mode::Create, cache)
     }
 
     /// Opens whatever files of `torrent` exist under `dir`, read-only,
     /// creating nothing (for `rtc verify`).
-    pub fn open_existing(dir: &Path, torrent: &Torrent) -> Result<Storage, Error> {
-        Self::open_with(dir, torrent, Mode::ReadOnly)
+    pub fn open_existing(
+        dir: &Path,
+        torrent: &Torrent,
+        cache: &Arc<FileCache>,
+    ) -> Result<Storage, Error> {
+        Self::open_with(dir, torrent, Mode::ReadOnly, cache)
     }
 
     /// Opens the given files read-only, in layout order (for `rtc create`,
@@ -190,10 +340,20 @@ impl Storage {
                 })
             })
             .collect::<Result<_, Error>>()?;
-        Ok(Storage::new(layout, files, false))
+        Ok(Storage::new(
+            layout,
+            files,
+            false,
+            &FileCache::new(MAX_OPEN_FILES),
+        ))
     }
 
-    fn open_with(dir: &Path, torrent: &Torrent, mode: Mode) -> Result<Storage, Error> {
+    fn open_with(
+        dir: &Path,
+        torrent: &Torrent,
+        mode: Mode,
+        cache: &Arc<FileCache>,
+    ) -> Result<Storage, Error> {
         let mut files = Vec::with_capacity(torrent.files().len());
         for entry in torrent.files() {
             let path = dir.join(entry.path());
@@ -251,15 +411,17 @@ impl Storage {
             torrent.layout().clone(),
             files,
             mode == Mode::Create,
+            cache,
         ))
     }
 
-    fn new(layout: Layout, files: Vec<Slot>, writable: bool) -> Storage {
+    fn new(layout: Layout, files: Vec<Slot>, writable: bool, cache: &Arc<FileCache>) -> Storage {
         Storage {
             layout,
             files,
             writable,
-            open: Mutex::new(OpenFiles::default()),
+            id: cache.register(),
+            cache: Arc::clone(cache),
         }
     }
 
@@ -269,39 +431,14 @@ impl Storage {
         if !self.files[i].exists {
             return Err(io::Error::from(io::ErrorKind::NotFound));
         }
-        let mut open = self
-            .open
-            .lock()
-            .map_err(|_| io::Error::other("file cache poisoned"))?;
-        open.clock += 1;
-        let now = open.clock;
-        if let Some((file, used)) = open.handles.get_mut(&i) {
-            *used = now;
-            return Ok(Arc::clone(file));
-        }
-        if open.handles.len() >= MAX_OPEN_FILES {
-            let oldest = open
-                .handles
-                .iter()
-                .min_by_key(|(_, (_, used))| *used)
-                .map(|(&k, _)| k);
-            if let Some(k) = oldest {
-                // Users still holding a clone keep it open until they finish.
-                open.handles.remove(&k);
-            }
-        }
-        let mut options = OpenOptions::new();
-        options
-            .read(true)
-            .write(self.writable)
-            .custom_flags(libc::O_NOFOLLOW);
-        let file = Arc::new(options.open(&self.files[i].path)?);
-        open.handles.insert(i, (Arc::clone(&file), now));
-        Ok(file)
-    }
-
-    pub fn layout(&self) -> &Layout {
-        &self.layout
+        let path = &self.files[i].path;
+        self.cache.get((self.id, i), || {
+            OpenOptions::new()
+                .read(true)
+                .write(self.writable)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(path)
+        })
     }
 
     /// Whether any file this piece touches held data when opened: only such
@@ -522,4 +659,35 @@ pub fn spawn_writer(
                 }
             }
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_file_cache_holds_at_most_its_cap_across_storages() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = FileCache::new(3);
+        let paths: Vec<PathBuf> = (0..5).map(|i| dir.path().join(format!("f{i}"))).collect();
+        for p in &paths {
+            std::fs::write(p, b"x").unwrap();
+        }
+        let open = |p: &PathBuf| {
+            let p = p.clone();
+            move || File::open(p)
+        };
+        // Two storages, five files: never more than three open.
+        for (i, p) in paths.iter().enumerate() {
+            cache.get(((i % 2) as u64, i), open(p)).unwrap();
+            assert!(cache.open_count() <= 3);
+        }
+        assert_eq!(cache.open_count(), 3);
+        // The most recently used stays; forgetting a storage closes its own.
+        cache.get((0, 4), open(&paths[4])).unwrap();
+        cache.forget(1);
+        assert_eq!(cache.open_count(), 2);
+        cache.forget(0);
+        assert_eq!(cache.open_count(), 0);
+    }
 }

@@ -41,6 +41,7 @@ pub fn escaped_path(p: &Path) -> String {
 }
 
 /// Bytes from a peer or tracker, lossily decoded and escaped.
+#[cfg(test)]
 pub fn escaped_bytes(b: &[u8]) -> String {
     escaped(&String::from_utf8_lossy(b))
 }

@@ -2,7 +2,9 @@
 //! documented code and a one-line message, never panic, and write nothing
 //! (in particular nothing outside the output directory).
 
-use rtc::bencode::{encode, Dict, Value};
+#[path = "common/bencode.rs"]
+mod bencode;
+use bencode::{encode, Dict, Value};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 

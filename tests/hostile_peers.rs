@@ -8,9 +8,7 @@
 mod common;
 
 use common::*;
-use rtc::peer::conn::Limits;
-use rtc::session::Event;
-use rtc::{Download, Options, Torrent};
+use rtc::{AddOptions, Download, Event, Limits, RecvError, Torrent};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -289,34 +287,26 @@ fn run(how: Misbehaviour, seed: u64) -> (String, usize) {
     let torrent = Torrent::from_bytes(&std::fs::read(&torrent_path).unwrap()).unwrap();
     let hostile = Hostile::start(how, &torrent);
     let out: PathBuf = dir.path().join("out");
-    let mut opts = Options::new(&out);
-    opts.peers.push(hostile.addr);
-    opts.limits = Limits {
-        handshake: Duration::from_secs(2),
-        stall: Duration::from_secs(2),
-        ..Limits::default()
-    };
+    let mut limits = Limits::default();
+    limits.handshake = Duration::from_secs(2);
+    limits.stall = Duration::from_secs(2);
+    let opts = AddOptions::new(&out).peer(hostile.addr).limits(limits);
     let dl = Download::start(torrent, opts).unwrap();
     let mut reason = None;
     let deadline = Instant::now() + Duration::from_secs(90);
-    while !dl.is_finished() {
+    loop {
         assert!(
             Instant::now() < deadline,
             "{how:?}: download did not finish"
         );
-        if let Ok(Event::PeerDropped { addr, reason: r }) =
-            dl.events().recv_timeout(Duration::from_millis(100))
-        {
-            if addr == hostile.addr && reason.is_none() {
+        match dl.events().recv_timeout(Duration::from_millis(100)) {
+            Ok(Event::PeerDropped { addr, reason: r })
+                if addr == hostile.addr && reason.is_none() =>
+            {
                 reason = Some(r);
             }
-        }
-    }
-    for ev in dl.events().try_iter() {
-        if let Event::PeerDropped { addr, reason: r } = ev {
-            if addr == hostile.addr && reason.is_none() {
-                reason = Some(r);
-            }
+            Ok(Event::Ended(_)) | Err(RecvError::Ended) => break,
+            _ => {}
         }
     }
     dl.wait().unwrap_or_else(|e| panic!("{how:?}: {e}"));

@@ -5,8 +5,7 @@
 mod common;
 
 use common::*;
-use rtc::session::{Error, Event};
-use rtc::{Download, Options, Torrent};
+use rtc::{AddOptions, CancelHandle, Download, Error, Event, Session, Torrent};
 use std::time::{Duration, Instant};
 
 #[test]
@@ -35,18 +34,23 @@ fn download_from_a_plain_thread_with_progress() {
     );
     let out = dir.path().join("out");
     let worker = std::thread::spawn(move || {
-        let dl = Download::start(torrent, Options::new(&out)).unwrap();
+        let dl = Download::start(torrent, AddOptions::new(&out)).unwrap();
         let deadline = Instant::now() + Duration::from_secs(120);
         let mut pieces_seen = 0;
         let mut finished = false;
+        let mut ended = None;
         let mut last = dl.progress();
-        while !dl.is_finished() && Instant::now() < deadline {
-            match dl.events().recv_timeout(Duration::from_millis(100)) {
-                Ok(Event::PieceDone { progress, .. }) => {
+        // The iterator ends after `Ended`, which carries the result.
+        for ev in dl.events() {
+            assert!(Instant::now() < deadline, "download did not end");
+            assert!(ended.is_none(), "nothing after Ended");
+            match ev {
+                Event::PieceDone { progress, .. } => {
                     pieces_seen += 1;
                     assert!(progress.verified_bytes <= progress.total_bytes);
                 }
-                Ok(Event::Finished) => finished = true,
+                Event::Finished => finished = true,
+                Event::Ended(result) => ended = Some(result),
                 _ => {}
             }
             let p = dl.progress();
@@ -56,15 +60,10 @@ fn download_from_a_plain_thread_with_progress() {
             );
             last = p;
         }
-        while let Ok(ev) = dl.events().try_recv() {
-            match ev {
-                Event::PieceDone { .. } => pieces_seen += 1,
-                Event::Finished => finished = true,
-                _ => {}
-            }
-        }
         let p = dl.progress();
+        let from_event = ended.expect("Ended event").expect("download succeeds");
         let summary = dl.wait().expect("download succeeds");
+        assert_eq!(summary, from_event, "the event carries wait()'s result");
         (summary, p, pieces_seen, finished)
     });
     let (summary, progress, pieces_seen, finished) = worker.join().unwrap();
@@ -88,10 +87,9 @@ fn cancel_from_another_thread() {
     let torrent_path = dir.path().join("t.torrent");
     mktorrent(&content, &torrent_path, None, 15);
     let torrent = Torrent::from_bytes(&std::fs::read(&torrent_path).unwrap()).unwrap();
-    let mut opts = Options::new(dir.path().join("out"));
     // A peer that never answers: the download can only end by cancel.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    opts.peers.push(silent.local_addr().unwrap());
+    let opts = AddOptions::new(dir.path().join("out")).peer(silent.local_addr().unwrap());
     let dl = Download::start(torrent, opts).unwrap();
     let cancel = dl.cancel_handle();
     let started = Instant::now();
@@ -116,7 +114,7 @@ fn complete_data_finishes_without_any_peer() {
     let url = format!("http://127.0.0.1:{}/announce", free_port());
     mktorrent(&content, &torrent_path, Some(&url), 15);
     let torrent = Torrent::from_bytes(&std::fs::read(&torrent_path).unwrap()).unwrap();
-    let summary = Download::start(torrent, Options::new(dir.path().join("seed")))
+    let summary = Download::start(torrent, AddOptions::new(dir.path().join("seed")))
         .unwrap()
         .wait()
         .expect("already complete");
@@ -128,5 +126,7 @@ fn complete_data_finishes_without_any_peer() {
 fn download_is_send_and_sync() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Download>();
-    assert_send_sync::<rtc::session::CancelHandle>();
+    assert_send_sync::<CancelHandle>();
+    assert_send_sync::<Session>();
+    assert_send_sync::<rtc::Events>();
 }

@@ -5,9 +5,9 @@
 
 mod common;
 
+use common::bencode::{decode, encode, Value};
 use common::fake_http::{Answer, FakeTracker};
 use common::*;
-use rtc::bencode::{decode, encode, Value};
 use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

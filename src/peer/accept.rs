@@ -29,13 +29,14 @@ pub struct Accepted {
     pub encrypted: bool,
 }
 
-/// Reads and checks the opening within `timeout` in total. An encrypted
+/// Reads and checks the opening within `timeout` in total, for whichever
+/// of `torrents` (the session's info hashes) the peer asks for. An encrypted
 /// opening is only answered when `allow_mse()` says so (the listener
 /// rations the key exchange per address; it is asked only for openings
 /// that are MSE) and its key is plausible.
 pub fn accept_handshake(
     stream: &mut TcpStream,
-    info_hash: InfoHash,
+    torrents: &[InfoHash],
     timeout: Duration,
     allow_mse: &dyn Fn() -> bool,
 ) -> Result<Accepted, Error> {
@@ -49,8 +50,12 @@ pub fn accept_handshake(
     if r.pending[..PROTOCOL.len()] == PROTOCOL[..] {
         r.fill(HANDSHAKE_LEN)?;
         let bytes: [u8; HANDSHAKE_LEN] = r.take(HANDSHAKE_LEN).try_into().expect("68 bytes");
+        let handshake = Handshake::decode(&bytes, None)?;
+        if !torrents.contains(&handshake.info_hash) {
+            return Err(Error::Protocol(super::message::Error::WrongInfoHash));
+        }
         return Ok(Accepted {
-            handshake: Handshake::decode(&bytes, Some(info_hash))?,
+            handshake,
             cipher: None,
             leftover: r.pending,
             encrypted: false,
@@ -59,10 +64,10 @@ pub fn accept_handshake(
     if !allow_mse() {
         return Err(Error::Mse(mse::Error::RateLimited));
     }
-    encrypted(r, info_hash)
+    encrypted(r, torrents)
 }
 
-fn encrypted(mut r: Reader<'_>, info_hash: InfoHash) -> Result<Accepted, Error> {
+fn encrypted(mut r: Reader<'_>, torrents: &[InfoHash]) -> Result<Accepted, Error> {
     // 1: Ya (PadA follows).
     r.fill(mse::KEY_LEN)?;
     let ya: [u8; mse::KEY_LEN] = r.take(mse::KEY_LEN).try_into().expect("96 bytes");
@@ -92,9 +97,13 @@ fn encrypted(mut r: Reader<'_>, info_hash: InfoHash) -> Result<Accepted, Error> 
         r.more()?;
     }
     r.fill(20)?;
-    if r.take(20) != shared.torrent_marker(info_hash) {
-        return Err(Error::Mse(mse::Error::UnknownTorrent));
-    }
+    // The peer names its torrent only as HASH('req2', SKEY) xor
+    // HASH('req3', S): one hash per torrent of the session to find it.
+    let marker = r.take(20);
+    let info_hash = *torrents
+        .iter()
+        .find(|&&h| marker == shared.torrent_marker(h))
+        .ok_or(Error::Mse(mse::Error::UnknownTorrent))?;
     let mut cipher = shared.cipher(info_hash);
     r.fill(mse::OFFER_LEN)?;
     let mut offer: [u8; mse::OFFER_LEN] = r.take(mse::OFFER_LEN).try_into().expect("14 bytes");

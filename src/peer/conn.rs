@@ -17,12 +17,17 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Timeouts and pipeline sizes for a connection. `Default` holds the values
-/// rtc uses; tests shorten them.
+/// Timeouts and pipeline depth of each peer connection. `Default` holds
+/// the values rtc uses.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct Limits {
+    /// Bound on a TCP connect (an in-flight dial is the one thing a
+    /// shutdown waits for, so keep it short).
     pub connect: Duration,
+    /// Bound on reading the peer's handshake after connecting.
     pub handshake: Duration,
+    /// Bound on one blocked write (a peer that stops reading).
     pub write: Duration,
     /// How long the thread blocks in `read` before it looks at its commands
     /// and the work queue again.
@@ -176,6 +181,12 @@ pub struct Params {
     pub storage: Arc<Storage>,
     /// For a connection the peer opened (handshake already read).
     pub incoming: Option<Incoming>,
+    /// Where the thread puts a handle on its socket, so the session can
+    /// close it however the thread is blocked.
+    pub closer: super::Closer,
+    /// Dropped when the thread ends: the session's connection permit.
+    #[allow(dead_code)] // held, never read
+    pub hold: Box<dyn Send>,
 }
 
 pub fn spawn(p: Params) -> io::Result<std::thread::JoinHandle<()>> {
@@ -338,6 +349,9 @@ impl Conn {
             None => {
                 let mut stream = TcpStream::connect_timeout(&self.p.addr, limits.connect)
                     .map_err(Error::Connect)?;
+                if !self.p.closer.attach(&stream) {
+                    return Ok(()); // shut down while connecting
+                }
                 stream
                     .set_write_timeout(Some(limits.write))
                     .map_err(Error::Io)?;

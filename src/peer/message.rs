@@ -26,7 +26,6 @@ pub enum Error {
     WrongInfoHash,
     FrameTooLarge { len: u32, max: u32 },
     BadLength { id: u8, len: u32 },
-    UnknownMessage { id: u8 },
 }
 
 impl fmt::Display for Error {
@@ -40,7 +39,6 @@ impl fmt::Display for Error {
             Error::BadLength { id, len } => {
                 write!(f, "message id {id} has an impossible length {len}")
             }
-            Error::UnknownMessage { id } => write!(f, "unknown message id {id}"),
         }
     }
 }
@@ -280,6 +278,7 @@ impl Bitfield {
     }
 
     /// Every one of `len` pieces set (a seed's bitfield).
+    #[cfg(test)]
     pub fn full(len: u32) -> Bitfield {
         let mut bits = vec![0xffu8; len.div_ceil(8) as usize];
         let spare = bits.len() as u32 * 8 - len;
@@ -315,10 +314,6 @@ impl Bitfield {
 
     pub fn len(&self) -> u32 {
         self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     pub fn has(&self, p: PieceIndex) -> bool {

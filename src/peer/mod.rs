@@ -11,8 +11,8 @@ pub mod upload;
 
 use crate::types::{PeerId, PieceIndex};
 use message::Bitfield;
-use std::net::{SocketAddr, TcpStream};
-use std::sync::Arc;
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex};
 
 /// A connection a peer opened to us, with its opening (plain or MSE
 /// handshake) already read and checked by the listener.
@@ -56,24 +56,16 @@ pub enum Event {
     Incoming(Box<Incoming>),
     Connected {
         id: ConnId,
+        #[allow(dead_code)] // for peer lists (PEX, events) to come
         peer_id: PeerId,
     },
     /// The peer's first bitfield (later ones arrive as `Have` for the
     /// pieces they add).
-    Bitfield {
-        id: ConnId,
-        bits: Bitfield,
-    },
+    Bitfield { id: ConnId, bits: Bitfield },
     /// The peer has a piece it did not have before (repeats are not sent).
-    Have {
-        id: ConnId,
-        piece: PieceIndex,
-    },
+    Have { id: ConnId, piece: PieceIndex },
     /// The peer choked (`true`) or unchoked (`false`) us.
-    Choked {
-        id: ConnId,
-        choked: bool,
-    },
+    Choked { id: ConnId, choked: bool },
     /// About once a second, and at once on an interest change: bytes of
     /// piece data moved since the last report, interest both ways, and
     /// requests received, for the choker, slots and tracker counters.
@@ -87,10 +79,7 @@ pub enum Event {
     },
     /// A piece from the work channel that this connection will not fetch
     /// (the session already has it, or the peer choked us for too long).
-    Abandoned {
-        id: ConnId,
-        piece: PieceIndex,
-    },
+    Abandoned { id: ConnId, piece: PieceIndex },
     Exited {
         id: ConnId,
         addr: SocketAddr,
@@ -107,4 +96,45 @@ pub struct CompletedPiece {
     pub from: ConnId,
     pub piece: PieceIndex,
     pub data: Vec<u8>,
+}
+
+/// A second handle on a connection's socket, so the session can close it
+/// from outside: a thread blocked in `read` or `write` (a peer that stopped
+/// reading can hold a write for the whole write timeout) returns at once.
+/// The connection thread attaches its socket as soon as it has one. A
+/// Mutex per connection: two users, each holding it for one call
+/// (DESIGN.md).
+#[derive(Clone, Default)]
+pub(crate) struct Closer(Arc<Mutex<CloserState>>);
+
+#[derive(Default)]
+struct CloserState {
+    stream: Option<TcpStream>,
+    closed: bool,
+}
+
+impl Closer {
+    /// Keeps a handle on `stream`; false if `close` was already called
+    /// (the caller should then stop).
+    pub(crate) fn attach(&self, stream: &TcpStream) -> bool {
+        let Ok(mut s) = self.0.lock() else {
+            return false;
+        };
+        if s.closed {
+            let _ = stream.shutdown(Shutdown::Both);
+            return false;
+        }
+        s.stream = stream.try_clone().ok();
+        true
+    }
+
+    /// Shuts the socket down (now, or as soon as it is attached).
+    pub(crate) fn close(&self) {
+        if let Ok(mut s) = self.0.lock() {
+            s.closed = true;
+            if let Some(stream) = s.stream.take() {
+                let _ = stream.shutdown(Shutdown::Both);
+            }
+        }
+    }
 }

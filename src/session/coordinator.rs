@@ -1,4 +1,4 @@
-//! The session thread. Owns the torrent's piece states (through the pure
+//! A download's session thread. Owns the torrent's piece states (through the pure
 //! `pieces` module), the address book (`addrbook`), the set of peer
 //! connections and their slots (`slots`), choking (`choker`), the
 //! verify/write pipeline and the tracker's announcer. Other threads never
@@ -14,16 +14,17 @@
 
 use super::addrbook::{AddressBook, Outcome};
 use super::choker::{self, Candidate, Choker, RECHOKE_EVERY};
+use super::core::Core;
 use super::pieces::{Pick, Pieces};
 use super::slots::{self, SlotPeer};
-use super::{listener, Error, Event, Options, SeedUntil, Shared, Summary};
+use super::{AddOptions, Control, Error, Event, SeedUntil, Shared, Summary};
 use crate::geometry::Layout;
 use crate::metainfo::Torrent;
 use crate::peer::message::{Bitfield, Handshake};
-use crate::peer::{self, conn, CompletedPiece, ConnId};
+use crate::peer::{self, conn, Closer, CompletedPiece, ConnId};
 use crate::storage::{self, Storage, WriteCmd};
 use crate::tracker::{self, Announcer};
-use crate::types::{PieceIndex, Rng};
+use crate::types::{PeerId, PieceIndex, Rng};
 use crate::verify;
 use crossbeam_channel::{bounded, never, select, unbounded, Receiver, Sender};
 use std::collections::{HashMap, VecDeque};
@@ -63,6 +64,8 @@ const EVICT_EVERY: Duration = Duration::from_secs(1);
 struct PeerHandle {
     addr: SocketAddr,
     commands: Sender<peer::Command>,
+    /// Closes its socket however its thread is blocked.
+    closer: Closer,
     work: Sender<PieceIndex>,
     /// The peer connected to us: its address is an ephemeral port, not
     /// one to dial back.
@@ -145,14 +148,19 @@ struct Hashed {
 pub(super) struct Coordinator {
     torrent: Arc<Torrent>,
     layout: Arc<Layout>,
-    opts: Options,
+    opts: AddOptions,
+    /// What the session's torrents share (hashing pool, budgets, port).
+    core: Arc<Core>,
+    peer_id: PeerId,
     pieces: Pieces,
     have: Bitfield,
     shared: Arc<Shared>,
     events: Sender<Event>,
-    cancel: Receiver<()>,
-    pool: rayon::ThreadPool,
+    control: Receiver<Control>,
+    paused: bool,
     rng: Rng,
+    /// Every connection thread started and not yet joined.
+    threads: Vec<std::thread::JoinHandle<()>>,
 
     peer_tx: Sender<peer::Event>,
     peer_rx: Receiver<peer::Event>,
@@ -193,17 +201,12 @@ pub(super) struct Coordinator {
 impl Coordinator {
     pub(super) fn new(
         torrent: Torrent,
-        opts: Options,
-        cancel: Receiver<()>,
+        opts: AddOptions,
+        core: Arc<Core>,
+        control: Receiver<Control>,
         events: Sender<Event>,
         shared: Arc<Shared>,
-    ) -> Result<Coordinator, Error> {
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("rtc-hash-{i}"))
-            .build()
-            .map_err(|e| Error::Thread(e.to_string()))?;
+    ) -> Coordinator {
         let n = torrent.piece_count();
         let layout = Arc::new(torrent.layout().clone());
         let (peer_tx, peer_rx) = unbounded();
@@ -212,16 +215,19 @@ impl Coordinator {
         // What the connection works on at once, plus spares waiting in its
         // channel so it never idles while the session refills it.
         let max_quota = layout.pieces_for_pipeline(opts.limits.pipeline) + SPARE_PIECES;
-        Ok(Coordinator {
+        Coordinator {
             torrent: Arc::new(torrent),
             layout,
+            peer_id: core.peer_id,
+            core,
+            paused: opts.paused,
+            threads: Vec::new(),
             // Replaced by `resume` once the data on disk is checked.
             pieces: Pieces::new(&Bitfield::new(n), Rng::new(0)),
             have: Bitfield::new(n),
             shared,
             events,
-            cancel,
-            pool,
+            control,
             rng: Rng::seeded(),
             peer_tx,
             peer_rx,
@@ -250,7 +256,13 @@ impl Coordinator {
             uploaded: 0,
             completed_at: None,
             opts,
-        })
+        }
+    }
+
+    /// Where connections to this torrent report; the listener routes
+    /// incoming peers here.
+    pub(super) fn peer_events(&self) -> Sender<peer::Event> {
+        self.peer_tx.clone()
     }
 
     pub(super) fn run(mut self) -> Result<Summary, Error> {
@@ -266,28 +278,10 @@ impl Coordinator {
         let writer = storage::spawn_writer(storage, write_rx, written_tx)
             .map_err(|e| Error::Thread(e.to_string()))?;
 
-        // Listen for peers; announce the port we really got.
-        let (stop_listener, listener_stop_rx) = bounded::<()>(1);
-        let mut port = self.opts.port;
-        let listener_thread = if self.opts.listen {
-            let l = listener::bind(self.opts.port)
-                .map_err(|e| Error::Thread(format!("cannot listen: {e}")))?;
-            port = l.port();
-            log::info!("listening on port {port}");
-            let _ = self.events.try_send(Event::Listening(port));
-            Some(
-                listener::spawn(
-                    l,
-                    self.torrent.info_hash(),
-                    self.opts.limits.handshake,
-                    self.peer_tx.clone(),
-                    listener_stop_rx,
-                )
-                .map_err(|e| Error::Thread(e.to_string()))?,
-            )
-        } else {
-            None
-        };
+        let port = self.core.port.unwrap_or(0);
+        if let Some(p) = self.core.port {
+            let _ = self.events.try_send(Event::Listening(p));
+        }
 
         let counters = Arc::new(tracker::Counters::default());
         let verified = self.shared.verified_bytes.load(Ordering::Relaxed);
@@ -303,7 +297,7 @@ impl Coordinator {
             let a = Announcer {
                 tiers,
                 info_hash: self.torrent.info_hash(),
-                peer_id: self.opts.peer_id,
+                peer_id: self.peer_id,
                 port,
                 counters: Arc::clone(&counters),
                 timeout: self.opts.announce_timeout,
@@ -325,32 +319,68 @@ impl Coordinator {
             &tracker_cmd_tx,
         );
 
-        // Shut down in dependency order: the listener and peers first (they
-        // feed us), then the writer (drains queued writes), then the tracker
-        // (`stopped`).
-        drop(stop_listener);
-        if let Some(l) = listener_thread {
-            let _ = l.join();
+        // Shut down in dependency order: peers first (they feed us), then
+        // the writer (drains queued writes), then the tracker (`stopped`).
+        // Each is joined: when this returns, no thread of the download is
+        // left and every file and socket is closed.
+        if self.paused {
+            let _ = tracker_cmd_tx.send(tracker::Command::Resume);
         }
-        for p in self.peers.values() {
-            let _ = p.commands.send(peer::Command::Shutdown);
+        let _ = tracker_cmd_tx.send(tracker::Command::Shutdown);
+        if let Some((_, stopper)) = &announcer {
+            if stopper.busy() {
+                stopper.abort(); // an ordinary announce: worthless now
+            }
         }
+        self.close_all_peers();
         let _ = write_tx.send(WriteCmd::Shutdown);
         let _ = writer.join();
-        let _ = tracker_cmd_tx.send(tracker::Command::Shutdown);
-        if let Some(t) = announcer {
-            // The stopped announce is bounded by its own timeout; do not
-            // wait longer than that for a tracker that hangs.
-            let deadline = Instant::now() + Duration::from_secs(5);
+        if let Some((t, stopper)) = announcer {
+            // The `stopped` announce gets its short timeout, no more.
+            let deadline = Instant::now() + tracker::STOPPED_TIMEOUT + Duration::from_millis(200);
             while !t.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
+                std::thread::sleep(Duration::from_millis(5));
             }
-            if t.is_finished() {
-                let _ = t.join();
-            }
+            stopper.abort();
+            let _ = t.join();
         }
+        self.storage = None;
         self.shared.peers.store(0, Ordering::Relaxed);
         result.map(|()| self.summary())
+    }
+
+    /// Asks every connection to close, shuts their sockets, and joins
+    /// every connection thread. A thread still dialling ends within the
+    /// connect timeout; every other one at once.
+    fn close_all_peers(&mut self) {
+        for p in self.peers.values_mut() {
+            let _ = p.commands.send(peer::Command::Shutdown);
+            p.closer.close();
+            p.leaving = true;
+        }
+        // Their channels are drained meanwhile: a thread blocked handing
+        // over a piece (a bounded channel) must not wait for us forever.
+        let threads = std::mem::take(&mut self.threads);
+        loop {
+            let running = threads.iter().any(|t| !t.is_finished());
+            select! {
+                recv(self.piece_rx) -> _ => {}
+                recv(self.peer_rx) -> ev => match ev {
+                    Ok(peer::Event::Incoming(_)) => {} // dropped: closes it
+                    // Their last events (Exited) release what they held.
+                    Ok(ev) => self.on_peer_event(ev),
+                    Err(_) => {}
+                },
+                default(Duration::from_millis(if running { 5 } else { 0 })) => {
+                    if !running {
+                        break;
+                    }
+                }
+            }
+        }
+        for t in threads {
+            let _ = t.join();
+        }
     }
 
     fn summary(&self) -> Summary {
@@ -373,8 +403,10 @@ impl Coordinator {
     fn resume(&mut self) -> Result<Storage, Error> {
         let dir = &self.opts.output_dir;
         let marker = storage::Marker::new(dir, &self.torrent);
-        let existing = Storage::open_existing(dir, &self.torrent).map_err(Error::Storage)?;
-        let have = verify::check(&self.torrent, &existing, &self.pool).map_err(Error::Storage)?;
+        let files = &self.core.files;
+        let existing = Storage::open_existing(dir, &self.torrent, files).map_err(Error::Storage)?;
+        let have =
+            verify::check(&self.torrent, &existing, &self.core.pool).map_err(Error::Storage)?;
         if !marker.exists() {
             existing
                 .check_not_clobbering(&have, self.opts.repair)
@@ -410,7 +442,7 @@ impl Coordinator {
         }
         drop(existing);
         marker.create().map_err(Error::Storage)?;
-        Storage::open(dir, &self.torrent).map_err(Error::Storage)
+        Storage::open(dir, &self.torrent, files).map_err(Error::Storage)
     }
 
     fn event_loop(
@@ -464,9 +496,20 @@ impl Coordinator {
                 recv(report_rx) -> r => {
                     if let Ok(r) = r { self.on_tracker(r)?; }
                 }
-                recv(self.cancel) -> _ => {
-                    // Stopping a seed is how seeding ends, not a failure.
-                    return if self.pieces.is_complete() { Ok(()) } else { Err(Error::Cancelled) };
+                recv(self.control) -> c => {
+                    match c {
+                        Ok(Control::Pause) => self.pause(tracker_cmd),
+                        Ok(Control::Resume) => self.resume_peers(tracker_cmd),
+                        // Cancelled, or every handle dropped. Stopping a
+                        // seed is how seeding ends, not a failure.
+                        Ok(Control::Cancel) | Err(_) => {
+                            return if self.pieces.is_complete() {
+                                Ok(())
+                            } else {
+                                Err(Error::Cancelled)
+                            };
+                        }
+                    }
                 }
                 default(timeout) => {}
             }
@@ -476,6 +519,36 @@ impl Coordinator {
                 counters.uploaded.store(self.uploaded, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Closes every connection and stops announcing; nothing connects
+    /// until resumed.
+    fn pause(&mut self, tracker_cmd: &Sender<tracker::Command>) {
+        if self.paused {
+            return;
+        }
+        self.paused = true;
+        self.shared.paused.store(true, Ordering::Relaxed);
+        let _ = tracker_cmd.send(tracker::Command::Pause);
+        for p in self.peers.values_mut() {
+            let _ = p.commands.send(peer::Command::Shutdown);
+            p.closer.close();
+            p.leaving = true;
+        }
+        log::info!("paused");
+        let _ = self.events.try_send(Event::Paused);
+    }
+
+    fn resume_peers(&mut self, tracker_cmd: &Sender<tracker::Command>) {
+        if !self.paused {
+            return;
+        }
+        self.paused = false;
+        self.shared.paused.store(false, Ordering::Relaxed);
+        self.last_peer_seen = Instant::now();
+        let _ = tracker_cmd.send(tracker::Command::Resume);
+        log::info!("resumed");
+        let _ = self.events.try_send(Event::Resumed);
     }
 
     /// Whether seeding has reached the user's limit (always, when not
@@ -582,7 +655,10 @@ impl Coordinator {
                 let _ = p.commands.send(peer::Command::Have(Arc::clone(&batch)));
             }
         }
-        self.connect_more(now);
+        self.threads.retain(|t| !t.is_finished());
+        if !self.paused {
+            self.connect_more(now);
+        }
         self.update_snubs(now);
         if self.pieces.in_endgame() && !self.pieces.is_complete() {
             self.feed_hungry(None, now);
@@ -596,7 +672,7 @@ impl Coordinator {
         if self.rechoke_due || since >= RECHOKE_EVERY {
             self.rechoke(now);
         }
-        if self.connected_count > 0 || self.pieces.is_complete() {
+        if self.connected_count > 0 || self.pieces.is_complete() || self.paused {
             self.last_peer_seen = now;
         } else {
             if self.peers.is_empty() && self.book.candidates() == 0 {
@@ -665,6 +741,7 @@ impl Coordinator {
         log::debug!("peer {} evicted: {why}", p.addr);
         p.leaving = true;
         let _ = p.commands.send(peer::Command::Shutdown);
+        p.closer.close();
         true
     }
 
@@ -707,12 +784,15 @@ impl Coordinator {
     /// full of peers that are doing something.
     fn accept(&mut self, inc: peer::Incoming) {
         let addr = inc.addr;
-        if inc.accepted.handshake.peer_id == self.opts.peer_id {
+        if self.paused {
+            return;
+        }
+        if inc.accepted.handshake.peer_id == self.peer_id {
             // Ourselves, dialled through a tracker that lists us: answer,
             // so the dialling side sees its own id, knows, and bans the
             // address instead of retrying it.
             let mut stream = inc.stream;
-            let reply = Handshake::new(self.torrent.info_hash(), self.opts.peer_id);
+            let reply = Handshake::new(self.torrent.info_hash(), self.peer_id);
             let _ = stream.write_all(&reply.encode());
             return;
         }
@@ -746,6 +826,16 @@ impl Coordinator {
         let Some(storage) = self.storage.as_ref() else {
             return false;
         };
+        // The session-wide cap on connections (threads), shared by every
+        // torrent; the permit goes with the thread and returns when it ends.
+        let Some(permit) = self.core.connections.take() else {
+            log::debug!("peer {addr}: session connection budget used up");
+            return false;
+        };
+        let closer = Closer::default();
+        if let Some(inc) = &incoming {
+            closer.attach(&inc.stream);
+        }
         let id = self.next_conn;
         self.next_conn += 1;
         let (cmd_tx, cmd_rx) = unbounded();
@@ -755,7 +845,7 @@ impl Coordinator {
             id,
             addr,
             info_hash: self.torrent.info_hash(),
-            peer_id: self.opts.peer_id,
+            peer_id: self.peer_id,
             layout: Arc::clone(&self.layout),
             have: self.have.clone(),
             work: work_rx,
@@ -765,15 +855,19 @@ impl Coordinator {
             limits: self.opts.limits.clone(),
             storage: Arc::clone(storage),
             incoming,
+            closer: closer.clone(),
+            hold: Box::new(permit),
         };
         match conn::spawn(params) {
-            Ok(_detached) => {
+            Ok(thread) => {
+                self.threads.push(thread);
                 let now = Instant::now();
                 self.peers.insert(
                     id,
                     PeerHandle {
                         addr,
                         commands: cmd_tx,
+                        closer,
                         work: work_tx,
                         incoming: is_incoming,
                         connected_at: None,
@@ -1115,7 +1209,7 @@ impl Coordinator {
             .piece_hash(cp.piece)
             .expect("piece index comes from this torrent");
         let tx = self.hashed_tx.clone();
-        self.pool.spawn(move || {
+        self.core.pool.spawn(move || {
             let ok = sha1_smol::Sha1::from(&cp.data).digest().bytes() == expected;
             let _ = tx.send(Hashed {
                 from: cp.from,

@@ -1,7 +1,8 @@
-//! The listener thread: accepts connections peers open to us, reads and
-//! checks their handshake (on a short-lived thread each, so a slow peer
-//! cannot hold up `accept`), and hands good ones to the session as
-//! `peer::Event::Incoming`. The session decides whether to keep them (peer
+//! The listener thread, one per `Session`: accepts connections peers open
+//! to us, reads and checks their handshake (on a short-lived thread each,
+//! so a slow peer cannot hold up `accept`), and hands good ones, through
+//! the [`Router`], to the session thread of the torrent they asked for as
+//! `peer::Event::Incoming`. That thread decides whether to keep them (peer
 //! cap, bans) and starts their connection thread.
 
 use super::admission::MseBudget;
@@ -13,8 +14,51 @@ use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
+
+/// Which torrent's session thread gets a peer that asks for an info hash.
+/// Shared by `Session::add` (adds), each session thread (removes its own
+/// when it ends) and the handshake threads (read). An `RwLock` because
+/// reads (one per incoming handshake) far outnumber changes (one per
+/// torrent added or ended) and every hold is a map operation (DESIGN.md).
+#[derive(Clone, Default)]
+pub(crate) struct Router(Arc<RwLock<HashMap<InfoHash, Sender<peer::Event>>>>);
+
+impl Router {
+    /// Routes `info_hash` to `to`; false if it is already routed.
+    pub(crate) fn add(&self, info_hash: InfoHash, to: Sender<peer::Event>) -> bool {
+        let Ok(mut map) = self.0.write() else {
+            return false;
+        };
+        if map.contains_key(&info_hash) {
+            return false;
+        }
+        map.insert(info_hash, to);
+        true
+    }
+
+    pub(crate) fn remove(&self, info_hash: &InfoHash) {
+        if let Ok(mut map) = self.0.write() {
+            map.remove(info_hash);
+        }
+    }
+
+    fn torrents(&self) -> Vec<InfoHash> {
+        self.0
+            .read()
+            .map(|m| m.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
+    fn route(&self, info_hash: &InfoHash) -> Option<Sender<peer::Event>> {
+        self.0.read().ok()?.get(info_hash).cloned()
+    }
+}
+
+/// How long stopping the listener waits for handshake threads whose
+/// sockets it shut (they end at once; this only bounds a bug).
+const STOP_WAIT: Duration = Duration::from_secs(2);
 
 /// How often a blocked `accept` looks at its stop channel.
 const POLL: Duration = Duration::from_millis(10);
@@ -106,12 +150,12 @@ impl Pending {
     }
 }
 
-/// Runs until `stop` is sent to or dropped.
+/// Runs until `stop` is sent to or dropped; then closes every handshake
+/// still being read and returns once their threads have ended.
 pub fn spawn(
     listeners: Listeners,
-    info_hash: InfoHash,
+    router: Router,
     handshake_timeout: Duration,
-    events: Sender<peer::Event>,
     stop: Receiver<()>,
 ) -> io::Result<std::thread::JoinHandle<()>> {
     for l in &listeners.0 {
@@ -127,7 +171,10 @@ pub fn spawn(
             let budget = Arc::new(Mutex::new(MseBudget::new(Instant::now())));
             loop {
                 match stop.try_recv() {
-                    Ok(()) | Err(TryRecvError::Disconnected) => return,
+                    Ok(()) | Err(TryRecvError::Disconnected) => {
+                        drain(&mut pending);
+                        return;
+                    }
                     Err(TryRecvError::Empty) => {}
                 }
                 let mut idle = true;
@@ -143,14 +190,9 @@ pub fn spawn(
                                 log::debug!("incoming {addr}: too many handshakes; closed");
                                 continue;
                             }
-                            if let Some(p) = handshake(
-                                stream,
-                                addr,
-                                info_hash,
-                                handshake_timeout,
-                                &budget,
-                                &events,
-                            ) {
+                            if let Some(p) =
+                                handshake(stream, addr, &router, handshake_timeout, &budget)
+                            {
                                 pending.push_back(p);
                             }
                         }
@@ -166,11 +208,23 @@ pub fn spawn(
         })
 }
 
+/// Closes every pending handshake and waits (bounded) until every
+/// handshake thread has ended.
+fn drain(pending: &mut VecDeque<Pending>) {
+    for p in pending.iter() {
+        close(p);
+    }
+    let deadline = Instant::now() + STOP_WAIT;
+    while pending.iter().any(|p| p.state() != ENDED) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// Forgets finished handshakes and, under pressure, closes the slow ones.
 fn expire(pending: &mut VecDeque<Pending>, now: Instant) {
-    // Handed and ended ones are gone; closed ones count until their
+    // Ended ones are gone; closed (and handed) ones count until their
     // thread ends (MAX_THREADS).
-    pending.retain(|p| matches!(p.state(), PENDING | CLOSED));
+    pending.retain(|p| p.state() != ENDED);
     let open = pending.iter().filter(|p| p.state() == PENDING).count();
     if open >= MAX_PENDING / 2 {
         for p in pending.iter() {
@@ -185,7 +239,7 @@ fn expire(pending: &mut VecDeque<Pending>, now: Instant) {
 /// most open handshakes, to make room for `addr`: one flooding address
 /// loses its own slots first.
 fn make_room(pending: &mut VecDeque<Pending>, addr: SocketAddr) {
-    pending.retain(|p| matches!(p.state(), PENDING | CLOSED));
+    pending.retain(|p| p.state() != ENDED);
     let open: Vec<&Pending> = pending.iter().filter(|p| p.state() == PENDING).collect();
     if open.len() < MAX_PENDING {
         return;
@@ -218,12 +272,11 @@ fn close(p: &Pending) {
 fn handshake(
     mut stream: TcpStream,
     addr: SocketAddr,
-    info_hash: InfoHash,
+    router: &Router,
     timeout: Duration,
     budget: &Arc<Mutex<MseBudget>>,
-    events: &Sender<peer::Event>,
 ) -> Option<Pending> {
-    let events = events.clone();
+    let router = router.clone();
     let handle = stream.try_clone().ok()?;
     let state = Arc::new(AtomicU8::new(PENDING));
     let flag = Arc::clone(&state);
@@ -241,7 +294,8 @@ fn handshake(
                     .lock()
                     .is_ok_and(|mut b| b.allow(addr.ip(), Instant::now()))
             };
-            match accept_handshake(&mut stream, info_hash, timeout, &allow_mse) {
+            let torrents = router.torrents();
+            match accept_handshake(&mut stream, &torrents, timeout, &allow_mse) {
                 Ok(accepted) => {
                     if accepted.encrypted {
                         let how = if accepted.cipher.is_some() {
@@ -251,6 +305,11 @@ fn handshake(
                         };
                         log::info!("incoming {addr}: encrypted handshake, {how} selected");
                     }
+                    // The torrent may have ended since: then the socket
+                    // is simply closed.
+                    let Some(events) = router.route(&accepted.handshake.info_hash) else {
+                        return;
+                    };
                     let handed = flag
                         .compare_exchange(PENDING, HANDED, Ordering::AcqRel, Ordering::Acquire)
                         .is_ok();

@@ -1,150 +1,72 @@
-//! The public, blocking download API: [`Download::start`] spawns the session
-//! thread and returns a handle to read progress, cancel, and wait for the
-//! result. No async runtime: every thread is a plain OS thread.
-//! The coordinator itself (piece states, peers, pipeline) is in
-//! `coordinator`; this file owns only the API types and their errors.
+//! The public, blocking API: a [`Session`] holds what torrents share (one
+//! listening port, one hashing pool, one budget of peer connections and
+//! open files) and [`Session::add`] starts a download in it, returning a
+//! [`Download`] handle to read progress and events, pause, resume, cancel
+//! and wait. [`Download::start`] is the one-torrent shortcut over a private
+//! session. No async runtime: every thread is a plain OS thread, and
+//! every one of them has ended when `wait`, `shutdown` or `drop` returns.
+//!
+//! This file owns the API types and the lifetimes of the threads behind
+//! them; the per-torrent session thread is `coordinator`, the shared
+//! resources `core`, the options `options`, the error `error`.
 
 mod addrbook;
 mod admission;
 mod choker;
 mod coordinator;
+mod core;
+mod error;
 mod listener;
+mod options;
 mod picker;
 mod pieces;
 mod slots;
 
+pub(crate) use error::clone_io;
+pub use error::Error;
+pub use options::{AddOptions, SeedUntil, SessionOptions};
+
 use crate::metainfo::Torrent;
-use crate::peer::conn::Limits;
-use crate::types::PeerId;
-use crossbeam_channel::{Receiver, Sender};
-use std::fmt;
+use crate::types::InfoHash;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// How a download runs. `Options::new(dir)` gives rtc's defaults.
-#[derive(Clone, Debug)]
-pub struct Options {
-    /// Files are created under this directory (never outside it).
-    pub output_dir: PathBuf,
-    /// Most peer connections at once.
-    pub max_peers: usize,
-    /// Peers to connect to in addition to what trackers return.
-    pub peers: Vec<SocketAddr>,
-    /// Port to listen on for incoming peers (a free one if it is taken);
-    /// the port actually bound is announced to trackers.
-    pub port: u16,
-    /// Accept incoming connections at all.
-    pub listen: bool,
-    /// What to do once every piece is verified.
-    pub seed: SeedUntil,
-    /// Give up when no peer has been connected for this long.
-    pub no_peer_timeout: Duration,
-    /// Bound on one tracker announce.
-    pub announce_timeout: Duration,
-    /// Per-connection timeouts and pipeline depth.
-    pub limits: Limits,
-    /// Our peer id; a fresh random one by default.
-    pub peer_id: PeerId,
-    /// Let rtc rewrite pieces that fail verification in existing files
-    /// that it did not create but that have the torrent's file sizes (a
-    /// finished download whose data later rotted). Off by default: such
-    /// files are the user's and are never written.
-    pub repair: bool,
-}
-
-impl Options {
-    pub fn new(output_dir: impl Into<PathBuf>) -> Options {
-        Options {
-            output_dir: output_dir.into(),
-            max_peers: 50,
-            peers: Vec::new(),
-            port: 6881,
-            listen: true,
-            seed: SeedUntil::Never,
-            no_peer_timeout: Duration::from_secs(60),
-            announce_timeout: crate::tracker::ANNOUNCE_TIMEOUT,
-            limits: Limits::default(),
-            peer_id: PeerId::generate(),
-            repair: false,
-        }
-    }
-}
-
-/// When a download that completed stops serving others.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum SeedUntil {
-    /// Finish as soon as the last piece is verified (the CLI's default).
-    Never,
-    /// Keep seeding until cancelled (Ctrl-C); cancelling then is success.
-    Stopped,
-    /// Until uploaded bytes reach this multiple of the torrent's size.
-    Ratio(f64),
-    /// For this long after completion.
-    Time(Duration),
-}
-
-#[derive(Debug)]
-pub enum Error {
-    /// Creating, reading or writing the output files failed.
-    Storage(crate::storage::Error),
-    /// Every tracker failed on the first announce and no other peer source
-    /// exists, or a tracker refused the torrent.
-    Tracker(crate::tracker::Error),
-    /// No peer could be connected for `no_peer_timeout`.
-    NoPeers {
-        waited: Duration,
-        last_tracker_error: Option<String>,
-    },
-    /// [`Download::cancel`] was called.
-    Cancelled,
-    /// A thread could not be started or died unexpectedly.
-    Thread(String),
-}
-
-impl fmt::Display for Error {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Error::Storage(e) => write!(f, "storage: {e}"),
-            Error::Tracker(e) => write!(f, "{e}"),
-            Error::NoPeers {
-                waited,
-                last_tracker_error,
-            } => {
-                write!(f, "no peers: none connected for {}s", waited.as_secs())?;
-                if let Some(t) = last_tracker_error {
-                    write!(f, " (last tracker error: {t})")?;
-                }
-                Ok(())
-            }
-            Error::Cancelled => f.write_str("download cancelled"),
-            Error::Thread(e) => write!(f, "internal error: {e}"),
-        }
-    }
-}
-
-impl std::error::Error for Error {}
+/// Events a download buffers for a reader that is behind; beyond this,
+/// new events are dropped (never memory), except [`Event::Ended`].
+const EVENT_BUFFER: usize = 1024;
 
 /// A snapshot of a running download.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct Progress {
+    /// The torrent's size in bytes.
     pub total_bytes: u64,
     /// Bytes of pieces verified and written.
     pub verified_bytes: u64,
+    /// Pieces verified and written.
     pub pieces_done: u32,
+    /// Pieces in the torrent.
     pub pieces_total: u32,
+    /// Peers connected now.
     pub peers: u32,
     /// Verified bytes per second over the last few seconds.
     pub rate: u64,
-    /// Piece bytes sent to peers so far, and per second recently.
+    /// Piece bytes sent to peers so far.
     pub uploaded_bytes: u64,
+    /// Piece bytes sent to peers per second, recently.
     pub upload_rate: u64,
+    /// Since the download was added.
     pub elapsed: Duration,
+    /// Whether the download is paused.
+    pub paused: bool,
 }
 
 impl Progress {
+    /// Verified share of the torrent, from 0.0 to 1.0.
     pub fn fraction(&self) -> f64 {
         if self.total_bytes == 0 {
             1.0
@@ -154,38 +76,61 @@ impl Progress {
     }
 }
 
-/// Things that happen during a download, for programs that want more than
-/// polling [`Download::progress`]. The channel is bounded: a program that
-/// never reads it loses events, never memory.
+/// Things that happen during a download, read from [`Events`].
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub enum Event {
     /// Existing data was verified: this many pieces were already complete.
     Checked {
+        /// Pieces found complete on disk.
         pieces_ok: u32,
+        /// Pieces in the torrent.
         pieces_total: u32,
     },
+    /// The session accepts peers of this download on this port.
+    Listening(u16),
+    /// A peer completed its handshake.
     PeerConnected(SocketAddr),
+    /// A connection ended.
     PeerDropped {
+        /// The peer.
         addr: SocketAddr,
+        /// Why, as a line of text (escaped where it quotes the peer).
         reason: String,
     },
-    Listening(u16),
+    /// A piece was verified and written.
     PieceDone {
+        /// Its index.
         piece: u32,
+        /// The download's progress right after.
         progress: Progress,
     },
+    /// A round of announces to every tracker failed (the download goes on
+    /// while other sources may yield peers).
     TrackerError(String),
+    /// Paused by [`Download::pause`]: no connections until resumed.
+    Paused,
+    /// Resumed by [`Download::resume`].
+    Resumed,
+    /// Every piece is verified; seeding (if asked for) goes on.
     Finished,
+    /// The download has ended, every thread of it has ended and every file
+    /// and socket is closed: its result, the same as
+    /// [`Download::wait`]'s. Always the last event, and never dropped.
+    Ended(Result<Summary, Error>),
 }
 
 /// The outcome of a download that completed.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Summary {
+    /// The torrent's size in bytes.
     pub total_bytes: u64,
     /// Bytes fetched from peers in this run (without wasted duplicates).
     pub downloaded_bytes: u64,
     /// Piece bytes served to peers.
     pub uploaded_bytes: u64,
+    /// From adding the download to its end.
     pub elapsed: Duration,
 }
 
@@ -199,6 +144,7 @@ struct Shared {
     rate: AtomicU64,
     uploaded: AtomicU64,
     upload_rate: AtomicU64,
+    paused: AtomicBool,
 }
 
 impl Shared {
@@ -213,89 +159,518 @@ impl Shared {
             uploaded_bytes: self.uploaded.load(Ordering::Relaxed),
             upload_rate: self.upload_rate.load(Ordering::Relaxed),
             elapsed,
+            paused: self.paused.load(Ordering::Relaxed),
         }
     }
 }
 
-/// A running download. `Send + Sync`: progress can be read from any thread.
-pub struct Download {
-    thread: std::thread::JoinHandle<Result<Summary, Error>>,
-    cancel: Sender<()>,
-    events: Receiver<Event>,
-    shared: Arc<Shared>,
-    total_bytes: u64,
-    pieces_total: u32,
-    started: Instant,
+/// Commands to a download's session thread. A disconnected channel (every
+/// handle gone) counts as `Cancel`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Control {
+    Pause,
+    Resume,
+    Cancel,
 }
 
-/// Cancels a download from any thread; cloneable.
-#[derive(Clone)]
-pub struct CancelHandle(Sender<()>);
+/// One download as the session and its handle see it.
+struct Entry {
+    info_hash: InfoHash,
+    control: Sender<Control>,
+    /// The session thread; taken by whoever joins it first (others wait
+    /// on the lock, so every joiner returns only after the thread ended).
+    thread: Mutex<Option<JoinHandle<()>>>,
+    /// Set by the session thread just before it ends.
+    result: Arc<OnceLock<Result<Summary, Error>>>,
+}
 
-impl CancelHandle {
-    pub fn cancel(&self) {
-        let _ = self.0.try_send(());
+impl Entry {
+    fn send(&self, c: Control) {
+        let _ = self.control.try_send(c);
+    }
+
+    /// Blocks until the session thread has ended; its result.
+    fn join(&self) -> Result<Summary, Error> {
+        if let Ok(mut slot) = self.thread.lock() {
+            if let Some(t) = slot.take() {
+                if t.join().is_err() {
+                    let _ = self
+                        .result
+                        .set(Err(Error::Thread("session thread panicked".into())));
+                }
+            }
+        }
+        self.result
+            .get()
+            .cloned()
+            .unwrap_or_else(|| Err(Error::Thread("session thread gave no result".into())))
+    }
+
+    fn is_finished(&self) -> bool {
+        self.thread
+            .lock()
+            .map_or(true, |t| t.as_ref().is_none_or(|t| t.is_finished()))
     }
 }
 
-impl Download {
-    /// Opens (creates and preallocates) the output files and starts the
-    /// session thread. Storage errors are returned here, before any network
-    /// activity.
-    pub fn start(torrent: Torrent, options: Options) -> Result<Download, Error> {
-        let (cancel_tx, cancel_rx) = crossbeam_channel::bounded(1);
-        let (events_tx, events_rx) = crossbeam_channel::bounded(1024);
+/// Threads a session started that are not a download's.
+struct SessionThreads {
+    listener: Option<(Sender<()>, JoinHandle<()>)>,
+    pool_threads: usize,
+    pool_exits: Arc<core::Exits>,
+}
+
+/// Many downloads sharing one listening port, one hashing pool, one budget
+/// of peer connections and of open files. `Send + Sync`: add downloads
+/// from any thread (share it by reference or in an `Arc`).
+///
+/// [`shutdown`](Session::shutdown), or dropping the session, cancels every
+/// download in it and returns once every thread it started has ended.
+///
+/// ```no_run
+/// use rtc::{AddOptions, Session, SessionOptions, Torrent};
+///
+/// let session = Session::new(SessionOptions::default())?;
+/// let mut downloads = Vec::new();
+/// for path in ["a.torrent", "b.torrent"] {
+///     let torrent = Torrent::from_bytes(&std::fs::read(path)?)?;
+///     downloads.push(session.add(torrent, AddOptions::new("downloads"))?);
+/// }
+/// for d in downloads {
+///     let summary = d.wait()?;
+///     println!("{} bytes in {:?}", summary.total_bytes, summary.elapsed);
+/// }
+/// session.shutdown();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Session {
+    core: Option<Arc<core::Core>>,
+    threads: Mutex<SessionThreads>,
+    downloads: Mutex<Vec<Arc<Entry>>>,
+    port: Option<u16>,
+}
+
+impl Session {
+    /// Starts a session: binds the listening port (unless
+    /// [`listen`](SessionOptions::listen) is off) and the hashing pool.
+    pub fn new(options: SessionOptions) -> Result<Session, Error> {
+        let router = listener::Router::default();
+        let mut listener = None;
+        let mut port = None;
+        if options.listen {
+            let l = listener::bind(options.port).map_err(|source| Error::Listen {
+                port: options.port,
+                source,
+            })?;
+            port = Some(l.port());
+            log::info!("listening on port {}", l.port());
+            let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
+            let t = listener::spawn(l, router.clone(), options.handshake_timeout, stop_rx)
+                .map_err(|e| Error::Thread(format!("cannot start the listener: {e}")))?;
+            listener = Some((stop_tx, t));
+        }
+        let exits = Arc::new(core::Exits::default());
+        let on_exit = Arc::clone(&exits);
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(options.hash_threads.max(1))
+            .thread_name(|i| format!("rtc-hash-{i}"))
+            .exit_handler(move |_| on_exit.ended_one())
+            .build()
+            .map_err(|e| Error::Thread(e.to_string()))?;
+        let peer_id = crate::types::PeerId::generate();
+        let core = core::Core {
+            pool,
+            router,
+            port,
+            peer_id,
+            connections: core::Budget::new(options.max_connections.max(1)),
+            files: crate::storage::FileCache::new(options.max_open_files),
+        };
+        Ok(Session {
+            core: Some(Arc::new(core)),
+            threads: Mutex::new(SessionThreads {
+                listener,
+                pool_threads: options.hash_threads.max(1),
+                pool_exits: exits,
+            }),
+            downloads: Mutex::new(Vec::new()),
+            port,
+        })
+    }
+
+    /// The port the session accepts peers on, if it listens.
+    pub fn port(&self) -> Option<u16> {
+        self.port
+    }
+
+    /// Peer connections (threads) open now across all downloads.
+    pub fn connections(&self) -> usize {
+        self.core.as_ref().map_or(0, |c| c.connections.used())
+    }
+
+    /// Starts downloading (or seeding) `torrent` under
+    /// [`output_dir`](AddOptions::output_dir). Returns at once; the data
+    /// already on disk is checked on the download's own thread, and
+    /// storage errors come back from [`Download::wait`] (and as the
+    /// [`Event::Ended`] event). Fails only if the torrent is already in
+    /// the session or its thread cannot start.
+    pub fn add(&self, torrent: Torrent, options: AddOptions) -> Result<Download, Error> {
+        let core = self
+            .core
+            .as_ref()
+            .ok_or_else(|| Error::Thread("session is shut down".into()))?;
+        let info_hash = torrent.info_hash();
+        let (control_tx, control_rx) = crossbeam_channel::bounded(16);
+        let (events_tx, events_rx) = crossbeam_channel::bounded(EVENT_BUFFER);
         let shared = Arc::new(Shared::default());
+        shared.paused.store(options.paused, Ordering::Relaxed);
         let total_bytes = torrent.total_length();
         let pieces_total = torrent.piece_count();
-        let session = coordinator::Coordinator::new(
+        let result: Arc<OnceLock<Result<Summary, Error>>> = Arc::new(OnceLock::new());
+        let coordinator = coordinator::Coordinator::new(
             torrent,
             options,
-            cancel_rx,
-            events_tx,
+            Arc::clone(core),
+            control_rx,
+            events_tx.clone(),
             Arc::clone(&shared),
-        )?;
-        let thread = std::thread::Builder::new()
+        );
+        if !core.router.add(info_hash, coordinator.peer_events()) {
+            return Err(Error::AlreadyAdded(info_hash));
+        }
+        let slot = Arc::clone(&result);
+        let router = core.router.clone();
+        let spawned = std::thread::Builder::new()
             .name("rtc-session".into())
-            .spawn(move || session.run())
-            .map_err(|e| Error::Thread(e.to_string()))?;
+            .spawn(move || {
+                let r = coordinator.run();
+                router.remove(&info_hash);
+                let _ = slot.set(r.clone());
+                let _ = events_tx.try_send(Event::Ended(r));
+                // Dropping the last sender now: a reader that sees the
+                // channel end finds the result set.
+                drop(events_tx);
+            });
+        let thread = match spawned {
+            Ok(t) => t,
+            Err(e) => {
+                core.router.remove(&info_hash);
+                return Err(Error::Thread(format!("cannot start a session thread: {e}")));
+            }
+        };
+        let entry = Arc::new(Entry {
+            info_hash,
+            control: control_tx,
+            thread: Mutex::new(Some(thread)),
+            result: Arc::clone(&result),
+        });
+        if let Ok(mut list) = self.downloads.lock() {
+            // Finished ones are joined here so the list stays as long as
+            // the downloads that run.
+            list.retain(|e| {
+                if e.is_finished() {
+                    let _ = e.join();
+                    false
+                } else {
+                    true
+                }
+            });
+            list.push(Arc::clone(&entry));
+        }
         Ok(Download {
-            thread,
-            cancel: cancel_tx,
-            events: events_rx,
+            entry,
+            events: Events {
+                rx: events_rx,
+                result,
+                ended: AtomicBool::new(false),
+            },
             shared,
             total_bytes,
             pieces_total,
             started: Instant::now(),
+            private: None,
+            waited: false,
         })
     }
 
+    /// Info hashes of the downloads running now.
+    pub fn torrents(&self) -> Vec<InfoHash> {
+        self.downloads.lock().map_or_else(
+            |_| Vec::new(),
+            |l| {
+                l.iter()
+                    .filter(|e| !e.is_finished())
+                    .map(|e| e.info_hash)
+                    .collect()
+            },
+        )
+    }
+
+    /// Cancels every download and returns once every thread the session
+    /// started (downloads, peers, writers, trackers, listener, hashing
+    /// pool) has ended and every file and socket is closed.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let entries: Vec<Arc<Entry>> = self
+            .downloads
+            .lock()
+            .map(|mut l| std::mem::take(&mut *l))
+            .unwrap_or_default();
+        for e in &entries {
+            e.send(Control::Cancel);
+        }
+        for e in &entries {
+            let _ = e.join();
+        }
+        let Ok(mut threads) = self.threads.lock() else {
+            return;
+        };
+        if let Some((stop, t)) = threads.listener.take() {
+            drop(stop);
+            let _ = t.join();
+        }
+        // Handles of downloads may outlive the session; they hold no Core
+        // (their threads ended above), so this is the last reference and
+        // the pool's threads end now.
+        if let Some(core) = self.core.take() {
+            drop(core);
+            let n = threads.pool_threads;
+            if !threads.pool_exits.wait_for(n, Duration::from_secs(5)) {
+                log::warn!("hashing threads did not end within 5 s");
+            }
+        }
+    }
+}
+
+impl Drop for Session {
+    /// Same as [`Session::shutdown`].
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A download running in a [`Session`]. `Send + Sync`: progress can be
+/// read from any thread.
+///
+/// Dropping it cancels the download and returns once its threads have
+/// ended (so a [`CancelHandle`] never keeps a download running unseen);
+/// [`wait`](Download::wait) for its result instead.
+pub struct Download {
+    entry: Arc<Entry>,
+    events: Events,
+    shared: Arc<Shared>,
+    total_bytes: u64,
+    pieces_total: u32,
+    started: Instant,
+    /// The session of [`Download::start`], shut down with the download.
+    private: Option<Session>,
+    waited: bool,
+}
+
+/// Cancels a download from any thread; cloneable. Holds only a weak
+/// reference: it never keeps the download alive.
+#[derive(Clone)]
+pub struct CancelHandle(Weak<Entry>);
+
+impl CancelHandle {
+    /// Cancels the download (nothing if it has already ended).
+    pub fn cancel(&self) {
+        if let Some(e) = self.0.upgrade() {
+            e.send(Control::Cancel);
+        }
+    }
+}
+
+impl Download {
+    /// Downloads `torrent` in a private session with default
+    /// [`SessionOptions`]: the one-torrent shortcut. The session ends with
+    /// the download.
+    ///
+    /// ```no_run
+    /// use rtc::{AddOptions, Download, Torrent};
+    ///
+    /// let torrent = Torrent::from_bytes(&std::fs::read("debian.torrent")?)?;
+    /// let download = Download::start(torrent, AddOptions::new("downloads"))?;
+    /// let summary = download.wait()?;
+    /// println!("{} bytes", summary.total_bytes);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn start(torrent: Torrent, options: AddOptions) -> Result<Download, Error> {
+        Self::start_with(torrent, options, SessionOptions::default())
+    }
+
+    /// [`Download::start`] with the private session's options.
+    pub fn start_with(
+        torrent: Torrent,
+        options: AddOptions,
+        session: SessionOptions,
+    ) -> Result<Download, Error> {
+        let session = Session::new(session)?;
+        let mut d = session.add(torrent, options)?;
+        d.private = Some(session);
+        Ok(d)
+    }
+
+    /// The torrent's info hash.
+    pub fn info_hash(&self) -> InfoHash {
+        self.entry.info_hash
+    }
+
+    /// A snapshot of the download's progress.
     pub fn progress(&self) -> Progress {
         self.shared
             .snapshot(self.total_bytes, self.pieces_total, self.started.elapsed())
     }
 
-    /// Events as they happen (bounded; see [`Event`]).
-    pub fn events(&self) -> &Receiver<Event> {
+    /// Events as they happen. The buffer is bounded: a program that never
+    /// reads loses events, never memory; the last event,
+    /// [`Event::Ended`], is never lost.
+    pub fn events(&self) -> &Events {
         &self.events
     }
 
+    /// Closes every connection and stops announcing until
+    /// [`resume`](Download::resume); verified data stays.
+    pub fn pause(&self) {
+        self.entry.send(Control::Pause);
+    }
+
+    /// Undoes [`pause`](Download::pause).
+    pub fn resume(&self) {
+        self.entry.send(Control::Resume);
+    }
+
+    /// Asks the download to stop; [`wait`](Download::wait) then returns
+    /// [`Error::Cancelled`] (or success for a finished download that was
+    /// seeding).
     pub fn cancel(&self) {
-        let _ = self.cancel.try_send(());
+        self.entry.send(Control::Cancel);
     }
 
+    /// A handle that cancels from another thread.
     pub fn cancel_handle(&self) -> CancelHandle {
-        CancelHandle(self.cancel.clone())
+        CancelHandle(Arc::downgrade(&self.entry))
     }
 
+    /// Whether the download has ended (its result is ready).
     pub fn is_finished(&self) -> bool {
-        self.thread.is_finished()
+        self.entry.is_finished()
     }
 
-    /// Blocks until the download completes, fails or is cancelled.
-    pub fn wait(self) -> Result<Summary, Error> {
-        self.thread
-            .join()
-            .map_err(|_| Error::Thread("session thread panicked".into()))?
+    /// Blocks until the download completes, fails or is cancelled, and
+    /// every thread, file and socket of it is closed.
+    pub fn wait(mut self) -> Result<Summary, Error> {
+        self.waited = true;
+        let r = self.entry.join();
+        if let Some(s) = self.private.take() {
+            s.shutdown();
+        }
+        r
+    }
+}
+
+impl Drop for Download {
+    fn drop(&mut self) {
+        if !self.waited {
+            self.entry.send(Control::Cancel);
+            let _ = self.entry.join();
+        }
+        // A private session shuts down when dropped.
+    }
+}
+
+/// The events of one download: `recv`, `try_recv`, `recv_timeout`, or
+/// iterate (`for ev in download.events()`), which ends after
+/// [`Event::Ended`].
+pub struct Events {
+    rx: Receiver<Event>,
+    result: Arc<OnceLock<Result<Summary, Error>>>,
+    /// `Ended` was handed out.
+    ended: AtomicBool,
+}
+
+/// Why no event came from [`Events::try_recv`] or
+/// [`Events::recv_timeout`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RecvError {
+    /// None yet.
+    Empty,
+    /// The download ended and its last event was handed out.
+    Ended,
+}
+
+impl std::fmt::Display for RecvError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RecvError::Empty => "no event yet",
+            RecvError::Ended => "the download has ended",
+        })
+    }
+}
+
+impl std::error::Error for RecvError {}
+
+impl Events {
+    /// The next event, blocking; `None` once [`Event::Ended`] was handed out.
+    pub fn recv(&self) -> Option<Event> {
+        match self.rx.recv() {
+            Ok(ev) => self.seen(ev),
+            Err(_) => self.closing(),
+        }
+    }
+
+    /// The next event if there is one now.
+    pub fn try_recv(&self) -> Result<Event, RecvError> {
+        match self.rx.try_recv() {
+            Ok(ev) => self.seen(ev).ok_or(RecvError::Ended),
+            Err(TryRecvError::Empty) => Err(RecvError::Empty),
+            Err(TryRecvError::Disconnected) => self.closing().ok_or(RecvError::Ended),
+        }
+    }
+
+    /// The next event, waiting at most `timeout`.
+    pub fn recv_timeout(&self, timeout: Duration) -> Result<Event, RecvError> {
+        match self.rx.recv_timeout(timeout) {
+            Ok(ev) => self.seen(ev).ok_or(RecvError::Ended),
+            Err(RecvTimeoutError::Timeout) => Err(RecvError::Empty),
+            Err(RecvTimeoutError::Disconnected) => self.closing().ok_or(RecvError::Ended),
+        }
+    }
+
+    /// Blocking iterator over the events, ending after [`Event::Ended`].
+    pub fn iter(&self) -> impl Iterator<Item = Event> + '_ {
+        std::iter::from_fn(move || self.recv())
+    }
+
+    fn seen(&self, ev: Event) -> Option<Event> {
+        if matches!(ev, Event::Ended(_)) {
+            if self.ended.swap(true, Ordering::AcqRel) {
+                return None;
+            }
+        } else if self.ended.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(ev)
+    }
+
+    /// The channel ended: `Ended` from the result if the buffer had no
+    /// room for it.
+    fn closing(&self) -> Option<Event> {
+        if self.ended.swap(true, Ordering::AcqRel) {
+            return None;
+        }
+        self.result.get().cloned().map(Event::Ended)
+    }
+}
+
+impl<'a> IntoIterator for &'a Events {
+    type Item = Event;
+    type IntoIter = Box<dyn Iterator<Item = Event> + 'a>;
+    fn into_iter(self) -> Self::IntoIter {
+        Box::new(self.iter())
     }
 }

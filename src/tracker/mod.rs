@@ -17,7 +17,7 @@ use crate::types::{InfoHash, PeerId};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,7 +27,7 @@ pub use http::{AnnounceEvent, AnnounceRequest, AnnounceResponse};
 /// tracker that hangs costs at most this long per attempt.
 pub const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(15);
 /// The `stopped` announce is a courtesy: never hold up exit for long.
-const STOPPED_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const STOPPED_TIMEOUT: Duration = Duration::from_millis(1500);
 /// Retry delay after a failed round, doubled per failure up to the interval.
 const RETRY_FIRST: Duration = Duration::from_secs(5);
 /// Tracker answers larger than this are not tracker answers. Room for a
@@ -35,28 +35,48 @@ const RETRY_FIRST: Duration = Duration::from_secs(5);
 /// takes in linear time and its address book caps.
 const MAX_RESPONSE: u64 = 4 * 1024 * 1024;
 
+/// Why an announce (or scrape) failed. Every variant names the tracker's
+/// URL as the torrent spells it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Error {
     /// The tracker answered with `failure reason`.
     Refused {
+        /// The tracker.
         url: String,
+        /// Its `failure reason`, as sent.
         reason: String,
     },
-    /// Connect, timeout, HTTP status, TLS...
+    /// An HTTP(S) tracker: connect, timeout, HTTP status, TLS...
     Http {
+        /// The tracker.
         url: String,
+        /// What went wrong, as a line of text.
+        detail: String,
+    },
+    /// A UDP tracker: the name does not resolve, the socket failed, or the
+    /// tracker's port is closed.
+    Udp {
+        /// The tracker.
+        url: String,
+        /// What went wrong, as a line of text.
         detail: String,
     },
     /// The answer was not a valid tracker response.
     Protocol {
+        /// The tracker.
         url: String,
+        /// What was wrong with it.
         detail: String,
     },
     /// A UDP tracker never answered within the announce timeout.
     Timeout {
+        /// The tracker.
         url: String,
     },
+    /// Neither `http(s)://` nor `udp://`.
     UnsupportedScheme {
+        /// The tracker.
         url: String,
     },
 }
@@ -69,7 +89,9 @@ impl fmt::Display for Error {
             Error::Refused { url, reason } => {
                 write!(f, "tracker {} refused: {}", Escaped(url), Escaped(reason))
             }
-            Error::Http { url, detail } | Error::Protocol { url, detail } => {
+            Error::Http { url, detail }
+            | Error::Udp { url, detail }
+            | Error::Protocol { url, detail } => {
                 write!(f, "tracker {}: {}", Escaped(url), Escaped(detail))
             }
             Error::UnsupportedScheme { url } => {
@@ -89,8 +111,11 @@ impl std::error::Error for Error {}
 /// Transfer counters the announcer reports; the session updates them.
 #[derive(Default, Debug)]
 pub struct Counters {
+    /// Piece bytes sent to peers.
     pub uploaded: AtomicU64,
+    /// Verified piece bytes received.
     pub downloaded: AtomicU64,
+    /// Bytes still missing.
     pub left: AtomicU64,
 }
 
@@ -102,19 +127,47 @@ pub enum Command {
     /// More peers wanted (e.g. all known peers failed): announce early, but
     /// never before the tracker's `min interval`.
     WantPeers,
+    /// The download is paused: announce `stopped` (if a tracker ever
+    /// answered), then nothing until `Resume` or `Shutdown`.
+    Pause,
+    /// Announce `started` again.
+    Resume,
     /// Announce `stopped` (if a tracker ever answered) and end the thread.
     Shutdown,
+}
+
+/// Ends an announcer's network exchange in progress from another thread:
+/// an HTTP request blocked on its socket fails at once (ureq's
+/// `Agent::shutdown`), a UDP exchange within 50 ms. The session uses it so
+/// that a tracker that hangs never holds up the end of a download.
+pub(crate) struct Stopper {
+    http: ureq::Agent,
+    udp: Arc<AtomicBool>,
+    /// Set while the announcer is in an ordinary round (not `stopped`).
+    busy: Arc<AtomicBool>,
+}
+
+impl Stopper {
+    /// Whether an ordinary announce is in progress (worthless once the
+    /// download ends, so it is aborted at once).
+    pub(crate) fn busy(&self) -> bool {
+        self.busy.load(Ordering::Acquire)
+    }
+
+    /// Fails the exchange in progress, and every later one.
+    pub(crate) fn abort(&self) {
+        self.udp.store(true, Ordering::Release);
+        self.http.clone().shutdown();
+    }
 }
 
 /// Reports from the announcer thread to the session.
 #[derive(Debug)]
 pub enum Report {
+    /// Addresses one tracker returned.
     Peers(Vec<SocketAddr>),
     /// One full round over every tracker failed; carries the last error.
-    RoundFailed {
-        error: Error,
-        first_round: bool,
-    },
+    RoundFailed { error: Error, first_round: bool },
 }
 
 /// Performs one HTTP(S) announce. Blocking, bounded by `timeout`.
@@ -165,11 +218,14 @@ const DEFAULT_MIN_INTERVAL: Duration = Duration::from_secs(30);
 /// One client per tracker protocol, kept for the announcer's lifetime (the
 /// UDP one caches connection ids).
 pub struct Clients {
+    /// For `http://` and `https://` trackers.
     pub http: ureq::Agent,
+    /// For `udp://` trackers.
     pub udp: UdpTrackers,
 }
 
 impl Clients {
+    /// Fresh clients.
     pub fn new() -> Clients {
         Clients {
             http: agent(),
@@ -254,19 +310,26 @@ fn shuffle<T>(v: &mut [T]) {
     }
 }
 
+/// The HTTP client for trackers: bounded connect, rtc's user agent.
 pub fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
-        .timeout_connect(Some(Duration::from_secs(10)))
+        .timeout_connect(Some(Duration::from_secs(5)))
         .user_agent(concat!("rtc/", env!("CARGO_PKG_VERSION")))
         .build()
         .into()
 }
 
+/// What the announcer thread needs, moved into it at spawn.
 pub struct Announcer {
+    /// Tracker URLs by tier (BEP 12).
     pub tiers: Vec<Vec<String>>,
+    /// The torrent.
     pub info_hash: InfoHash,
+    /// Our peer id.
     pub peer_id: PeerId,
+    /// The port we listen on.
     pub port: u16,
+    /// Read at each announce.
     pub counters: Arc<Counters>,
     /// Bound on one announce; `ANNOUNCE_TIMEOUT` by default.
     pub timeout: Duration,
@@ -274,15 +337,24 @@ pub struct Announcer {
 
 impl Announcer {
     /// Runs the announce loop on a new thread until [`Command::Shutdown`] or
-    /// until the command sender is dropped.
-    pub fn spawn(
+    /// until the command sender is dropped. The [`Stopper`] ends an
+    /// exchange in progress.
+    pub(crate) fn spawn(
         self,
         commands: Receiver<Command>,
         reports: Sender<Report>,
-    ) -> std::io::Result<std::thread::JoinHandle<()>> {
-        std::thread::Builder::new()
+    ) -> std::io::Result<(std::thread::JoinHandle<()>, Stopper)> {
+        let clients = Clients::new();
+        let busy = Arc::new(AtomicBool::new(false));
+        let stopper = Stopper {
+            http: clients.http.clone(),
+            udp: clients.udp.stop_flag(),
+            busy: Arc::clone(&busy),
+        };
+        let thread = std::thread::Builder::new()
             .name("rtc-tracker".into())
-            .spawn(move || self.run(commands, reports))
+            .spawn(move || self.run(clients, &busy, commands, reports))?;
+        Ok((thread, stopper))
     }
 
     fn request(&self, event: Option<AnnounceEvent>) -> AnnounceRequest {
@@ -353,18 +425,32 @@ impl Announcer {
         answered.ok_or(last.unwrap_or(Error::UnsupportedScheme { url: String::new() }))
     }
 
-    fn run(mut self, commands: Receiver<Command>, reports: Sender<Report>) {
+    /// The courtesy `stopped` announce, briefly.
+    fn stopped(&mut self, clients: &mut Clients, reports: &Sender<Report>) {
+        let timeout = STOPPED_TIMEOUT.min(self.timeout);
+        let _ = self.round(clients, Some(AnnounceEvent::Stopped), timeout, reports);
+    }
+
+    fn run(
+        mut self,
+        mut clients: Clients,
+        busy: &AtomicBool,
+        commands: Receiver<Command>,
+        reports: Sender<Report>,
+    ) {
         for tier in &mut self.tiers {
             shuffle(tier);
         }
-        let mut clients = Clients::new();
         let mut event = Some(AnnounceEvent::Started);
         let mut ever_answered = false;
         let mut first_round = true;
         let mut retry = RETRY_FIRST;
         loop {
             let started = std::time::Instant::now();
-            let (wait, min_wait) = match self.round(&mut clients, event, self.timeout, &reports) {
+            busy.store(true, Ordering::Release);
+            let result = self.round(&mut clients, event, self.timeout, &reports);
+            busy.store(false, Ordering::Release);
+            let (wait, min_wait) = match result {
                 Ok(intervals) => {
                     ever_answered = true;
                     event = None;
@@ -398,14 +484,26 @@ impl Announcer {
                             break;
                         }
                     }
+                    Ok(Command::Pause) => {
+                        if ever_answered {
+                            self.stopped(&mut clients, &reports);
+                        }
+                        // Nothing until resumed; a resume starts afresh.
+                        loop {
+                            match commands.recv() {
+                                Ok(Command::Resume) => break,
+                                Ok(Command::Shutdown) | Err(_) => return,
+                                Ok(_) => {}
+                            }
+                        }
+                        event = Some(AnnounceEvent::Started);
+                        ever_answered = false;
+                        break;
+                    }
+                    Ok(Command::Resume) => {}
                     Ok(Command::Shutdown) | Err(RecvTimeoutError::Disconnected) => {
                         if ever_answered {
-                            let _ = self.round(
-                                &mut clients,
-                                Some(AnnounceEvent::Stopped),
-                                STOPPED_TIMEOUT.min(self.timeout),
-                                &reports,
-                            );
+                            self.stopped(&mut clients, &reports);
                         }
                         return;
                     }

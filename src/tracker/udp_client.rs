@@ -8,6 +8,8 @@ use super::Error;
 use crate::types::random_u64;
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// BEP 15 retransmits after 15 * 2^n seconds, up to n = 8 (over an hour).
@@ -17,15 +19,20 @@ use std::time::{Duration, Instant};
 const FIRST_WAIT: Duration = Duration::from_secs(2);
 /// A connection id may be reused for one minute (BEP 15).
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+/// A receive looks at the stop flag at least this often.
+const STOP_POLL: Duration = Duration::from_millis(50);
 
+/// The UDP tracker client: connection ids and a stop flag that ends any
+/// exchange in progress within `STOP_POLL`.
 #[derive(Default)]
 pub struct UdpTrackers {
     connections: HashMap<SocketAddr, (u64, Instant)>,
+    stop: Arc<AtomicBool>,
 }
 
 /// `udp://host:port[/anything]` -> the tracker's first resolved address.
 fn resolve(url: &str) -> Result<SocketAddr, Error> {
-    let bad = |detail: String| Error::Http {
+    let bad = |detail: String| Error::Udp {
         url: url.into(),
         detail,
     };
@@ -41,6 +48,12 @@ fn resolve(url: &str) -> Result<SocketAddr, Error> {
 }
 
 impl UdpTrackers {
+    /// The flag that, once set, fails every exchange of this client.
+    pub(crate) fn stop_flag(&self) -> Arc<AtomicBool> {
+        Arc::clone(&self.stop)
+    }
+
+    /// Announces to one `udp://` tracker (BEP 15), bounded by `timeout`.
     pub fn announce(
         &mut self,
         url: &str,
@@ -54,11 +67,12 @@ impl UdpTrackers {
         let tid = random_u64() as u32;
         let key = random_u64() as u32;
         let packet = udp::announce_request(conn, tid, req, key);
-        exchange(&sock, url, &packet, deadline, |p| {
+        exchange(&sock, url, &packet, deadline, &self.stop, |p| {
             udp::parse_announce(p, tid, addr.is_ipv6())
         })
     }
 
+    /// Scrapes one `udp://` tracker for one info hash.
     pub fn scrape(
         &mut self,
         url: &str,
@@ -71,7 +85,9 @@ impl UdpTrackers {
         let conn = self.connection(&sock, addr, url, deadline)?;
         let tid = random_u64() as u32;
         let packet = udp::scrape_request(conn, tid, info_hash);
-        exchange(&sock, url, &packet, deadline, |p| udp::parse_scrape(p, tid))
+        exchange(&sock, url, &packet, deadline, &self.stop, |p| {
+            udp::parse_scrape(p, tid)
+        })
     }
 
     /// A cached connection id younger than a minute, or a fresh one.
@@ -89,7 +105,8 @@ impl UdpTrackers {
         }
         let tid = random_u64() as u32;
         let at = Instant::now();
-        let id = exchange(sock, url, &udp::connect_request(tid), deadline, |p| {
+        let packet = udp::connect_request(tid);
+        let id = exchange(sock, url, &packet, deadline, &self.stop, |p| {
             udp::parse_connect(p, tid)
         })?;
         self.connections.insert(addr, (id, at));
@@ -103,7 +120,7 @@ fn socket_for(addr: &SocketAddr, url: &str) -> Result<UdpSocket, Error> {
     } else {
         "0.0.0.0:0".parse().expect("literal")
     };
-    let err = |e: std::io::Error| Error::Http {
+    let err = |e: std::io::Error| Error::Udp {
         url: url.into(),
         detail: format!("cannot open a udp socket: {e}"),
     };
@@ -122,11 +139,12 @@ fn exchange<T>(
     url: &str,
     packet: &[u8],
     deadline: Instant,
+    stop: &AtomicBool,
     parse: impl Fn(&[u8]) -> Result<T, udp::Error>,
 ) -> Result<T, Error> {
     let mut wait = FIRST_WAIT;
     let mut buf = vec![0u8; 65536];
-    let io = |e: std::io::Error| Error::Http {
+    let io = |e: std::io::Error| Error::Udp {
         url: url.into(),
         detail: e.to_string(),
     };
@@ -139,11 +157,18 @@ fn exchange<T>(
         let until = (now + wait).min(deadline);
         wait *= 2;
         loop {
+            if stop.load(Ordering::Acquire) {
+                return Err(Error::Udp {
+                    url: url.into(),
+                    detail: "stopped".into(),
+                });
+            }
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
             }
-            sock.set_read_timeout(Some(left)).map_err(io)?;
+            sock.set_read_timeout(Some(left.min(STOP_POLL)))
+                .map_err(io)?;
             match sock.recv(&mut buf) {
                 Ok(n) => match parse(&buf[..n]) {
                     Ok(v) => return Ok(v),
@@ -167,7 +192,7 @@ fn exchange<T>(
                         std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
                     ) =>
                 {
-                    break
+                    continue; // `until` decides when to retransmit
                 }
                 // ICMP port unreachable shows up as ECONNREFUSED on the
                 // next receive: the tracker is not there.

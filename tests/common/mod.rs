@@ -11,6 +11,7 @@
 //! crate under test (the info hash is computed independently).
 #![allow(dead_code)]
 
+pub mod bencode;
 pub mod fake_http;
 
 use std::collections::hash_map::RandomState;

@@ -1,0 +1,549 @@
+//! The `rtc` command (built with the default `cli` feature): parses flags
+//! (pico-args), calls the library, prints progress and maps errors to the
+//! documented exit codes. Owns no download logic. It lives in the library
+//! crate, hidden from its documentation, so that it can use the modules
+//! the library keeps to itself (`create`, `verify`, `tracker`'s scrape);
+//! `src/main.rs` only calls [`main`].
+
+use crate::session::{AddOptions, Download, Error as SessionError, SeedUntil, SessionOptions};
+use crate::text::{escaped_path, Escaped};
+use crate::Torrent;
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+/// Exit codes (also in README.md).
+mod exit {
+    pub const OK: u8 = 0;
+    pub const INTERNAL: u8 = 1;
+    pub const USAGE: u8 = 2;
+    pub const BAD_TORRENT: u8 = 3;
+    pub const NO_PEERS: u8 = 4;
+    pub const IO: u8 = 5;
+    pub const INCOMPLETE: u8 = 6;
+    pub const CANCELLED: u8 = 130;
+}
+
+/// `println!` that ends rtc quietly (exit 0) when the reader of stdout has
+/// gone (`rtc info T | head`), instead of panicking on the broken pipe.
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+        }
+    }};
+}
+
+const HELP: &str = "\
+rtc - download a torrent, verifying every byte
+
+USAGE:
+    rtc [OPTIONS] <FILE.torrent | ->     download (use - to read the torrent from stdin)
+    rtc info [--scrape] <FILE.torrent | ->   print what a torrent contains
+                                         (--scrape: ask each tracker for swarm counts)
+    rtc verify <FILE.torrent | -> [-o DIR]   check data on disk, piece by piece
+    rtc seed <FILE.torrent | -> [-o DIR]     verify the data in DIR and seed it (until Ctrl-C)
+    rtc create PATH -o OUT.torrent [--tracker URL]... [--piece-length N] [--private] [--comment TEXT]
+
+OPTIONS:
+    -o, --output DIR       directory to download into (default: .)
+        --max-peers N      most peer connections at once (default: 50)
+        --peer HOST:PORT   also connect to this peer (repeatable)
+        --port N           port to accept peers on, announced to trackers
+                           (default: 6881; a free port if it is taken)
+        --seed             keep seeding after the download, until Ctrl-C
+        --seed-ratio R     ... until R x the torrent's size is uploaded
+        --seed-time D      ... for D (e.g. 90s, 30m, 2h)
+        --timeout SECS     give up when no peer is connected for SECS (default: 60)
+        --tracker-timeout SECS  bound on one tracker request (default: 15)
+        --pipeline N       16 KiB requests in flight per peer (default: 128)
+        --repair           rewrite pieces that fail verification in existing
+                           files of the torrent's size that rtc did not create
+    -q, --quiet            print nothing but errors
+    -v, --verbose          log more (-v info, -vv debug); RUST_LOG also works
+    -h, --help             print this help
+    -V, --version          print the version
+
+EXIT CODES:
+    0 done, every piece verified   2 usage error       3 invalid torrent
+    4 no peers / tracker failure   5 I/O error         1 internal error
+    6 verify: data incomplete      130 cancelled (Ctrl-C stopping a seed exits 0)
+";
+
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn new(code: u8, message: impl Into<String>) -> Failure {
+        Failure {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Runs the `rtc` command with the process's arguments; its exit code.
+pub fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::from(exit::OK),
+        Err(f) => {
+            // Messages escape what came from outside already; this is the
+            // last guard that nothing drives the terminal.
+            let line: String = f
+                .message
+                .chars()
+                .flat_map(|c| {
+                    let esc = c.is_control().then(|| c.escape_default().to_string());
+                    esc.unwrap_or_else(|| c.to_string())
+                        .chars()
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            eprintln!("rtc: {line}");
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn usage(msg: impl std::fmt::Display) -> Failure {
+    Failure::new(exit::USAGE, format!("{msg} (see rtc --help)"))
+}
+
+fn run() -> Result<(), Failure> {
+    // pico-args has no short-flag clusters; `-vv` means `-v -v`.
+    let argv = std::env::args_os().skip(1).flat_map(|a| {
+        let s = a.to_string_lossy();
+        let n = s.len().saturating_sub(1);
+        if n > 1 && s.starts_with('-') && s[1..].bytes().all(|b| b == b'v') {
+            vec![std::ffi::OsString::from("-v"); n]
+        } else {
+            vec![a]
+        }
+    });
+    let mut args = pico_args::Arguments::from_vec(argv.collect());
+    if args.contains(["-h", "--help"]) {
+        outln!("{}", HELP.trim_end());
+        return Ok(());
+    }
+    if args.contains(["-V", "--version"]) {
+        outln!("rtc {}", env!("CARGO_PKG_VERSION"));
+        return Ok(());
+    }
+    let quiet = args.contains(["-q", "--quiet"]);
+    let scrape = args.contains("--scrape");
+    let mut verbosity = 0;
+    while args.contains(["-v", "--verbose"]) {
+        verbosity += 1;
+    }
+    let output: Option<PathBuf> = args.opt_value_from_str(["-o", "--output"]).map_err(usage)?;
+    let max_peers: Option<usize> = args.opt_value_from_str("--max-peers").map_err(usage)?;
+    let port: Option<u16> = args.opt_value_from_str("--port").map_err(usage)?;
+    let timeout: Option<u64> = args.opt_value_from_str("--timeout").map_err(usage)?;
+    let tracker_timeout: Option<u64> = args
+        .opt_value_from_str("--tracker-timeout")
+        .map_err(usage)?;
+    let peers: Vec<String> = args.values_from_str("--peer").map_err(usage)?;
+    let pipeline: Option<usize> = args.opt_value_from_str("--pipeline").map_err(usage)?;
+    let seed_flag = args.contains("--seed");
+    let seed_ratio: Option<f64> = args.opt_value_from_str("--seed-ratio").map_err(usage)?;
+    let seed_time: Option<String> = args.opt_value_from_str("--seed-time").map_err(usage)?;
+    let trackers: Vec<String> = args.values_from_str("--tracker").map_err(usage)?;
+    let piece_length: Option<u32> = args.opt_value_from_str("--piece-length").map_err(usage)?;
+    let private = args.contains("--private");
+    let repair = args.contains("--repair");
+    let comment: Option<String> = args.opt_value_from_str("--comment").map_err(usage)?;
+
+    init_logging(quiet, verbosity);
+
+    let rest: Vec<String> = args
+        .finish()
+        .into_iter()
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect();
+    if let Some(flag) = rest.iter().find(|a| a.starts_with('-') && a.len() > 1) {
+        return Err(usage(format!("unknown option {flag}")));
+    }
+    let (command, source) = match rest.as_slice() {
+        [cmd, src] if ["info", "verify", "seed", "create"].contains(&cmd.as_str()) => {
+            (cmd.as_str(), src.clone())
+        }
+        [src] => ("download", src.clone()),
+        [] => return Err(usage("missing torrent file")),
+        _ => return Err(usage(format!("unexpected arguments: {}", rest.join(" ")))),
+    };
+
+    if command == "create" {
+        let out = output.ok_or_else(|| usage("create needs -o OUT.torrent"))?;
+        let opts = crate::create::CreateOptions {
+            trackers,
+            piece_length,
+            private,
+            comment,
+        };
+        return create(Path::new(&source), &out, &opts, quiet);
+    }
+    let torrent = load_torrent(&source)?;
+    if command == "info" {
+        print_info(&torrent);
+        if scrape {
+            print_scrape(
+                &torrent,
+                tracker_timeout.map_or(crate::tracker::ANNOUNCE_TIMEOUT, Duration::from_secs),
+            );
+        }
+        return Ok(());
+    }
+    if command == "verify" {
+        return verify(&torrent, &output.unwrap_or_else(|| PathBuf::from(".")));
+    }
+
+    let mut opts = AddOptions::new(output.unwrap_or_else(|| PathBuf::from(".")));
+    let mut session = SessionOptions::default();
+    if let Some(n) = max_peers {
+        if n == 0 {
+            return Err(usage("--max-peers must be at least 1"));
+        }
+        opts.max_peers = n;
+    }
+    if let Some(p) = port {
+        session.port = p;
+    }
+    if let Some(n) = pipeline {
+        if !(1..=1024).contains(&n) {
+            return Err(usage("--pipeline must be 1..=1024"));
+        }
+        opts.limits.pipeline = n;
+    }
+    opts.repair = repair;
+    opts.seed = match (seed_ratio, seed_time) {
+        (Some(_), Some(_)) => return Err(usage("give --seed-ratio or --seed-time, not both")),
+        (Some(r), None) if r.is_finite() && r > 0.0 => SeedUntil::Ratio(r),
+        (Some(_), None) => return Err(usage("--seed-ratio must be a positive number")),
+        (None, Some(t)) => SeedUntil::Time(
+            parse_duration(&t)
+                .ok_or_else(|| usage(format!("--seed-time {t}: expected e.g. 90, 90s, 30m, 2h")))?,
+        ),
+        (None, None) if seed_flag || command == "seed" => SeedUntil::Stopped,
+        (None, None) => SeedUntil::Never,
+    };
+    if let Some(t) = tracker_timeout {
+        if t == 0 {
+            return Err(usage("--tracker-timeout must be at least 1"));
+        }
+        opts.announce_timeout = Duration::from_secs(t);
+    }
+    if let Some(t) = timeout {
+        opts.no_peer_timeout = Duration::from_secs(t);
+    }
+    for p in peers {
+        use std::net::ToSocketAddrs;
+        let addrs = p
+            .to_socket_addrs()
+            .map_err(|e| usage(format!("--peer {p}: {e}")))?;
+        opts.peers.extend(addrs);
+    }
+    download(torrent, opts, session, quiet)
+}
+
+fn init_logging(quiet: bool, verbosity: u32) {
+    let default = match (quiet, verbosity) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        _ => "debug",
+    };
+    let env = env_logger::Env::default().default_filter_or(default);
+    env_logger::Builder::from_env(env)
+        .format_target(false)
+        .init();
+}
+
+/// Reads a .torrent from a path or, for `-`, from stdin. Torrent files are
+/// small; anything over 64 MiB is refused before it is all read.
+fn load_torrent(source: &str) -> Result<Torrent, Failure> {
+    const MAX: u64 = 64 * 1024 * 1024;
+    let mut bytes = Vec::new();
+    let read = if source == "-" {
+        std::io::stdin()
+            .lock()
+            .take(MAX + 1)
+            .read_to_end(&mut bytes)
+    } else {
+        std::fs::File::open(source).and_then(|f| f.take(MAX + 1).read_to_end(&mut bytes))
+    };
+    let name = if source == "-" { "<stdin>" } else { source };
+    read.map_err(|e| Failure::new(exit::IO, format!("cannot read {name}: {e}")))?;
+    if bytes.len() as u64 > MAX {
+        return Err(Failure::new(
+            exit::BAD_TORRENT,
+            format!("{name}: invalid torrent: larger than 64 MiB"),
+        ));
+    }
+    Torrent::from_bytes(&bytes)
+        .map_err(|e| Failure::new(exit::BAD_TORRENT, format!("{name}: invalid torrent: {e}")))
+}
+
+fn print_info(t: &Torrent) {
+    outln!("name:         {}", Escaped(t.name()));
+    outln!("info hash:    {}", t.info_hash());
+    outln!(
+        "total size:   {} ({} bytes)",
+        human(t.total_length()),
+        t.total_length()
+    );
+    outln!(
+        "pieces:       {} x {}",
+        t.piece_count(),
+        human(t.piece_length() as u64)
+    );
+    outln!("private:      {}", if t.private() { "yes" } else { "no" });
+    if let Some(c) = t.comment() {
+        outln!("comment:      {}", Escaped(c));
+    }
+    outln!("files:        {}", t.files().len());
+    for f in t.files() {
+        outln!("  {:>12}  {}", f.length(), escaped_path(f.path()));
+    }
+    let tiers = t.trackers();
+    if tiers.is_empty() {
+        outln!("trackers:     none");
+    } else {
+        outln!("trackers:");
+        for (i, tier) in tiers.iter().enumerate() {
+            for url in tier {
+                outln!("  tier {i}: {}", Escaped(url));
+            }
+        }
+    }
+}
+
+fn verify(torrent: &Torrent, dir: &std::path::Path) -> Result<(), Failure> {
+    use crate::verify::FileStatus;
+    let io = |e: crate::storage::Error| Failure::new(exit::IO, e.to_string());
+    let files = crate::storage::FileCache::new(crate::storage::MAX_OPEN_FILES);
+    let storage = crate::storage::Storage::open_existing(dir, torrent, &files).map_err(io)?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .build()
+        .map_err(|e| Failure::new(exit::INTERNAL, e.to_string()))?;
+    let have = crate::verify::check(torrent, &storage, &pool).map_err(io)?;
+    let layout = torrent.layout();
+    let bytes: u64 = (0..have.len())
+        .map(crate::types::PieceIndex)
+        .filter(|&p| have.has(p))
+        .map(|p| layout.piece_len(p) as u64)
+        .sum();
+    outln!(
+        "{}: {}/{} pieces verified ({} of {})",
+        Escaped(torrent.name()),
+        have.count(),
+        have.len(),
+        human(bytes),
+        human(torrent.total_length())
+    );
+    for (f, st) in torrent
+        .files()
+        .iter()
+        .zip(crate::verify::file_status(torrent, &storage, &have))
+    {
+        let st = match st {
+            FileStatus::Complete => "complete".to_string(),
+            FileStatus::Missing => "missing".to_string(),
+            FileStatus::Partial { pieces, of } => format!("partial {pieces}/{of}"),
+        };
+        outln!("  {st:<16} {}", escaped_path(f.path()));
+    }
+    if have.is_full() {
+        Ok(())
+    } else {
+        Err(Failure::new(
+            exit::INCOMPLETE,
+            format!(
+                "{}: incomplete, {} of {} pieces missing or wrong",
+                Escaped(torrent.name()),
+                have.len() - have.count(),
+                have.len()
+            ),
+        ))
+    }
+}
+
+/// `90`, `90s`, `30m`, `2h`, `1d`.
+fn parse_duration(s: &str) -> Option<Duration> {
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = num.parse().ok()?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        "d" => n.checked_mul(86400)?,
+        _ => return None,
+    };
+    Some(Duration::from_secs(secs))
+}
+
+fn create(
+    path: &Path,
+    out: &Path,
+    opts: &crate::create::CreateOptions,
+    quiet: bool,
+) -> Result<(), Failure> {
+    if out.exists() {
+        return Err(Failure::new(
+            exit::IO,
+            format!("{} exists; not overwriting it", out.display()),
+        ));
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .build()
+        .map_err(|e| Failure::new(exit::INTERNAL, e.to_string()))?;
+    let (bytes, torrent) = crate::create::create(path, opts, &pool).map_err(|e| {
+        let code = match e {
+            crate::create::CreateError::BadPieceLength(_) => exit::USAGE,
+            crate::create::CreateError::Invalid(_) => exit::INTERNAL,
+            _ => exit::IO,
+        };
+        Failure::new(code, e.to_string())
+    })?;
+    // Write aside and rename: a torrent file is never seen half-written.
+    let tmp = out.with_extension("torrent.part");
+    std::fs::write(&tmp, &bytes)
+        .and_then(|()| std::fs::rename(&tmp, out))
+        .map_err(|e| Failure::new(exit::IO, format!("cannot write {}: {e}", out.display())))?;
+    if !quiet {
+        eprintln!(
+            "rtc: created {}: {} ({}, {} pieces of {}), info hash {}",
+            escaped_path(out),
+            Escaped(torrent.name()),
+            human(torrent.total_length()),
+            torrent.piece_count(),
+            human(torrent.piece_length() as u64),
+            torrent.info_hash()
+        );
+    }
+    Ok(())
+}
+
+fn print_scrape(t: &Torrent, timeout: Duration) {
+    let mut clients = crate::tracker::Clients::new();
+    outln!("scrape:");
+    for url in t.trackers().iter().flatten() {
+        match crate::tracker::scrape(&mut clients, url, &t.info_hash(), timeout) {
+            Ok((seeders, completed, leechers)) => {
+                outln!(
+                    "  {}: {seeders} seeders, {leechers} leechers, {completed} completed",
+                    Escaped(url)
+                )
+            }
+            Err(e) => outln!("  {}: error: {e}", Escaped(url)),
+        }
+    }
+}
+
+fn download(
+    torrent: Torrent,
+    opts: AddOptions,
+    session: SessionOptions,
+    quiet: bool,
+) -> Result<(), Failure> {
+    let name = crate::text::escaped(torrent.name());
+    let dl = Download::start_with(torrent, opts, session).map_err(session_failure)?;
+    // Ctrl-C / SIGTERM cancel the download cleanly: peers are closed, queued
+    // verified pieces are written, and the tracker hears `stopped`.
+    let cancel = dl.cancel_handle();
+    if let Err(e) = ctrlc::set_handler(move || cancel.cancel()) {
+        log::warn!("cannot install the Ctrl-C handler: {e}");
+    }
+    let show = !quiet && std::io::stderr().is_terminal();
+    let mut drew = false;
+    while !dl.is_finished() {
+        // Wake on any event or every 200 ms to redraw; drain the rest so
+        // the bounded channel never holds stale events.
+        let _ = dl.events().recv_timeout(Duration::from_millis(200));
+        while dl.events().try_recv().is_ok() {}
+        if show {
+            let p = dl.progress();
+            if p.verified_bytes == p.total_bytes {
+                eprint!(
+                    "\r\x1b[2Kseeding  up {}/s  ratio {:.2}  {} peers",
+                    human(p.upload_rate),
+                    p.uploaded_bytes as f64 / p.total_bytes.max(1) as f64,
+                    p.peers
+                );
+            } else {
+                let eta = (p.total_bytes - p.verified_bytes)
+                    .checked_div(p.rate)
+                    .map_or_else(|| "--:--".into(), |s| fmt_duration(Duration::from_secs(s)));
+                eprint!(
+                    "\r\x1b[2K{:5.1}%  down {}/s  up {}/s  {} peers  ETA {}",
+                    p.fraction() * 100.0,
+                    human(p.rate),
+                    human(p.upload_rate),
+                    p.peers,
+                    eta
+                );
+            }
+            let _ = std::io::stderr().flush();
+            drew = true;
+        }
+    }
+    if drew {
+        eprint!("\r\x1b[2K");
+    }
+    let summary = dl.wait().map_err(session_failure)?;
+    if !quiet {
+        let secs = summary.elapsed.as_secs_f64().max(0.001);
+        eprintln!(
+            "rtc: {name}: {} verified; {} downloaded, {} uploaded in {:.1}s ({}/s down)",
+            human(summary.total_bytes),
+            human(summary.downloaded_bytes),
+            human(summary.uploaded_bytes),
+            secs,
+            human((summary.downloaded_bytes as f64 / secs) as u64)
+        );
+    }
+    Ok(())
+}
+
+fn session_failure(e: SessionError) -> Failure {
+    let code = match &e {
+        SessionError::Storage(_) | SessionError::Listen { .. } => exit::IO,
+        SessionError::Tracker(_) | SessionError::NoPeers { .. } => exit::NO_PEERS,
+        SessionError::Cancelled => exit::CANCELLED,
+        SessionError::AlreadyAdded(_) => exit::USAGE,
+        SessionError::Entropy(_) | SessionError::Thread(_) => exit::INTERNAL,
+    };
+    Failure::new(code, e.to_string())
+}
+
+fn human(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+fn fmt_duration(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 3600 {
+        format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
+    } else {
+        format!("{}:{:02}", s / 60, s % 60)
+    }
+}
