@@ -628,32 +628,48 @@ impl Marker {
     }
 }
 
+/// The answer to one written piece.
+pub(crate) type Written = (PieceIndex, Result<(), Error>);
+
 /// Commands to the writer thread.
-pub enum WriteCmd {
-    /// Write a verified piece; the thread answers with `(piece, result)`.
-    Piece { piece: PieceIndex, data: Vec<u8> },
+pub(crate) enum WriteCmd {
+    /// Write a verified piece of `storage`; the thread answers on `done`.
+    Piece {
+        storage: Arc<Storage>,
+        piece: PieceIndex,
+        data: Vec<u8>,
+        done: Sender<Written>,
+    },
+    /// Answered once every command sent before it is done (a download
+    /// ending waits for its queued writes this way).
+    Barrier(Sender<()>),
     /// Finish queued writes and end the thread.
     Shutdown,
 }
 
-/// Runs the single writer thread: it owns `storage` and writes pieces in the
-/// order they arrive, answering each on `done`.
-pub fn spawn_writer(
-    storage: std::sync::Arc<Storage>,
+/// Runs the single writer thread of a session: it writes the pieces of
+/// every torrent in the order they arrive, answering each on its `done`.
+/// Ends on `Shutdown` or when every sender is gone.
+pub(crate) fn spawn_writer(
     commands: Receiver<WriteCmd>,
-    done: Sender<(PieceIndex, Result<(), Error>)>,
 ) -> io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("rtc-writer".into())
         .spawn(move || {
             for cmd in commands {
                 match cmd {
-                    WriteCmd::Piece { piece, data } => {
+                    WriteCmd::Piece {
+                        storage,
+                        piece,
+                        data,
+                        done,
+                    } => {
                         let result = storage.write_piece(piece, &data);
-                        drop(data);
-                        if done.send((piece, result)).is_err() {
-                            return;
-                        }
+                        drop((data, storage));
+                        let _ = done.send((piece, result));
+                    }
+                    WriteCmd::Barrier(reply) => {
+                        let _ = reply.send(());
                     }
                     WriteCmd::Shutdown => return,
                 }

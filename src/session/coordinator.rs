@@ -14,7 +14,7 @@
 
 use super::addrbook::{AddressBook, Outcome};
 use super::choker::{self, Candidate, Choker, RECHOKE_EVERY};
-use super::core::Core;
+use super::core::{Core, Permit};
 use super::pieces::{Pick, Pieces};
 use super::slots::{self, SlotPeer};
 use super::{AddOptions, Control, Error, Event, SeedUntil, Shared, Summary};
@@ -158,6 +158,8 @@ pub(super) struct Coordinator {
     events: Sender<Event>,
     control: Receiver<Control>,
     paused: bool,
+    /// Candidates wait, but the session's connection budget is used up.
+    starved: bool,
     rng: Rng,
     /// Every connection thread started and not yet joined.
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -168,6 +170,8 @@ pub(super) struct Coordinator {
     piece_rx: Receiver<CompletedPiece>,
     hashed_tx: Sender<Hashed>,
     hashed_rx: Receiver<Hashed>,
+    written_tx: Sender<storage::Written>,
+    written_rx: Receiver<storage::Written>,
 
     peers: HashMap<ConnId, PeerHandle>,
     book: AddressBook,
@@ -212,6 +216,7 @@ impl Coordinator {
         let (peer_tx, peer_rx) = unbounded();
         let (piece_tx, piece_rx) = bounded(2);
         let (hashed_tx, hashed_rx) = unbounded();
+        let (written_tx, written_rx) = unbounded();
         // What the connection works on at once, plus spares waiting in its
         // channel so it never idles while the session refills it.
         let max_quota = layout.pieces_for_pipeline(opts.limits.pipeline) + SPARE_PIECES;
@@ -221,6 +226,7 @@ impl Coordinator {
             peer_id: core.peer_id,
             core,
             paused: opts.paused,
+            starved: false,
             threads: Vec::new(),
             // Replaced by `resume` once the data on disk is checked.
             pieces: Pieces::new(&Bitfield::new(n), Rng::new(0)),
@@ -235,6 +241,8 @@ impl Coordinator {
             piece_rx,
             hashed_tx,
             hashed_rx,
+            written_tx,
+            written_rx,
             peers: HashMap::new(),
             book: AddressBook::default(),
             next_conn: 0,
@@ -273,10 +281,7 @@ impl Coordinator {
             return Ok(self.summary());
         }
         self.storage = Some(Arc::clone(&storage));
-        let (write_tx, write_rx) = bounded::<WriteCmd>(8);
-        let (written_tx, written_rx) = unbounded();
-        let writer = storage::spawn_writer(storage, write_rx, written_tx)
-            .map_err(|e| Error::Thread(e.to_string()))?;
+        let write_tx = self.core.writer.clone();
 
         let port = self.core.port.unwrap_or(0);
         if let Some(p) = self.core.port {
@@ -313,7 +318,7 @@ impl Coordinator {
 
         let result = self.event_loop(
             &write_tx,
-            &written_rx,
+            &self.written_rx.clone(),
             &report_rx,
             &counters,
             &tracker_cmd_tx,
@@ -333,8 +338,11 @@ impl Coordinator {
             }
         }
         self.close_all_peers();
-        let _ = write_tx.send(WriteCmd::Shutdown);
-        let _ = writer.join();
+        // Queued verified pieces are written before the download ends.
+        let (barrier_tx, barrier_rx) = bounded(1);
+        if write_tx.send(WriteCmd::Barrier(barrier_tx)).is_ok() {
+            let _ = barrier_rx.recv();
+        }
         if let Some((t, stopper)) = announcer {
             // The `stopped` announce gets its short timeout, no more.
             let deadline = Instant::now() + tracker::STOPPED_TIMEOUT + Duration::from_millis(200);
@@ -448,7 +456,7 @@ impl Coordinator {
     fn event_loop(
         &mut self,
         write_tx: &Sender<WriteCmd>,
-        written_rx: &Receiver<(PieceIndex, Result<(), storage::Error>)>,
+        written_rx: &Receiver<storage::Written>,
         report_rx: &Receiver<tracker::Report>,
         counters: &tracker::Counters,
         tracker_cmd: &Sender<tracker::Command>,
@@ -672,7 +680,9 @@ impl Coordinator {
         if self.rechoke_due || since >= RECHOKE_EVERY {
             self.rechoke(now);
         }
-        if self.connected_count > 0 || self.pieces.is_complete() || self.paused {
+        // Waiting for the session's connection budget (other torrents use
+        // it) is not a lack of peers.
+        if self.connected_count > 0 || self.pieces.is_complete() || self.paused || self.starved {
             self.last_peer_seen = now;
         } else {
             if self.peers.is_empty() && self.book.candidates() == 0 {
@@ -746,13 +756,21 @@ impl Coordinator {
     }
 
     fn connect_more(&mut self, now: Instant) {
+        self.starved = false;
         let caps = slots::caps(self.opts.max_peers, self.pieces.is_complete());
         let (inc, mut out) = self.counts();
         while out < caps.outbound && inc + out < caps.total {
+            // The session-wide cap on connections (threads), shared by
+            // every torrent: taken before a candidate, so that a full
+            // budget costs no address its turn.
+            let Some(permit) = self.core.connections.take() else {
+                self.starved = self.book.ready_count(now) > 0;
+                return;
+            };
             let Some(addr) = self.book.next(now) else {
                 return;
             };
-            if !self.spawn_peer(addr, None) {
+            if !self.spawn_peer(addr, None, permit) {
                 self.book.closed(addr, Outcome::Retry, now);
                 return;
             }
@@ -816,20 +834,25 @@ impl Coordinator {
                 return;
             }
         }
-        self.spawn_peer(addr, Some(inc));
+        let Some(permit) = self.core.connections.take() else {
+            log::debug!("incoming {addr} refused: the session's connection budget is used up");
+            return;
+        };
+        self.spawn_peer(addr, Some(inc), permit);
     }
 
     /// Starts a connection thread (outgoing, or for an accepted stream).
     /// Returns false if the thread could not be started.
-    fn spawn_peer(&mut self, addr: SocketAddr, incoming: Option<peer::Incoming>) -> bool {
+    /// `permit` (a unit of the session's connection budget) goes with the
+    /// thread and returns when it ends.
+    fn spawn_peer(
+        &mut self,
+        addr: SocketAddr,
+        incoming: Option<peer::Incoming>,
+        permit: Permit,
+    ) -> bool {
         let is_incoming = incoming.is_some();
         let Some(storage) = self.storage.as_ref() else {
-            return false;
-        };
-        // The session-wide cap on connections (threads), shared by every
-        // torrent; the permit goes with the thread and returns when it ends.
-        let Some(permit) = self.core.connections.take() else {
-            log::debug!("peer {addr}: session connection budget used up");
             return false;
         };
         let closer = Closer::default();
@@ -1228,10 +1251,13 @@ impl Coordinator {
             self.downloaded += len;
             // Blocks when the writer is 8 pieces behind; the writer never
             // waits on us, so this cannot deadlock.
+            let storage = Arc::clone(self.storage.as_ref().expect("set while downloading"));
             write_tx
                 .send(WriteCmd::Piece {
+                    storage,
                     piece: h.piece,
                     data: h.data,
+                    done: self.written_tx.clone(),
                 })
                 .map_err(|_| Error::Thread("writer thread ended".into()))?;
             return Ok(());

@@ -1,12 +1,13 @@
 //! What the torrents of one session share, held by every download's
-//! session thread through an `Arc`: the hashing pool, the listener's
-//! routing table, the budget of peer connections, the open-file cache and
-//! our peer id. Owns none of the threads that use it; `Session` starts and
+//! session thread through an `Arc`: the hashing pool, the writer thread's
+//! inbox, the listener's routing table, the budget of peer connections,
+//! the open-file cache and our peer id. Owns none of the threads that use it; `Session` starts and
 //! stops them.
 
 use super::listener::Router;
-use crate::storage::FileCache;
+use crate::storage::{FileCache, WriteCmd};
 use crate::types::PeerId;
+use crossbeam_channel::Sender;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -21,6 +22,9 @@ pub(crate) struct Core {
     pub(crate) peer_id: PeerId,
     pub(crate) connections: Arc<Budget>,
     pub(crate) files: Arc<FileCache>,
+    /// The session's single writer thread (bounded: a download blocks
+    /// when the disk is 8 pieces behind).
+    pub(crate) writer: Sender<WriteCmd>,
 }
 
 /// A count of things in use (peer threads) against a cap, shared by the

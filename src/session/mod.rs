@@ -216,6 +216,7 @@ impl Entry {
 /// Threads a session started that are not a download's.
 struct SessionThreads {
     listener: Option<(Sender<()>, JoinHandle<()>)>,
+    writer: Option<JoinHandle<()>>,
     pool_threads: usize,
     pool_exits: Arc<core::Exits>,
 }
@@ -278,7 +279,11 @@ impl Session {
             .build()
             .map_err(|e| Error::Thread(e.to_string()))?;
         let peer_id = crate::types::PeerId::generate();
+        let (write_tx, write_rx) = crossbeam_channel::bounded(8);
+        let writer = crate::storage::spawn_writer(write_rx)
+            .map_err(|e| Error::Thread(format!("cannot start the writer: {e}")))?;
         let core = core::Core {
+            writer: write_tx,
             pool,
             router,
             port,
@@ -290,6 +295,7 @@ impl Session {
             core: Some(Arc::new(core)),
             threads: Mutex::new(SessionThreads {
                 listener,
+                writer: Some(writer),
                 pool_threads: options.hash_threads.max(1),
                 pool_exits: exits,
             }),
@@ -436,7 +442,11 @@ impl Session {
         // (their threads ended above), so this is the last reference and
         // the pool's threads end now.
         if let Some(core) = self.core.take() {
+            let _ = core.writer.send(crate::storage::WriteCmd::Shutdown);
             drop(core);
+            if let Some(w) = threads.writer.take() {
+                let _ = w.join();
+            }
             let n = threads.pool_threads;
             if !threads.pool_exits.wait_for(n, Duration::from_secs(5)) {
                 log::warn!("hashing threads did not end within 5 s");
