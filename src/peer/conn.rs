@@ -7,7 +7,7 @@
 use super::message::{self, decode_frame, Bitfield, Handshake, Message};
 use super::upload::{Refusal, Upload};
 use super::{Command, CompletedPiece, ConnId, Event, Incoming};
-use crate::geometry::{Layout, BLOCK_LEN};
+use crate::geometry::Layout;
 use crate::storage::Storage;
 use crate::types::{Block, InfoHash, PeerId, PieceIndex};
 use crossbeam_channel::{Receiver, Sender};
@@ -618,13 +618,7 @@ impl Conn {
     }
 
     fn block(&self, piece: PieceIndex, bi: usize) -> Block {
-        let offset = bi as u32 * BLOCK_LEN;
-        let len = (self.p.layout.piece_len(piece) - offset).min(BLOCK_LEN);
-        Block {
-            piece,
-            offset,
-            length: len,
-        }
+        self.p.layout.block(piece, bi as u32)
     }
 
     /// Keeps `pipeline` requests in flight, taking new pieces from the work
@@ -803,19 +797,22 @@ impl Conn {
             }
             return Err(Error::Unrequested { piece: piece.0 });
         };
-        let a = &mut self.active[ai];
-        let bi = (offset / BLOCK_LEN) as usize;
-        let piece_len = a.data.len();
-        let expect = piece_len
-            .saturating_sub(offset as usize)
-            .min(BLOCK_LEN as usize);
-        if offset % BLOCK_LEN != 0 || bi >= a.blocks.len() || data.len() != expect {
+        let index = u32::try_from(data.len()).ok().and_then(|length| {
+            self.p.layout.block_index(&Block {
+                piece,
+                offset,
+                length,
+            })
+        });
+        let Some(bi) = index else {
             return Err(Error::BadBlock {
                 piece: piece.0,
                 offset,
                 len: data.len(),
             });
-        }
+        };
+        let bi = bi as usize;
+        let a = &mut self.active[ai];
         match a.blocks[bi] {
             RECEIVED => return Ok(()),
             REQUESTED => self.outstanding -= 1,
