@@ -134,11 +134,25 @@ impl Layout {
         let len = self.piece_len(piece);
         (0..len)
             .step_by(BLOCK_LEN as usize)
-            .map(move |offset| Block {
-                piece,
-                offset,
-                length: len.saturating_sub(offset).min(BLOCK_LEN),
-            })
+            .map(move |offset| block_at(piece, len, offset))
+    }
+
+    /// Block `index` of `piece`, as `blocks` yields it. Past the piece's end
+    /// (or for a piece out of range) its length is 0, as `piece_len` is.
+    pub fn block(&self, piece: PieceIndex, index: u32) -> Block {
+        let offset = index.saturating_mul(BLOCK_LEN);
+        block_at(piece, self.piece_len(piece), offset)
+    }
+
+    /// Which block of its piece `block` is, if it is exactly one that
+    /// `blocks` yields: aligned, inside the piece and of that block's length.
+    /// Those are the only blocks we request, so the only ones we accept.
+    pub fn block_index(&self, block: &Block) -> Option<u32> {
+        let index = block.offset / BLOCK_LEN;
+        (block.length > 0
+            && block.offset % BLOCK_LEN == 0
+            && self.block(block.piece, index) == *block)
+            .then_some(index)
     }
 
     /// Whether a peer's `request` (or our incoming `piece`) names bytes that
@@ -211,6 +225,16 @@ impl Layout {
             (Some(first), Some(end)) => first..end,
             _ => 0..0,
         }
+    }
+}
+
+/// The block of a `piece_len`-byte piece starting at `offset`: `BLOCK_LEN`
+/// bytes, fewer at the piece's end, none past it.
+fn block_at(piece: PieceIndex, piece_len: u32, offset: u32) -> Block {
+    Block {
+        piece,
+        offset,
+        length: piece_len.saturating_sub(offset).min(BLOCK_LEN),
     }
 }
 
@@ -320,6 +344,39 @@ mod tests {
             ]
         );
         assert_eq!(layout.blocks(p(3)).count(), 0);
+        // One block at a time, and back from a block to its index.
+        for piece in 0..4 {
+            let all: Vec<Block> = layout.blocks(p(piece)).collect();
+            for (i, b) in all.iter().enumerate() {
+                assert_eq!(layout.block(p(piece), i as u32), *b);
+                assert_eq!(layout.block_index(b), Some(i as u32));
+            }
+            assert_eq!(layout.block(p(piece), all.len() as u32).length, 0);
+        }
+        assert_eq!(layout.block(p(0), u32::MAX).length, 0);
+    }
+
+    #[test]
+    fn only_whole_aligned_blocks_have_an_index() {
+        let layout = Layout::new(40_000, &[100_000]).expect("valid");
+        let b = |piece, offset, length| Block {
+            piece: p(piece),
+            offset,
+            length,
+        };
+        assert_eq!(layout.block_index(&b(0, 16_384, 16_384)), Some(1));
+        assert_eq!(layout.block_index(&b(0, 32_768, 7_232)), Some(2));
+        assert_eq!(layout.block_index(&b(2, 16_384, 3_616)), Some(1));
+        // Short, long, misaligned, past the end, empty, no such piece.
+        assert_eq!(layout.block_index(&b(0, 0, 16_383)), None);
+        assert_eq!(layout.block_index(&b(0, 32_768, 7_233)), None);
+        assert_eq!(layout.block_index(&b(2, 16_384, 16_384)), None);
+        assert_eq!(layout.block_index(&b(0, 1, 16_384)), None);
+        assert_eq!(layout.block_index(&b(0, 49_152, 16_384)), None);
+        assert_eq!(layout.block_index(&b(0, 49_152, 0)), None);
+        assert_eq!(layout.block_index(&b(0, 0, 0)), None);
+        assert_eq!(layout.block_index(&b(3, 0, 16_384)), None);
+        assert_eq!(layout.block_index(&b(0, u32::MAX - 16_383, 16_384)), None);
     }
 
     #[test]

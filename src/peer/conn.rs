@@ -1,15 +1,17 @@
 //! One peer connection on one OS thread, over a blocking `TcpStream`.
-//! Owns the socket, the receive buffer, the request pipeline and the pieces
-//! this peer is assembling. Takes piece indices from the shared work queue
-//! and hands complete (unverified) pieces back; it never verifies, never
+//! Owns the socket, the receive buffer, the timeouts and the channels to the
+//! session. Takes piece indices from its work channel and hands complete
+//! (unverified) pieces back; which blocks to request and how they assemble
+//! is `download`'s, what to serve is `upload`'s. It never verifies, never
 //! writes to disk and never decides which peers to connect to.
 
+use super::download::{BlockError, Download, Next, Received};
 use super::message::{self, decode_frame, Bitfield, Handshake, Message};
 use super::upload::{Refusal, Upload};
 use super::{Command, CompletedPiece, ConnId, Event, Incoming};
-use crate::geometry::{Layout, BLOCK_LEN};
+use crate::geometry::Layout;
 use crate::storage::Storage;
-use crate::types::{Block, InfoHash, PeerId, PieceIndex};
+use crate::types::{InfoHash, PeerId, PieceIndex};
 use crossbeam_channel::{Receiver, Sender};
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -218,41 +220,16 @@ fn run(p: Params) {
     });
 }
 
-const NONE: u8 = 0;
-const REQUESTED: u8 = 1;
-const RECEIVED: u8 = 2;
-/// Requested, then the peer choked us (which drops requests): we ask again
-/// after unchoke, but still accept the block if it was already on the wire.
-const DROPPED: u8 = 3;
-
-/// A piece this connection is assembling.
-struct Active {
-    piece: PieceIndex,
-    data: Vec<u8>,
-    /// Per block: NONE, REQUESTED, RECEIVED or DROPPED.
-    blocks: Vec<u8>,
-    /// No block before this index is NONE (a scan hint).
-    next: usize,
-    received: usize,
-}
-
 struct Conn {
     p: Params,
     connected: bool,
     remote: Bitfield,
     ours: Bitfield,
-    peer_choking: bool,
     choked_since: Instant,
-    active: Vec<Active>,
-    max_active: usize,
-    outstanding: usize,
     out: Vec<u8>,
     last_block: Instant,
     last_recv: Instant,
     last_send: Instant,
-    /// Blocks of pieces we cancelled may still be on the wire; tolerate a
-    /// bounded number of them rather than calling the peer hostile.
-    late_blocks_allowed: usize,
     /// Time already waited for a block when the peer choked us: the stall
     /// clock resumes from there, so choke/unchoke games cannot reset it.
     stall_carry: Duration,
@@ -263,7 +240,7 @@ struct Conn {
     chokes: u32,
     choke_window_start: Instant,
     upload: Upload,
-    downloaded: u64,
+    download: Download,
     last_stats: Instant,
     stats_due: bool,
     /// Pieces the peer has that we lack; we are interested while non-zero.
@@ -293,29 +270,24 @@ const SERVING_POLL: Duration = Duration::from_millis(1);
 impl Conn {
     fn new(p: Params) -> Conn {
         let n = p.layout.piece_count();
-        let max_active = p.layout.pieces_for_pipeline(p.limits.pipeline);
+        let download = Download::new(&p.layout, p.limits.pipeline);
         let now = Instant::now();
         Conn {
             ours: p.have.clone(),
             p,
             connected: false,
             remote: Bitfield::new(n),
-            peer_choking: true,
             choked_since: now,
-            active: Vec::new(),
-            max_active,
-            outstanding: 0,
             out: Vec::with_capacity(4096),
             last_block: now,
             last_recv: now,
             last_send: now,
-            late_blocks_allowed: 0,
             stall_carry: Duration::ZERO,
             reported_choking: true,
             chokes: 0,
             choke_window_start: now,
             upload: Upload::default(),
-            downloaded: 0,
+            download,
             last_stats: now,
             stats_due: false,
             wanted: 0,
@@ -432,7 +404,7 @@ impl Conn {
             if self.ours.is_full() && self.remote.is_full() {
                 return Ok(()); // two seeds have nothing to say
             }
-            if !self.ours.is_full() && !self.peer_choking {
+            if !self.ours.is_full() && !self.download.is_choked() {
                 self.fill_pipeline()?;
             }
             if self.upload.has_work() {
@@ -449,11 +421,11 @@ impl Conn {
                 stream.set_read_timeout(Some(want)).map_err(Error::Io)?;
                 read_timeout = want;
             }
-            if self.peer_choking != self.reported_choking {
-                self.reported_choking = self.peer_choking;
+            if self.download.is_choked() != self.reported_choking {
+                self.reported_choking = self.download.is_choked();
                 self.send_event(Event::Choked {
                     id: self.p.id,
-                    choked: self.peer_choking,
+                    choked: self.reported_choking,
                 })?;
             }
             let now = Instant::now();
@@ -496,14 +468,14 @@ impl Conn {
             }
 
             let now = Instant::now();
-            if self.outstanding > 0 && now.duration_since(self.last_block) > limits.stall {
+            if self.download.in_flight() > 0 && now.duration_since(self.last_block) > limits.stall {
                 return Err(Error::Stalled(limits.stall));
             }
             if now.duration_since(self.last_recv) > limits.idle {
                 return Err(Error::Idle(limits.idle));
             }
-            if self.peer_choking
-                && (!self.active.is_empty() || !self.p.work.is_empty())
+            if self.download.is_choked()
+                && (self.download.holds_any() || !self.p.work.is_empty())
                 && now.duration_since(self.choked_since) > limits.choked_hold
             {
                 self.abandon_all()?;
@@ -525,7 +497,7 @@ impl Conn {
     fn stats(&mut self) -> Event {
         Event::Stats {
             id: self.p.id,
-            downloaded: std::mem::take(&mut self.downloaded),
+            downloaded: self.download.take_downloaded(),
             uploaded: self.upload.take_uploaded(),
             peer_interested: self.upload.peer_interested,
             am_interested: self.am_interested,
@@ -553,9 +525,10 @@ impl Conn {
 
     /// Another copy of `piece` won: cancel ours and let it go.
     fn drop_copy(&mut self, piece: PieceIndex) -> Result<(), Error> {
-        if let Some(i) = self.active.iter().position(|a| a.piece == piece) {
-            let a = self.active.remove(i);
-            self.cancel_requested(&a);
+        if let Some(cancels) = self.download.cancel(piece, &self.p.layout) {
+            for block in cancels {
+                message::encode(&Message::Cancel(block), &mut self.out);
+            }
             self.send_event(Event::Abandoned {
                 id: self.p.id,
                 piece,
@@ -564,33 +537,12 @@ impl Conn {
         Ok(())
     }
 
-    fn cancel_requested(&mut self, a: &Active) {
-        for (bi, &st) in a.blocks.iter().enumerate() {
-            if st == REQUESTED {
-                message::encode(&Message::Cancel(self.block(a.piece, bi)), &mut self.out);
-                self.outstanding -= 1;
-            }
-            // Dropped by a choke, but possibly already on the wire.
-            if matches!(st, REQUESTED | DROPPED) {
-                self.late_blocks_allowed += 1;
-            }
-        }
-    }
-
     /// Gives back every piece we hold or were given (choked too long).
     fn abandon_all(&mut self) -> Result<(), Error> {
-        // Choked peers have already dropped our requests (BEP 3).
-        let active = std::mem::take(&mut self.active);
-        for a in &active {
-            self.late_blocks_allowed += a
-                .blocks
-                .iter()
-                .filter(|&&st| matches!(st, REQUESTED | DROPPED))
-                .count();
-        }
-        let held: Vec<PieceIndex> = active
+        let held: Vec<PieceIndex> = self
+            .download
+            .abandon_all()
             .into_iter()
-            .map(|a| a.piece)
             .chain(self.p.work.try_iter())
             .collect();
         for piece in held {
@@ -599,7 +551,6 @@ impl Conn {
                 piece,
             })?;
         }
-        self.outstanding = 0;
         Ok(())
     }
 
@@ -631,53 +582,25 @@ impl Conn {
         }
     }
 
-    fn block(&self, piece: PieceIndex, bi: usize) -> Block {
-        let offset = bi as u32 * BLOCK_LEN;
-        let len = (self.p.layout.piece_len(piece) - offset).min(BLOCK_LEN);
-        Block {
-            piece,
-            offset,
-            length: len,
-        }
-    }
-
     /// Keeps `pipeline` requests in flight, taking new pieces from the work
     /// queue as the ones we hold are fully requested.
     fn fill_pipeline(&mut self) -> Result<(), Error> {
-        while self.outstanding < self.p.limits.pipeline {
-            let next = self.active.iter_mut().enumerate().find_map(|(ai, a)| {
-                while a.next < a.blocks.len() && matches!(a.blocks[a.next], REQUESTED | RECEIVED) {
-                    a.next += 1;
+        loop {
+            let idle = self.download.in_flight() == 0;
+            match self.download.next(&self.p.layout) {
+                Next::Request(block) => {
+                    message::encode(&Message::Request(block), &mut self.out);
+                    if idle {
+                        // The stall clock runs while requests are in
+                        // flight; resume it where a choke paused it.
+                        self.last_block = Instant::now() - std::mem::take(&mut self.stall_carry);
+                    }
                 }
-                (a.next < a.blocks.len()).then_some((ai, a.next))
-            });
-            if let Some((ai, bi)) = next {
-                let piece = self.active[ai].piece;
-                self.active[ai].blocks[bi] = REQUESTED;
-                let block = self.block(piece, bi);
-                message::encode(&Message::Request(block), &mut self.out);
-                if self.outstanding == 0 {
-                    self.last_block = Instant::now() - std::mem::take(&mut self.stall_carry);
-                }
-                self.outstanding += 1;
-                continue;
-            }
-            if self.active.len() >= self.max_active {
-                break;
-            }
-            match self.take_piece()? {
-                Some(piece) => {
-                    let len = self.p.layout.piece_len(piece) as usize;
-                    let nblocks = self.p.layout.block_count(piece) as usize;
-                    self.active.push(Active {
-                        piece,
-                        data: vec![0; len],
-                        blocks: vec![NONE; nblocks],
-                        next: 0,
-                        received: 0,
-                    });
-                }
-                None => break,
+                Next::Piece => match self.take_piece()? {
+                    Some(piece) => self.download.start(piece, &self.p.layout),
+                    None => break,
+                },
+                Next::Wait => break,
             }
         }
         Ok(())
@@ -687,10 +610,7 @@ impl Conn {
     /// completed elsewhere) or cannot get is handed back at once.
     fn take_piece(&mut self) -> Result<Option<PieceIndex>, Error> {
         while let Ok(piece) = self.p.work.try_recv() {
-            if self.ours.has(piece)
-                || !self.remote.has(piece)
-                || self.active.iter().any(|a| a.piece == piece)
-            {
+            if self.ours.has(piece) || !self.remote.has(piece) || self.download.holds(piece) {
                 self.send_event(Event::Abandoned {
                     id: self.p.id,
                     piece,
@@ -706,7 +626,7 @@ impl Conn {
         match msg {
             Message::KeepAlive | Message::Port(_) | Message::Other { .. } => {}
             Message::Choke => {
-                if !self.peer_choking {
+                if !self.download.is_choked() {
                     let now = Instant::now();
                     if now.duration_since(self.choke_window_start) > CHOKE_WINDOW {
                         self.choke_window_start = now;
@@ -716,24 +636,14 @@ impl Conn {
                     if self.chokes > MAX_CHOKES {
                         return Err(Error::ChokeFlood);
                     }
-                    self.peer_choking = true;
                     self.choked_since = now;
-                    if self.outstanding > 0 {
+                    if self.download.in_flight() > 0 {
                         self.stall_carry = self.last_block.elapsed();
                     }
-                    // The peer discards our requests when it chokes us.
-                    for a in &mut self.active {
-                        for st in a.blocks.iter_mut() {
-                            if *st == REQUESTED {
-                                *st = DROPPED;
-                            }
-                        }
-                        a.next = 0;
-                    }
-                    self.outstanding = 0;
+                    self.download.choke();
                 }
             }
-            Message::Unchoke => self.peer_choking = false,
+            Message::Unchoke => self.download.unchoke(),
             // Interest changes go to the choker at once, not in a second.
             Message::Interested => {
                 self.upload.peer_interested = true;
@@ -810,50 +720,29 @@ impl Conn {
     }
 
     fn on_block(&mut self, piece: PieceIndex, offset: u32, data: &[u8]) -> Result<(), Error> {
-        let Some(ai) = self.active.iter().position(|a| a.piece == piece) else {
-            if self.late_blocks_allowed > 0 {
-                self.late_blocks_allowed -= 1;
-                return Ok(());
+        match self.download.on_block(piece, offset, data, &self.p.layout) {
+            Ok(Received::Ignored) => {}
+            Ok(Received::Stored) => self.last_block = Instant::now(),
+            Ok(Received::Complete(data)) => {
+                let done = CompletedPiece {
+                    from: self.p.id,
+                    piece,
+                    data,
+                };
+                // Blocks when the verify/write pipeline is full: backpressure
+                // reaches the peer through TCP instead of growing our memory.
+                self.p.pieces.send(done).map_err(|_| Error::SessionGone)?;
+                // Time spent waiting on our own pipeline is not the peer stalling.
+                self.last_block = Instant::now();
             }
-            return Err(Error::Unrequested { piece: piece.0 });
-        };
-        let a = &mut self.active[ai];
-        let bi = (offset / BLOCK_LEN) as usize;
-        let piece_len = a.data.len();
-        let expect = piece_len
-            .saturating_sub(offset as usize)
-            .min(BLOCK_LEN as usize);
-        if offset % BLOCK_LEN != 0 || bi >= a.blocks.len() || data.len() != expect {
-            return Err(Error::BadBlock {
-                piece: piece.0,
-                offset,
-                len: data.len(),
-            });
-        }
-        match a.blocks[bi] {
-            RECEIVED => return Ok(()),
-            REQUESTED => self.outstanding -= 1,
-            DROPPED => {}
-            _ => return Err(Error::Unrequested { piece: piece.0 }),
-        }
-        a.blocks[bi] = RECEIVED;
-        a.received += 1;
-        self.downloaded += data.len() as u64;
-        let start = offset as usize;
-        a.data[start..start + data.len()].copy_from_slice(data);
-        self.last_block = Instant::now();
-        if a.received == a.blocks.len() {
-            let a = self.active.remove(ai);
-            let done = CompletedPiece {
-                from: self.p.id,
-                piece,
-                data: a.data,
-            };
-            // Blocks when the verify/write pipeline is full: backpressure
-            // reaches the peer through TCP instead of growing our memory.
-            self.p.pieces.send(done).map_err(|_| Error::SessionGone)?;
-            // Time spent waiting on our own pipeline is not the peer stalling.
-            self.last_block = Instant::now();
+            Err(BlockError::Unrequested) => return Err(Error::Unrequested { piece: piece.0 }),
+            Err(BlockError::OutOfRange) => {
+                return Err(Error::BadBlock {
+                    piece: piece.0,
+                    offset,
+                    len: data.len(),
+                })
+            }
         }
         Ok(())
     }

@@ -5,6 +5,7 @@
 
 pub mod accept;
 pub mod conn;
+pub(crate) mod download;
 pub mod message;
 pub mod mse;
 pub mod upload;
