@@ -5,7 +5,7 @@
 //! is `download`'s, what to serve is `upload`'s. It never verifies, never
 //! writes to disk and never decides which peers to connect to.
 
-use super::download::{BlockError, Download, Next, Received};
+use super::download::{BlockError, Fetcher, Next, Received};
 use super::message::{self, decode_frame, Bitfield, Handshake, Message};
 use super::upload::{Refusal, Upload};
 use super::{Command, CompletedPiece, ConnId, Event, Incoming};
@@ -240,7 +240,7 @@ struct Conn {
     chokes: u32,
     choke_window_start: Instant,
     upload: Upload,
-    download: Download,
+    download: Fetcher,
     last_stats: Instant,
     stats_due: bool,
     /// Pieces the peer has that we lack; we are interested while non-zero.
@@ -270,7 +270,7 @@ const SERVING_POLL: Duration = Duration::from_millis(1);
 impl Conn {
     fn new(p: Params) -> Conn {
         let n = p.layout.piece_count();
-        let download = Download::new(&p.layout, p.limits.pipeline);
+        let download = Fetcher::new(&p.layout, p.limits.pipeline);
         let now = Instant::now();
         Conn {
             ours: p.have.clone(),

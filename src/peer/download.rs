@@ -45,7 +45,7 @@ impl Active {
     }
 }
 
-/// What the download half wants next (see [`Download::next`]).
+/// What the download half wants next (see [`Fetcher::next`]).
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Next {
     /// Send this request; it already counts as in flight.
@@ -57,7 +57,7 @@ pub(crate) enum Next {
     Wait,
 }
 
-/// What became of an arriving block (see [`Download::on_block`]).
+/// What became of an arriving block (see [`Fetcher::on_block`]).
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Received {
     /// Stored; its piece still lacks blocks.
@@ -79,7 +79,7 @@ pub(crate) enum BlockError {
     OutOfRange,
 }
 
-pub(crate) struct Download {
+pub(crate) struct Fetcher {
     /// The peer chokes us: it has dropped our requests and takes no more.
     /// Peers start choking.
     choked: bool,
@@ -99,10 +99,10 @@ pub(crate) struct Download {
     downloaded: u64,
 }
 
-impl Download {
+impl Fetcher {
     /// Keeps `depth` requests in flight once unchoked.
-    pub(crate) fn new(layout: &Layout, depth: usize) -> Download {
-        Download {
+    pub(crate) fn new(layout: &Layout, depth: usize) -> Fetcher {
+        Fetcher {
             choked: true,
             active: Vec::new(),
             depth,
@@ -298,7 +298,7 @@ mod tests {
 
     /// What `conn` does: request until told to wait, starting pieces from
     /// `work` when asked.
-    fn fill(d: &mut Download, layout: &Layout, work: &mut VecDeque<PieceIndex>) -> Vec<Block> {
+    fn fill(d: &mut Fetcher, layout: &Layout, work: &mut VecDeque<PieceIndex>) -> Vec<Block> {
         let mut sent = Vec::new();
         loop {
             match d.next(layout) {
@@ -313,7 +313,7 @@ mod tests {
         sent
     }
 
-    fn deliver(d: &mut Download, layout: &Layout, b: Block) -> Result<Received, BlockError> {
+    fn deliver(d: &mut Fetcher, layout: &Layout, b: Block) -> Result<Received, BlockError> {
         d.on_block(b.piece, b.offset, &payload(layout, b), layout)
     }
 
@@ -322,7 +322,7 @@ mod tests {
         // 4 blocks a piece, the last piece 1.5 blocks.
         let layout = Layout::new(65_536, &[9 * 65_536 + 24_576]).unwrap();
         let depth = 6;
-        let mut d = Download::new(&layout, depth);
+        let mut d = Fetcher::new(&layout, depth);
         let mut work: VecDeque<PieceIndex> = (0..layout.piece_count()).map(p).collect();
         assert_eq!(fill(&mut d, &layout, &mut work), [], "choked: nothing");
         d.unchoke();
@@ -360,13 +360,13 @@ mod tests {
     #[test]
     fn every_requested_block_is_received_or_dropped_once() {
         let layout = Layout::new(65_536, &[2 * 65_536]).unwrap();
-        let mut d = Download::new(&layout, 5);
+        let mut d = Fetcher::new(&layout, 5);
         let mut work: VecDeque<PieceIndex> = [p(0), p(1)].into();
         d.unchoke();
         let first = fill(&mut d, &layout, &mut work);
         assert_eq!(first.len(), 5);
         let mut stored: HashMap<Block, u32> = HashMap::new();
-        let mut take = |d: &mut Download, b: Block| match deliver(d, &layout, b).unwrap() {
+        let mut take = |d: &mut Fetcher, b: Block| match deliver(d, &layout, b).unwrap() {
             Received::Ignored => {}
             Received::Stored | Received::Complete(_) => *stored.entry(b).or_insert(0) += 1,
         };
@@ -403,7 +403,7 @@ mod tests {
     #[test]
     fn stray_blocks_are_refused_and_leave_the_buffer_alone() {
         let layout = Layout::new(65_536, &[3 * 65_536]).unwrap();
-        let mut d = Download::new(&layout, 2);
+        let mut d = Fetcher::new(&layout, 2);
         let mut work: VecDeque<PieceIndex> = [p(1)].into();
         d.unchoke();
         let sent = fill(&mut d, &layout, &mut work);
@@ -443,7 +443,7 @@ mod tests {
         // Pieces of 40,000 bytes: two full blocks and one of 7,232; the
         // last piece is 20,000 bytes: one full block and one of 3,616.
         let layout = Layout::new(40_000, &[100_000]).unwrap();
-        let mut d = Download::new(&layout, 16);
+        let mut d = Fetcher::new(&layout, 16);
         let mut work: VecDeque<PieceIndex> = (0..3).map(p).collect();
         d.unchoke();
         let sent = fill(&mut d, &layout, &mut work);
@@ -468,7 +468,7 @@ mod tests {
     #[test]
     fn choke_drops_requests_and_unchoke_asks_again() {
         let layout = Layout::new(65_536, &[4 * 65_536]).unwrap();
-        let mut d = Download::new(&layout, 6);
+        let mut d = Fetcher::new(&layout, 6);
         let mut work: VecDeque<PieceIndex> = (0..4).map(p).collect();
         d.unchoke();
         let sent = fill(&mut d, &layout, &mut work);
@@ -490,7 +490,7 @@ mod tests {
     #[test]
     fn done_cancels_the_outstanding_requests_of_its_piece() {
         let layout = Layout::new(65_536, &[4 * 65_536]).unwrap();
-        let mut d = Download::new(&layout, 6);
+        let mut d = Fetcher::new(&layout, 6);
         let mut work: VecDeque<PieceIndex> = (0..4).map(p).collect();
         d.unchoke();
         let sent = fill(&mut d, &layout, &mut work);
@@ -525,7 +525,7 @@ mod tests {
     #[test]
     fn abandoning_returns_every_piece_held() {
         let layout = Layout::new(65_536, &[4 * 65_536]).unwrap();
-        let mut d = Download::new(&layout, 6);
+        let mut d = Fetcher::new(&layout, 6);
         let mut work: VecDeque<PieceIndex> = [p(3), p(1), p(2)].into();
         d.unchoke();
         let sent = fill(&mut d, &layout, &mut work);

@@ -1,5 +1,8 @@
-//! Peers: the wire codec (`message`, pure) and the per-peer connection
-//! thread (`conn`, blocking sockets). This file holds the vocabulary the
+//! Peers: the wire codec (`message`, pure), the two halves of a
+//! connection as pure state (`download`: what to request and assembling
+//! pieces; `upload`: serving requests), the MSE maths (`mse`, pure), and
+//! the threads that own sockets (`conn`, one per connection; `accept`,
+//! reading an incoming opening). This file holds the vocabulary the
 //! session and a connection thread use to talk: [`Command`] in, [`Event`]
 //! and [`CompletedPiece`] out.
 
