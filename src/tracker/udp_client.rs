@@ -148,20 +148,24 @@ fn exchange<T>(
         url: url.into(),
         detail: e.to_string(),
     };
+    let stopped = || Error::Udp {
+        url: url.into(),
+        detail: "stopped".into(),
+    };
     loop {
         let now = Instant::now();
         if now >= deadline {
             return Err(Error::Timeout { url: url.into() });
+        }
+        if stop.load(Ordering::Acquire) {
+            return Err(stopped());
         }
         sock.send(packet).map_err(io)?;
         let until = (now + wait).min(deadline);
         wait *= 2;
         loop {
             if stop.load(Ordering::Acquire) {
-                return Err(Error::Udp {
-                    url: url.into(),
-                    detail: "stopped".into(),
-                });
+                return Err(stopped());
             }
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
