@@ -200,7 +200,8 @@ fn run() -> Result<(), Failure> {
         return verify(&torrent, &output.unwrap_or_else(|| PathBuf::from(".")));
     }
 
-    let mut opts = Options::new(output.unwrap_or_else(|| PathBuf::from(".")));
+    let mut opts = Options::new(output.unwrap_or_else(|| PathBuf::from(".")))
+        .map_err(|e| Failure::new(exit::INTERNAL, e.to_string()))?;
     if let Some(n) = max_peers {
         if n == 0 {
             return Err(usage("--max-peers must be at least 1"));
@@ -508,7 +509,7 @@ fn session_failure(e: SessionError) -> Failure {
         SessionError::Storage(_) => exit::IO,
         SessionError::Tracker(_) | SessionError::NoPeers { .. } => exit::NO_PEERS,
         SessionError::Cancelled => exit::CANCELLED,
-        SessionError::Thread(_) => exit::INTERNAL,
+        SessionError::Thread(_) | SessionError::Entropy(_) => exit::INTERNAL,
     };
     Failure::new(code, e.to_string())
 }

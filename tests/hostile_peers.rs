@@ -289,7 +289,7 @@ fn run(how: Misbehaviour, seed: u64) -> (String, usize) {
     let torrent = Torrent::from_bytes(&std::fs::read(&torrent_path).unwrap()).unwrap();
     let hostile = Hostile::start(how, &torrent);
     let out: PathBuf = dir.path().join("out");
-    let mut opts = Options::new(&out);
+    let mut opts = Options::new(&out).unwrap();
     opts.peers.push(hostile.addr);
     opts.limits = Limits {
         handshake: Duration::from_secs(2),

@@ -35,7 +35,7 @@ fn download_from_a_plain_thread_with_progress() {
     );
     let out = dir.path().join("out");
     let worker = std::thread::spawn(move || {
-        let dl = Download::start(torrent, Options::new(&out)).unwrap();
+        let dl = Download::start(torrent, Options::new(&out).unwrap()).unwrap();
         let deadline = Instant::now() + Duration::from_secs(120);
         let mut pieces_seen = 0;
         let mut finished = false;
@@ -88,7 +88,7 @@ fn cancel_from_another_thread() {
     let torrent_path = dir.path().join("t.torrent");
     mktorrent(&content, &torrent_path, None, 15);
     let torrent = Torrent::from_bytes(&std::fs::read(&torrent_path).unwrap()).unwrap();
-    let mut opts = Options::new(dir.path().join("out"));
+    let mut opts = Options::new(dir.path().join("out")).unwrap();
     // A peer that never answers: the download can only end by cancel.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     opts.peers.push(silent.local_addr().unwrap());
@@ -116,7 +116,7 @@ fn complete_data_finishes_without_any_peer() {
     let url = format!("http://127.0.0.1:{}/announce", free_port());
     mktorrent(&content, &torrent_path, Some(&url), 15);
     let torrent = Torrent::from_bytes(&std::fs::read(&torrent_path).unwrap()).unwrap();
-    let summary = Download::start(torrent, Options::new(dir.path().join("seed")))
+    let summary = Download::start(torrent, Options::new(dir.path().join("seed")).unwrap())
         .unwrap()
         .wait()
         .expect("already complete");

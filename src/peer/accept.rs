@@ -9,7 +9,7 @@
 use super::conn::Error;
 use super::message::{Handshake, HANDSHAKE_LEN};
 use super::mse::{self, Cipher, Responder};
-use crate::types::InfoHash;
+use crate::types::{random_bytes, random_u64, InfoHash};
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -69,13 +69,13 @@ fn encrypted(mut r: Reader<'_>, info_hash: InfoHash) -> Result<Accepted, Error> 
     // Garbage is refused before any exponentiation is spent on it.
     mse::check_public_key(&ya).map_err(Error::Mse)?;
     let mut private = [0u8; mse::PRIVATE_LEN];
-    crate::types::random_bytes(&mut private);
+    random_bytes(&mut private).map_err(Error::Entropy)?;
     let ours = Responder::new(private);
     let shared = ours.shared(&ya).map_err(Error::Mse)?;
     // 2: Yb and a random PadB.
     let mut reply = ours.public_key().to_vec();
-    let mut pad = vec![0u8; (crate::types::random_u64() % 129) as usize];
-    crate::types::random_bytes(&mut pad);
+    let mut pad = vec![0u8; (random_u64().map_err(Error::Entropy)? % 129) as usize];
+    random_bytes(&mut pad).map_err(Error::Entropy)?;
     reply.extend_from_slice(&pad);
     r.stream.write_all(&reply).map_err(Error::Io)?;
 

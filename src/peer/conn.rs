@@ -84,6 +84,9 @@ pub enum Error {
     Storage(String),
     /// An incoming encrypted (MSE) handshake failed.
     Mse(super::mse::Error),
+    /// No random bytes for our side of an encrypted handshake. Our
+    /// failure, not the peer's: never a ban.
+    Entropy(crate::types::EntropyError),
 }
 
 impl fmt::Display for Error {
@@ -125,6 +128,7 @@ impl fmt::Display for Error {
             Error::BadRequest(Refusal::Flood) => f.write_str("flooded us with requests"),
             Error::Storage(e) => write!(f, "cannot serve: {e}"),
             Error::Mse(e) => write!(f, "{e}"),
+            Error::Entropy(e) => write!(f, "{e}"),
         }
     }
 }

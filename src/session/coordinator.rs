@@ -222,7 +222,7 @@ impl Coordinator {
             events,
             cancel,
             pool,
-            rng: Rng::seeded(),
+            rng: Rng::seeded()?,
             peer_tx,
             peer_rx,
             piece_tx,
@@ -387,7 +387,7 @@ impl Coordinator {
                 bytes += self.layout.piece_len(piece) as u64;
             }
         }
-        self.pieces = Pieces::new(&have, Rng::seeded());
+        self.pieces = Pieces::new(&have, Rng::seeded()?);
         if have.count() > 0 {
             log::info!(
                 "resume: {} of {} pieces already verified on disk",

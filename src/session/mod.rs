@@ -15,7 +15,7 @@ mod slots;
 
 use crate::metainfo::Torrent;
 use crate::peer::conn::Limits;
-use crate::types::PeerId;
+use crate::types::{EntropyError, PeerId};
 use crossbeam_channel::{Receiver, Sender};
 use std::fmt;
 use std::net::SocketAddr;
@@ -56,8 +56,10 @@ pub struct Options {
 }
 
 impl Options {
-    pub fn new(output_dir: impl Into<PathBuf>) -> Options {
-        Options {
+    /// Fails only if the operating system gives no random bytes for the
+    /// peer id.
+    pub fn new(output_dir: impl Into<PathBuf>) -> Result<Options, EntropyError> {
+        Ok(Options {
             output_dir: output_dir.into(),
             max_peers: 50,
             peers: Vec::new(),
@@ -67,9 +69,9 @@ impl Options {
             no_peer_timeout: Duration::from_secs(60),
             announce_timeout: crate::tracker::ANNOUNCE_TIMEOUT,
             limits: Limits::default(),
-            peer_id: PeerId::generate(),
+            peer_id: PeerId::generate()?,
             repair: false,
-        }
+        })
     }
 }
 
@@ -102,6 +104,8 @@ pub enum Error {
     Cancelled,
     /// A thread could not be started or died unexpectedly.
     Thread(String),
+    /// The operating system gave no random bytes.
+    Entropy(EntropyError),
 }
 
 impl fmt::Display for Error {
@@ -121,11 +125,18 @@ impl fmt::Display for Error {
             }
             Error::Cancelled => f.write_str("download cancelled"),
             Error::Thread(e) => write!(f, "internal error: {e}"),
+            Error::Entropy(e) => write!(f, "{e}"),
         }
     }
 }
 
 impl std::error::Error for Error {}
+
+impl From<EntropyError> for Error {
+    fn from(e: EntropyError) -> Self {
+        Error::Entropy(e)
+    }
+}
 
 /// A snapshot of a running download.
 #[derive(Clone, Debug, PartialEq)]

@@ -13,7 +13,7 @@ mod udp_client;
 pub use udp_client::UdpTrackers;
 
 use crate::text::Escaped;
-use crate::types::{InfoHash, PeerId};
+use crate::types::{EntropyError, InfoHash, PeerId, Rng};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::fmt;
 use std::net::SocketAddr;
@@ -59,6 +59,8 @@ pub enum Error {
     UnsupportedScheme {
         url: String,
     },
+    /// No randomness for a UDP transaction id or the tier order.
+    Entropy(EntropyError),
 }
 
 impl fmt::Display for Error {
@@ -80,6 +82,7 @@ impl fmt::Display for Error {
                 )
             }
             Error::Timeout { url } => write!(f, "tracker {}: no answer (timed out)", Escaped(url)),
+            Error::Entropy(e) => write!(f, "cannot announce: {e}"),
         }
     }
 }
@@ -246,12 +249,23 @@ pub fn scrape(
     })
 }
 
-/// Fisher-Yates with `random_u64` (BEP 12 shuffles each tier once).
-fn shuffle<T>(v: &mut [T]) {
+/// Fisher-Yates (BEP 12 shuffles each tier once).
+fn shuffle<T>(v: &mut [T], rng: &mut Rng) {
     for i in (1..v.len()).rev() {
-        let j = (crate::types::random_u64() % (i as u64 + 1)) as usize;
-        v.swap(i, j);
+        v.swap(i, rng.below(i + 1));
     }
+}
+
+/// Shuffles every tier, once: `done` records that it happened.
+fn shuffle_tiers(tiers: &mut [Vec<String>], done: &mut bool) -> Result<(), Error> {
+    if !*done {
+        let mut rng = Rng::seeded().map_err(Error::Entropy)?;
+        for tier in tiers {
+            shuffle(tier, &mut rng);
+        }
+        *done = true;
+    }
+    Ok(())
 }
 
 pub fn agent() -> ureq::Agent {
@@ -354,9 +368,10 @@ impl Announcer {
     }
 
     fn run(mut self, commands: Receiver<Command>, reports: Sender<Report>) {
-        for tier in &mut self.tiers {
-            shuffle(tier);
-        }
+        // Without randomness for the tier order a round fails like any
+        // other (reported, retried with backoff): announcing in an order
+        // every rtc shares would pile every client onto the first tracker.
+        let mut shuffled = false;
         let mut clients = Clients::new();
         let mut event = Some(AnnounceEvent::Started);
         let mut ever_answered = false;
@@ -364,7 +379,11 @@ impl Announcer {
         let mut retry = RETRY_FIRST;
         loop {
             let started = std::time::Instant::now();
-            let (wait, min_wait) = match self.round(&mut clients, event, self.timeout, &reports) {
+            let outcome = match shuffle_tiers(&mut self.tiers, &mut shuffled) {
+                Ok(()) => self.round(&mut clients, event, self.timeout, &reports),
+                Err(e) => Err(e),
+            };
+            let (wait, min_wait) = match outcome {
                 Ok(intervals) => {
                     ever_answered = true;
                     event = None;
@@ -412,5 +431,30 @@ impl Announcer {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiers_are_shuffled_once_and_keep_their_trackers() {
+        let urls: Vec<String> = (0..20).map(|i| format!("udp://t{i}:1")).collect();
+        let mut tiers = vec![urls.clone(), vec!["http://only/announce".into()]];
+        let mut done = false;
+        shuffle_tiers(&mut tiers, &mut done).unwrap();
+        assert!(done);
+        let once = tiers.clone();
+        shuffle_tiers(&mut tiers, &mut done).unwrap();
+        assert_eq!(
+            tiers, once,
+            "a later round keeps the order (and who answered first)"
+        );
+        let (mut got, mut want) = (tiers[0].clone(), urls);
+        got.sort();
+        want.sort();
+        assert_eq!(got, want);
+        assert_eq!(tiers[1], ["http://only/announce"]);
     }
 }

@@ -13,10 +13,8 @@
 
 pub mod fake_http;
 
-use std::collections::hash_map::RandomState;
 use std::collections::{BTreeSet, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::hash::{BuildHasher, Hasher};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
@@ -68,16 +66,7 @@ pub fn port_accepts(addr: SocketAddr) -> bool {
 }
 
 fn random_u64() -> u64 {
-    // Each RandomState gets fresh keys: good enough to spread port choices.
-    let mut h = RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.write_u32(std::process::id());
-    h.finish()
+    rtc::types::random_u64().expect("random bytes from the operating system")
 }
 
 /// Lowest port of the kernel's ephemeral range (outgoing connections).
