@@ -121,9 +121,11 @@ impl fmt::Display for Error {
             Error::Idle(d) => write!(f, "silent for {}s", d.as_secs()),
             Error::HandshakeTimeout(d) => write!(f, "no handshake within {}s", d.as_secs()),
             Error::SessionGone => f.write_str("session ended"),
-            Error::BadRequest(Refusal::OutOfRange) => {
-                f.write_str("requested a block outside the torrent or over 16 KiB")
-            }
+            Error::BadRequest(Refusal::OutOfRange) => write!(
+                f,
+                "requested a block outside the torrent or over {} KiB",
+                BLOCK_LEN / 1024
+            ),
             Error::BadRequest(Refusal::NotHave) => f.write_str("requested a piece we do not have"),
             Error::BadRequest(Refusal::Flood) => f.write_str("flooded us with requests"),
             Error::Storage(e) => write!(f, "cannot serve: {e}"),
