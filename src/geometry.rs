@@ -144,8 +144,9 @@ impl Layout {
             })
     }
 
-    /// Whether a peer's `request` (or our incoming `piece`) names bytes that
-    /// exist. Any offset is accepted, not just multiples of `BLOCK_LEN`:
+    /// Whether a peer's `request` names bytes that exist (an incoming
+    /// `piece` is held to more: `peer::conn` accepts only the exact blocks
+    /// it asked for). Any offset is accepted, not just multiples of `BLOCK_LEN`:
     /// BEP 3 does not require alignment and some clients do not align. The
     /// length must be non-zero and at most `BLOCK_LEN` (16 KiB), and the
     /// block must end inside the piece.

@@ -1,9 +1,10 @@
 //! rtc: a BitTorrent client library with no async runtime.
 //!
 //! Owns the public API (re-exports) and the module map. Protocol modules
-//! (`bencode`, `metainfo`, `peer::message`, `tracker::http`) are pure: they
-//! turn bytes into values and back. Sockets and files live only in
-//! `peer::conn`, `tracker`, and `storage`; `session` wires the threads.
+//! (`bencode`, `metainfo`, `peer::message`, `peer::mse`, `tracker::http`,
+//! `tracker::udp`) are pure: they turn bytes into values and back. Sockets
+//! live only in `peer::conn`, `peer::accept`, `session::listener` and
+//! `tracker`, files only in `storage`; `session` wires the threads.
 #![forbid(unsafe_code)]
 
 pub mod bencode;

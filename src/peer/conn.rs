@@ -1,8 +1,9 @@
 //! One peer connection on one OS thread, over a blocking `TcpStream`.
 //! Owns the socket, the receive buffer, the request pipeline and the pieces
-//! this peer is assembling. Takes piece indices from the shared work queue
-//! and hands complete (unverified) pieces back; it never verifies, never
-//! writes to disk and never decides which peers to connect to.
+//! this peer is assembling, and serves the peer's requests (`upload`).
+//! Takes the piece indices the session assigned it from its own work
+//! channel and hands complete (unverified) pieces back; it never verifies,
+//! never writes to disk and never decides which peers to connect to.
 
 use super::message::{self, decode_frame, Bitfield, Handshake, Message};
 use super::upload::{Refusal, Upload};
@@ -25,7 +26,7 @@ pub struct Limits {
     pub handshake: Duration,
     pub write: Duration,
     /// How long the thread blocks in `read` before it looks at its commands
-    /// and the work queue again.
+    /// and its work channel again.
     pub poll: Duration,
     /// Requests outstanding with no block arriving for this long: the peer
     /// is stalled and dropped so its pieces go back to the queue.
@@ -190,7 +191,8 @@ pub fn spawn(p: Params) -> io::Result<std::thread::JoinHandle<()>> {
         .spawn(move || run(p))
 }
 
-/// Thread body: whatever happens, report `Exited` with the pieces we held.
+/// Thread body: whatever happens, report `Exited` (the session then lets go
+/// of every piece it had assigned us).
 fn run(p: Params) {
     let events = p.events.clone();
     let (id, addr) = (p.id, p.addr);
@@ -634,7 +636,7 @@ impl Conn {
     }
 
     /// Keeps `pipeline` requests in flight, taking new pieces from the work
-    /// queue as the ones we hold are fully requested.
+    /// channel as the ones we hold are fully requested.
     fn fill_pipeline(&mut self) -> Result<(), Error> {
         while self.outstanding < self.p.limits.pipeline {
             let next = self.active.iter_mut().enumerate().find_map(|(ai, a)| {

@@ -12,8 +12,9 @@ pub const HANDSHAKE_LEN: usize = 68;
 /// Largest frame accepted from a peer, checked against the length prefix
 /// before anything is buffered. A piece message carries at most one block
 /// of `geometry::BLOCK_LEN` (all we ever request; see there why 16 KiB)
-/// plus 9 bytes of header, and no other message we accept unannounced is
-/// longer. A bitfield for the largest torrent we accept
+/// plus 9 bytes of header; every other BEP 3 message is shorter, and so
+/// must be any extension message a peer sends unasked. A bitfield for the
+/// largest torrent we accept
 /// (2^50 bytes / 16 KiB pieces = 2^36 pieces) would be larger, but such a
 /// torrent is refused by `metainfo` long before a peer could send one, so
 /// bitfields are bounded by `max_frame_for(pieces)` instead.

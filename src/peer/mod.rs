@@ -1,7 +1,8 @@
-//! Peers: the wire codec (`message`, pure) and the per-peer connection
-//! thread (`conn`, blocking sockets). This file holds the vocabulary the
-//! session and a connection thread use to talk: [`Command`] in, [`Event`]
-//! and [`CompletedPiece`] out.
+//! Peers: the wire codec (`message`, pure), the per-peer connection thread
+//! (`conn`, blocking sockets) and what it serves with (`upload`), and the
+//! reading of incoming openings (`accept`, with the MSE maths in `mse`,
+//! pure). This file holds the vocabulary the session and a connection
+//! thread use to talk: [`Command`] in, [`Event`] and [`CompletedPiece`] out.
 
 pub mod accept;
 pub mod conn;
@@ -85,8 +86,9 @@ pub enum Event {
         am_interested: bool,
         requests: u32,
     },
-    /// A piece from the work channel that this connection will not fetch
-    /// (the session already has it, or the peer choked us for too long).
+    /// A piece from the work channel that this connection will not fetch:
+    /// we have it already, another copy won (endgame), the peer lacks it,
+    /// or the peer choked us for too long.
     Abandoned {
         id: ConnId,
         piece: PieceIndex,

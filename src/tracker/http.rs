@@ -1,6 +1,6 @@
 //! HTTP tracker protocol (BEP 3, BEP 23 compact peers, BEP 7 `peers6`) as pure
-//! code: builds announce URLs and parses bencoded responses. Owns no sockets;
-//! `tracker::client` does the requests.
+//! code: builds announce and scrape URLs and parses bencoded responses. Owns
+//! no sockets; `tracker` (`announce_http`, `scrape`) does the requests.
 
 use crate::bencode::{self, Value};
 use crate::types::{InfoHash, PeerId};

@@ -1,6 +1,7 @@
-//! Trackers: the announcer thread and the HTTP client it uses. Owns the
-//! tracker list, announce timing and the `started`/`completed`/`stopped`
-//! lifecycle. Does not own peers: it only reports addresses to the session.
+//! Trackers: the announcer thread and the HTTP and UDP (`udp_client`)
+//! clients it uses, and scraping for `rtc info --scrape`. Owns the tracker
+//! list, announce timing and the `started`/`completed`/`stopped` lifecycle.
+//! Does not own peers: it only reports addresses to the session.
 //!
 //! The announcer is its own thread so that a slow or dead tracker never
 //! blocks the session or a peer thread. The session talks to it with
