@@ -13,12 +13,16 @@ use std::ops::Range;
 
 use crate::types::{Block, PieceIndex};
 
-/// The block size every client requests (BEP 3 de facto standard).
+/// rtc's one block length, for both directions: every request we send asks
+/// for this many bytes (a piece's last block may be shorter), and it is the
+/// most a peer may ask of us in one `request` (`peer::upload`, through
+/// [`Layout::is_valid_block`]) or send in one `piece` (the frame limit
+/// `peer::message::MAX_FRAME`). 16 KiB is what every mainstream client
+/// requests, and BEP 3 notes that clients close connections asking for
+/// more: serving more would let one 17-byte request cost that much disk
+/// read and send buffer, and we never ask for more, so a larger `piece`
+/// cannot be an answer to us.
 pub const BLOCK_LEN: u32 = 16 * 1024;
-
-/// Largest block length `is_valid_block` accepts. Peers asking for more than
-/// this are misbehaving; mainline clients drop them at 128 KiB as well.
-pub const MAX_BLOCK_LEN: u32 = 128 * 1024;
 
 /// A contiguous run of one piece that lies inside one file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -155,14 +159,15 @@ impl Layout {
             .then_some(index)
     }
 
-    /// Whether a peer's `request` (or our incoming `piece`) names bytes that
-    /// exist. Any offset is accepted, not just multiples of `BLOCK_LEN`:
+    /// Whether a peer's `request` names bytes that exist (an incoming
+    /// `piece` is held to more: `peer::conn` accepts only the exact blocks
+    /// it asked for). Any offset is accepted, not just multiples of `BLOCK_LEN`:
     /// BEP 3 does not require alignment and some clients do not align. The
-    /// length must be non-zero and at most `MAX_BLOCK_LEN` (128 KiB), and the
+    /// length must be non-zero and at most `BLOCK_LEN` (16 KiB), and the
     /// block must end inside the piece.
     pub fn is_valid_block(&self, block: &Block) -> bool {
         block.length > 0
-            && block.length <= MAX_BLOCK_LEN
+            && block.length <= BLOCK_LEN
             && block
                 .offset
                 .checked_add(block.length)
@@ -455,14 +460,19 @@ mod tests {
         };
         assert!(layout.is_valid_block(&b(0, 0, BLOCK_LEN)));
         assert!(layout.is_valid_block(&b(0, 1, 100)));
-        assert!(layout.is_valid_block(&b(0, 0, 40_000)));
+        assert!(
+            !layout.is_valid_block(&b(0, 0, 40_000)),
+            "inside the piece but over BLOCK_LEN"
+        );
         assert!(layout.is_valid_block(&b(2, 16_384, 3_616)));
         assert!(!layout.is_valid_block(&b(2, 16_384, 3_617)));
         assert!(!layout.is_valid_block(&b(0, 0, 0)));
         assert!(!layout.is_valid_block(&b(3, 0, 1)));
         assert!(!layout.is_valid_block(&b(0, u32::MAX, 2)));
         let big = Layout::new(1 << 20, &[1 << 20]).expect("valid");
-        assert!(big.is_valid_block(&b(0, 0, MAX_BLOCK_LEN)));
-        assert!(!big.is_valid_block(&b(0, 0, MAX_BLOCK_LEN + 1)));
+        assert!(big.is_valid_block(&b(0, 0, BLOCK_LEN)));
+        assert!(big.is_valid_block(&b(0, 1, BLOCK_LEN)), "unaligned");
+        assert!(!big.is_valid_block(&b(0, 0, BLOCK_LEN + 1)));
+        assert!(!big.is_valid_block(&b(0, 0, 128 * 1024)));
     }
 }

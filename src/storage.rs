@@ -312,7 +312,8 @@ impl Storage {
     }
 
     /// Opens whatever files of `torrent` exist under `dir`, read-only,
-    /// creating nothing (for `rtc verify`).
+    /// creating nothing (for `rtc verify` and the session's check of what
+    /// is already on disk).
     pub fn open_existing(
         dir: &Path,
         torrent: &Torrent,

@@ -1,6 +1,8 @@
 //! Newtypes for the domain values every module shares: info hashes, peer ids,
-//! piece indices and blocks. Owns their formatting and construction; does not
-//! own any arithmetic over pieces and files (that is `geometry`).
+//! piece indices and blocks. Owns their formatting and construction, and
+//! rtc's one source of randomness (the operating system's, through the
+//! `getrandom` crate); does not own any arithmetic over pieces and files
+//! (that is `geometry`).
 
 use std::fmt;
 
@@ -32,17 +34,15 @@ impl fmt::Debug for InfoHash {
 pub struct PeerId(pub [u8; 20]);
 
 impl PeerId {
-    /// Azureus-style id `-RT0100-` followed by 12 random bytes. Randomness comes
-    /// from std's per-process SipHash keys mixed with the clock and pid, which
-    /// is enough to keep two rtc processes on one host apart; it is not a secret.
-    pub fn generate() -> PeerId {
+    /// Azureus-style id `-RT0100-` followed by 12 random bytes from the
+    /// operating system. Not a secret, but it must differ between two rtc
+    /// processes (trackers and our self-connection check tell peers apart by
+    /// it), so a clock is no substitute: without entropy there is no id.
+    pub fn generate() -> Result<PeerId, EntropyError> {
         let mut id = [0u8; 20];
         id[..8].copy_from_slice(b"-RT0100-");
-        for chunk in id[8..].chunks_mut(8) {
-            let v = random_u64().to_le_bytes();
-            chunk.copy_from_slice(&v[..chunk.len()]);
-        }
-        PeerId(id)
+        random_bytes(&mut id[8..])?;
+        Ok(PeerId(id))
     }
 }
 
@@ -76,39 +76,42 @@ pub struct Block {
     pub length: u32,
 }
 
-/// A random number from std's per-process SipHash keys (fresh keys per
-/// call) mixed with the clock and pid: enough for peer ids, transaction ids
-/// and shuffling tracker tiers; not for secrets.
-pub fn random_u64() -> u64 {
-    use std::collections::hash_map::RandomState;
-    use std::hash::{BuildHasher, Hasher};
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    let mut h = RandomState::new().build_hasher();
-    h.write_u128(nanos);
-    h.write_u32(std::process::id());
-    h.finish()
+/// The operating system could not give us random bytes (the `getrandom`
+/// system call and its fallbacks failed, e.g. in a sandbox that forbids
+/// them). rtc never falls back to a clock or a counter: MSE private keys,
+/// peer ids and tracker transaction ids would then be guessable.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntropyError(getrandom::Error);
+
+impl fmt::Display for EntropyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "no random bytes from the operating system: {}", self.0)
+    }
 }
 
-/// Fills `buf` from the kernel's random source (`/dev/urandom`), or, if
-/// that cannot be read, from [`random_u64`]. Used for MSE private keys and
-/// padding, which are obfuscation, not authentication.
-pub fn random_bytes(buf: &mut [u8]) {
-    use std::io::Read;
-    let from_kernel = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(buf));
-    if from_kernel.is_err() {
-        for chunk in buf.chunks_mut(8) {
-            let r = random_u64().to_le_bytes();
-            chunk.copy_from_slice(&r[..chunk.len()]);
-        }
+impl std::error::Error for EntropyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.0)
     }
+}
+
+/// Fills `buf` from the operating system's random source. Used for MSE
+/// private keys and padding, peer ids, tracker transaction ids and seeds.
+pub fn random_bytes(buf: &mut [u8]) -> Result<(), EntropyError> {
+    getrandom::getrandom(buf).map_err(EntropyError)
+}
+
+/// A random number from the operating system (see [`random_bytes`]).
+pub fn random_u64() -> Result<u64, EntropyError> {
+    let mut b = [0u8; 8];
+    random_bytes(&mut b)?;
+    Ok(u64::from_le_bytes(b))
 }
 
 /// A small, fast generator (xorshift64*) for choices that need spread, not
 /// secrecy: tie-breaks in the picker and choker, which run many times a
-/// second. Seeded from [`random_u64`]; tests seed it to be deterministic.
+/// second (a system call each time would cost more than the choice). Seeded
+/// from [`random_u64`]; tests seed it to be deterministic.
 #[derive(Clone, Debug)]
 pub struct Rng(u64);
 
@@ -118,8 +121,8 @@ impl Rng {
         Rng(seed | 1)
     }
 
-    pub fn seeded() -> Rng {
-        Rng::new(random_u64())
+    pub fn seeded() -> Result<Rng, EntropyError> {
+        Ok(Rng::new(random_u64()?))
     }
 
     pub fn next_u64(&mut self) -> u64 {
@@ -160,9 +163,27 @@ mod tests {
 
     #[test]
     fn peer_ids_carry_prefix_and_differ() {
-        let a = PeerId::generate();
-        let b = PeerId::generate();
+        let a = PeerId::generate().unwrap();
+        let b = PeerId::generate().unwrap();
         assert_eq!(&a.0[..8], b"-RT0100-");
         assert_ne!(a, b);
+    }
+
+    #[test]
+    fn random_bytes_fill_the_buffer() {
+        // 64 zero bytes by chance: 2^-512.
+        let mut buf = [0u8; 64];
+        random_bytes(&mut buf).unwrap();
+        assert_ne!(buf, [0u8; 64]);
+        assert_ne!(random_u64().unwrap(), random_u64().unwrap());
+    }
+
+    #[test]
+    fn entropy_error_says_what_and_why() {
+        use std::error::Error as _;
+        let e = EntropyError(getrandom::Error::UNSUPPORTED);
+        let text = e.to_string();
+        assert!(text.starts_with("no random bytes from the operating system: "));
+        assert!(e.source().is_some());
     }
 }

@@ -755,14 +755,8 @@ fn is_timeout(e: &io::Error) -> bool {
 }
 
 fn random_bytes<const N: usize>() -> [u8; N] {
-    use std::hash::{BuildHasher, Hasher};
     let mut out = [0u8; N];
-    for chunk in out.chunks_mut(8) {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(0);
-        let v = h.finish().to_le_bytes();
-        chunk.copy_from_slice(&v[..chunk.len()]);
-    }
+    getrandom::getrandom(&mut out).expect("random bytes from the operating system");
     out
 }
 

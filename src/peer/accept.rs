@@ -8,8 +8,8 @@
 
 use super::conn::Error;
 use super::message::{Handshake, HANDSHAKE_LEN};
-use super::mse::{self, Cipher, Responder};
-use crate::types::InfoHash;
+use super::mse::{self, Cipher, PeerKey, Responder};
+use crate::types::{random_bytes, random_u64, InfoHash};
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
@@ -71,16 +71,17 @@ fn encrypted(mut r: Reader<'_>, torrents: &[InfoHash]) -> Result<Accepted, Error
     // 1: Ya (PadA follows).
     r.fill(mse::KEY_LEN)?;
     let ya: [u8; mse::KEY_LEN] = r.take(mse::KEY_LEN).try_into().expect("96 bytes");
-    // Garbage is refused before any exponentiation is spent on it.
-    mse::check_public_key(&ya).map_err(Error::Mse)?;
+    // Garbage and degenerate keys are refused before any exponentiation is
+    // spent on them.
+    let ya = PeerKey::new(&ya).map_err(Error::Mse)?;
     let mut private = [0u8; mse::PRIVATE_LEN];
-    crate::types::random_bytes(&mut private);
+    random_bytes(&mut private).map_err(Error::Entropy)?;
     let ours = Responder::new(private);
-    let shared = ours.shared(&ya).map_err(Error::Mse)?;
+    let shared = ours.shared(&ya);
     // 2: Yb and a random PadB.
     let mut reply = ours.public_key().to_vec();
-    let mut pad = vec![0u8; (crate::types::random_u64() % 129) as usize];
-    crate::types::random_bytes(&mut pad);
+    let mut pad = vec![0u8; (random_u64().map_err(Error::Entropy)? % 129) as usize];
+    random_bytes(&mut pad).map_err(Error::Entropy)?;
     reply.extend_from_slice(&pad);
     r.stream.write_all(&reply).map_err(Error::Io)?;
 

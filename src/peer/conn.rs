@@ -9,7 +9,7 @@ use super::download::{BlockError, Fetcher, Next, Received};
 use super::message::{self, decode_frame, Bitfield, Handshake, Message};
 use super::upload::{Refusal, Upload};
 use super::{Command, CompletedPiece, ConnId, Event, Incoming};
-use crate::geometry::Layout;
+use crate::geometry::{Layout, BLOCK_LEN};
 use crate::storage::Storage;
 use crate::types::{InfoHash, PeerId, PieceIndex};
 use crossbeam_channel::{Receiver, Sender};
@@ -32,7 +32,7 @@ pub struct Limits {
     /// Bound on one blocked write (a peer that stops reading).
     pub write: Duration,
     /// How long the thread blocks in `read` before it looks at its commands
-    /// and the work queue again.
+    /// and its work channel again.
     pub poll: Duration,
     /// Requests outstanding with no block arriving for this long: the peer
     /// is stalled and dropped so its pieces go back to the queue.
@@ -91,6 +91,9 @@ pub enum Error {
     Storage(String),
     /// An incoming encrypted (MSE) handshake failed.
     Mse(super::mse::Error),
+    /// No random bytes for our side of an encrypted handshake. Our
+    /// failure, not the peer's: never a ban.
+    Entropy(crate::types::EntropyError),
 }
 
 impl fmt::Display for Error {
@@ -125,13 +128,16 @@ impl fmt::Display for Error {
             Error::Idle(d) => write!(f, "silent for {}s", d.as_secs()),
             Error::HandshakeTimeout(d) => write!(f, "no handshake within {}s", d.as_secs()),
             Error::SessionGone => f.write_str("session ended"),
-            Error::BadRequest(Refusal::OutOfRange) => {
-                f.write_str("requested a block outside the torrent or over 16 KiB")
-            }
+            Error::BadRequest(Refusal::OutOfRange) => write!(
+                f,
+                "requested a block outside the torrent or over {} KiB",
+                BLOCK_LEN / 1024
+            ),
             Error::BadRequest(Refusal::NotHave) => f.write_str("requested a piece we do not have"),
             Error::BadRequest(Refusal::Flood) => f.write_str("flooded us with requests"),
             Error::Storage(e) => write!(f, "cannot serve: {e}"),
             Error::Mse(e) => write!(f, "{e}"),
+            Error::Entropy(e) => write!(f, "{e}"),
         }
     }
 }
@@ -197,7 +203,8 @@ pub fn spawn(p: Params) -> io::Result<std::thread::JoinHandle<()>> {
         .spawn(move || run(p))
 }
 
-/// Thread body: whatever happens, report `Exited` with the pieces we held.
+/// Thread body: whatever happens, report `Exited` (the session then lets go
+/// of every piece it had assigned us).
 fn run(p: Params) {
     let events = p.events.clone();
     let (id, addr) = (p.id, p.addr);
@@ -583,7 +590,7 @@ impl Conn {
     }
 
     /// Keeps `pipeline` requests in flight, taking new pieces from the work
-    /// queue as the ones we hold are fully requested.
+    /// channel as the ones we hold are fully requested.
     fn fill_pipeline(&mut self) -> Result<(), Error> {
         loop {
             let idle = self.download.in_flight() == 0;

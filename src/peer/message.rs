@@ -2,23 +2,23 @@
 //! length-prefixed messages. Owns framing and the limits on what a peer may
 //! claim; does no I/O (the connection thread in `peer::conn` feeds it bytes).
 
+use crate::geometry::BLOCK_LEN;
 use crate::types::{Block, InfoHash, PeerId, PieceIndex};
 use std::fmt;
 
 pub const PROTOCOL: &[u8; 19] = b"BitTorrent protocol";
 pub const HANDSHAKE_LEN: usize = 68;
 
-/// Largest block a peer may send or ask for. 16 KiB is the standard size;
-/// requests up to 128 KiB are still seen from old clients, nothing larger.
-pub use crate::geometry::MAX_BLOCK_LEN;
-
 /// Largest frame accepted from a peer, checked against the length prefix
 /// before anything is buffered. A piece message carries at most one block
-/// (plus 9 bytes of header); a bitfield for the largest torrent we accept
+/// of `geometry::BLOCK_LEN` (all we ever request; see there why 16 KiB)
+/// plus 9 bytes of header; every other BEP 3 message is shorter, and so
+/// must be any extension message a peer sends unasked. A bitfield for the
+/// largest torrent we accept
 /// (2^50 bytes / 16 KiB pieces = 2^36 pieces) would be larger, but such a
 /// torrent is refused by `metainfo` long before a peer could send one, so
 /// bitfields are bounded by `max_frame_for(pieces)` instead.
-pub const MAX_FRAME: u32 = MAX_BLOCK_LEN + 9;
+pub const MAX_FRAME: u32 = BLOCK_LEN + 9;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Error {
@@ -448,6 +448,31 @@ mod tests {
         // choke with a payload
         let buf = [0, 0, 0, 2, 0, 9];
         assert!(decode_frame(&buf, MAX_FRAME).is_err());
+    }
+
+    #[test]
+    fn a_piece_frame_holds_one_block_at_most() {
+        let mut out = Vec::new();
+        let data = vec![7u8; BLOCK_LEN as usize];
+        let piece = Message::Piece {
+            piece: PieceIndex(1),
+            offset: 0,
+            data: &data,
+        };
+        encode(&piece, &mut out);
+        assert_eq!(
+            decode_frame(&out, MAX_FRAME).unwrap(),
+            Some((piece, out.len()))
+        );
+        let mut over = ((BLOCK_LEN + 10).to_be_bytes()).to_vec();
+        over.push(7);
+        assert_eq!(
+            decode_frame(&over, MAX_FRAME),
+            Err(Error::FrameTooLarge {
+                len: BLOCK_LEN + 10,
+                max: MAX_FRAME
+            })
+        );
     }
 
     #[test]

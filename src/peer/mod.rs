@@ -81,8 +81,9 @@ pub enum Event {
         am_interested: bool,
         requests: u32,
     },
-    /// A piece from the work channel that this connection will not fetch
-    /// (the session already has it, or the peer choked us for too long).
+    /// A piece from the work channel that this connection will not fetch:
+    /// we have it already, another copy won (endgame), the peer lacks it,
+    /// or the peer choked us for too long.
     Abandoned { id: ConnId, piece: PieceIndex },
     Exited {
         id: ConnId,

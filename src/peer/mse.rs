@@ -37,8 +37,9 @@ pub enum Error {
     NoCommonMethod(u32),
     /// A pad length over 512.
     PadTooLong(u16),
-    /// The initiator's key is 0, 1, P-1 or not below P.
-    BadPublicKey,
+    /// The initiator's public key would make the shared secret one an
+    /// eavesdropper knows, or is not a number modulo P at all.
+    BadPublicKey(WeakKey),
     /// HASH('req1', S) did not appear within PadA's 512 bytes.
     NoSync,
     /// The initiator asked for a torrent other than ours.
@@ -59,7 +60,7 @@ impl fmt::Display for Error {
                 )
             }
             Error::PadTooLong(n) => write!(f, "encrypted handshake: pad of {n} bytes (max 512)"),
-            Error::BadPublicKey => f.write_str("encrypted handshake: invalid public key"),
+            Error::BadPublicKey(k) => write!(f, "encrypted handshake: invalid public key ({k})"),
             Error::NoSync => f.write_str("encrypted handshake: no sync marker within 512 bytes"),
             Error::UnknownTorrent => {
                 f.write_str("encrypted handshake: peer asks for a different torrent")
@@ -72,6 +73,29 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+/// Why an initiator's public key Ya was refused. With Ya = 0 or 1 the
+/// shared secret S = Ya^Xb is 0 or 1; with Ya = P-1 it is 1 or P-1; a value
+/// not below P is not a residue at all. In every case anyone watching knows
+/// S, and with it every RC4 key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeakKey {
+    Zero,
+    One,
+    PMinusOne,
+    NotBelowP,
+}
+
+impl fmt::Display for WeakKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WeakKey::Zero => "0",
+            WeakKey::One => "1",
+            WeakKey::PMinusOne => "P-1",
+            WeakKey::NotBelowP => "not below P",
+        })
+    }
+}
 
 // ---------------------------------------------------------------------------
 // 768-bit arithmetic modulo P: 24 little-endian u32 limbs. Only what the
@@ -227,7 +251,8 @@ impl Mont {
 // ---------------------------------------------------------------------------
 
 /// RC4, as MSE uses it: keyed with a SHA-1 digest, first 1024 bytes of the
-/// keystream discarded.
+/// keystream discarded. The key is a 20-byte array, so an empty key (which
+/// RC4's key schedule cannot use) cannot be written.
 #[derive(Clone)]
 pub struct Rc4 {
     s: [u8; 256],
@@ -242,14 +267,22 @@ impl fmt::Debug for Rc4 {
 }
 
 impl Rc4 {
-    pub fn new(key: &[u8]) -> Rc4 {
+    /// RC4 keyed with a SHA-1 digest, as every MSE key is.
+    pub fn new(key: &[u8; 20]) -> Rc4 {
+        Rc4::with_key(key)
+    }
+
+    /// Any non-empty key length (checked when compiled); tests use the
+    /// published short-key vectors.
+    fn with_key<const N: usize>(key: &[u8; N]) -> Rc4 {
+        const { assert!(N > 0, "an RC4 key has at least one byte") };
         let mut s = [0u8; 256];
         for (i, v) in s.iter_mut().enumerate() {
             *v = i as u8;
         }
         let mut j = 0u8;
         for i in 0..256 {
-            j = j.wrapping_add(s[i]).wrapping_add(key[i % key.len()]);
+            j = j.wrapping_add(s[i]).wrapping_add(key[i % N]);
             s.swap(i, j as usize);
         }
         Rc4 { s, i: 0, j: 0 }
@@ -267,7 +300,7 @@ impl Rc4 {
         }
     }
 
-    fn discarding_1024(key: &[u8]) -> Rc4 {
+    fn discarding_1024(key: &[u8; 20]) -> Rc4 {
         let mut rc4 = Rc4::new(key);
         rc4.apply(&mut [0u8; 1024]);
         rc4
@@ -311,30 +344,41 @@ impl Responder {
         to_be(&self.mont.pow(&two, &self.private))
     }
 
-    /// S = Ya^Xb mod P, refusing keys that would make S trivial.
-    pub fn shared(&self, ya: &[u8; KEY_LEN]) -> Result<Shared, Error> {
-        check_public_key(ya)?;
-        let y = from_be(ya);
-        Ok(Shared {
-            s: to_be(&self.mont.pow(&y, &self.private)),
-        })
+    /// S = Ya^Xb mod P. Only a checked key gets here, so S is never one
+    /// an eavesdropper could name.
+    pub fn shared(&self, ya: &PeerKey) -> Shared {
+        Shared {
+            s: to_be(&self.mont.pow(&ya.0, &self.private)),
+        }
     }
 }
 
-/// Whether `ya` can be an honest public key: in 2..=P-2 (0, 1 and P-1
-/// give a shared secret an eavesdropper knows). Cheap: checked before any
-/// modular exponentiation is spent on an opening.
-pub fn check_public_key(ya: &[u8; KEY_LEN]) -> Result<(), Error> {
-    let y = from_be(ya);
-    let p = from_be(&P_BYTES);
-    let mut two = [0u32; LIMBS];
-    two[0] = 2;
-    let mut p_minus_1 = p;
-    p_minus_1[0] -= 1; // P is odd: no borrow
-    if ge(&y, &p_minus_1) || !ge(&y, &two) {
-        return Err(Error::BadPublicKey);
+/// The initiator's public key Ya, known to lie in 2..=P-2: the only way to
+/// make one is [`PeerKey::new`], which refuses the rest.
+pub struct PeerKey(Num);
+
+impl PeerKey {
+    /// Checks `ya` before any modular exponentiation is spent on it (cheap:
+    /// a few comparisons).
+    pub fn new(ya: &[u8; KEY_LEN]) -> Result<PeerKey, Error> {
+        let y = from_be(ya);
+        let p = from_be(&P_BYTES);
+        let mut p_minus_1 = p;
+        p_minus_1[0] -= 1; // P is odd: no borrow
+        let small = |v: u32| y[0] == v && y[1..].iter().all(|&limb| limb == 0);
+        let weak = if small(0) {
+            WeakKey::Zero
+        } else if small(1) {
+            WeakKey::One
+        } else if y == p_minus_1 {
+            WeakKey::PMinusOne
+        } else if ge(&y, &p) {
+            WeakKey::NotBelowP
+        } else {
+            return Ok(PeerKey(y));
+        };
+        Err(Error::BadPublicKey(weak))
     }
-    Ok(())
 }
 
 /// The shared secret S and what is derived from it.
@@ -416,10 +460,10 @@ mod tests {
     #[test]
     fn rc4_known_vectors() {
         let mut d = *b"Plaintext";
-        Rc4::new(b"Key").apply(&mut d);
+        Rc4::with_key(b"Key").apply(&mut d);
         assert_eq!(d.to_vec(), unhex("bbf316e8d940af0ad3"));
         let mut d = *b"pedia";
-        Rc4::new(b"Wiki").apply(&mut d);
+        Rc4::with_key(b"Wiki").apply(&mut d);
         assert_eq!(d.to_vec(), unhex("1021bf0420"));
     }
 
@@ -443,7 +487,8 @@ mod tests {
     fn shared_secret_matches_python_pow() {
         // pow(EXPECTED_2_POW_X, 0xa5a5...a5, P) with Python's integers.
         let ya: [u8; KEY_LEN] = unhex(EXPECTED_2_POW_X).try_into().unwrap();
-        let s = Responder::new([0xa5; PRIVATE_LEN]).shared(&ya).unwrap();
+        let ya = PeerKey::new(&ya).unwrap();
+        let s = Responder::new([0xa5; PRIVATE_LEN]).shared(&ya);
         assert_eq!(s.s.to_vec(), unhex("8be8cddb2a0c9f861334a12da32887367689533c8e4ef85111538f02e0815d122b48acc1e8d6380b0ea64f4ec96d12b1aadc7101a17deccebce8e3673d63826d8a449a2d43391da0e76d3933c0a0b5ec0fbee0d742fa932e9e7cede4fdbc3afe"));
     }
 
@@ -451,8 +496,8 @@ mod tests {
     fn both_sides_derive_the_same_secret() {
         let a = Responder::new([7u8; PRIVATE_LEN]);
         let b = Responder::new([0x5au8; PRIVATE_LEN]);
-        let sa = a.shared(&b.public_key()).unwrap();
-        let sb = b.shared(&a.public_key()).unwrap();
+        let sa = a.shared(&PeerKey::new(&b.public_key()).unwrap());
+        let sb = b.shared(&PeerKey::new(&a.public_key()).unwrap());
         assert_eq!(sa.s, sb.s);
         let ih = InfoHash([3; 20]);
         assert_eq!(sa.torrent_marker(ih), sb.torrent_marker(ih));
@@ -465,23 +510,62 @@ mod tests {
         assert_eq!(&msg, b"hello, peer");
     }
 
+    fn refusal(ya: &[u8; KEY_LEN]) -> Option<WeakKey> {
+        match PeerKey::new(ya) {
+            Ok(_) => None,
+            Err(Error::BadPublicKey(k)) => Some(k),
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+
+    fn small(v: u8) -> [u8; KEY_LEN] {
+        let mut k = [0u8; KEY_LEN];
+        k[KEY_LEN - 1] = v;
+        k
+    }
+
     #[test]
-    fn trivial_keys_are_refused() {
-        let r = Responder::new([1; PRIVATE_LEN]);
-        let mut one = [0u8; KEY_LEN];
-        one[KEY_LEN - 1] = 1;
-        assert!(matches!(r.shared(&one), Err(Error::BadPublicKey)));
-        assert!(matches!(r.shared(&P_BYTES), Err(Error::BadPublicKey)));
+    fn zero_is_refused() {
+        assert_eq!(refusal(&small(0)), Some(WeakKey::Zero));
+    }
+
+    #[test]
+    fn one_is_refused() {
+        assert_eq!(refusal(&small(1)), Some(WeakKey::One));
+        // 1 in a limb other than the lowest is a large number, not 1.
+        let mut high = [0u8; KEY_LEN];
+        high[KEY_LEN - 5] = 1;
+        assert_eq!(refusal(&high), None);
+    }
+
+    #[test]
+    fn p_minus_1_is_refused() {
         let mut p_minus_1 = P_BYTES;
         p_minus_1[KEY_LEN - 1] -= 1;
-        assert!(matches!(r.shared(&p_minus_1), Err(Error::BadPublicKey)));
+        assert_eq!(refusal(&p_minus_1), Some(WeakKey::PMinusOne));
+        assert_eq!(
+            Error::BadPublicKey(WeakKey::PMinusOne).to_string(),
+            "encrypted handshake: invalid public key (P-1)"
+        );
+    }
+
+    #[test]
+    fn p_and_above_are_refused() {
+        assert_eq!(refusal(&P_BYTES), Some(WeakKey::NotBelowP));
+        let mut p_plus_1 = P_BYTES;
+        p_plus_1[KEY_LEN - 1] += 1;
+        assert_eq!(refusal(&p_plus_1), Some(WeakKey::NotBelowP));
+        assert_eq!(refusal(&[0xff; KEY_LEN]), Some(WeakKey::NotBelowP));
+    }
+
+    #[test]
+    fn keys_from_2_to_p_minus_2_are_taken() {
+        assert_eq!(refusal(&small(2)), None);
         let mut p_minus_2 = P_BYTES;
         p_minus_2[KEY_LEN - 1] -= 2;
-        assert!(check_public_key(&p_minus_2).is_ok());
-        assert!(matches!(
-            r.shared(&[0xff; KEY_LEN]),
-            Err(Error::BadPublicKey)
-        ));
+        assert_eq!(refusal(&p_minus_2), None);
+        let honest = Responder::new([9; PRIVATE_LEN]).public_key();
+        assert_eq!(refusal(&honest), None);
     }
 
     #[test]

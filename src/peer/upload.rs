@@ -5,21 +5,18 @@
 //! piece that is not in our bitfield ends the connection.
 
 use super::message;
-use crate::geometry::{Layout, BLOCK_LEN};
+use crate::geometry::Layout;
 use crate::peer::message::Bitfield;
 use crate::storage::{self, Storage};
 use crate::types::Block;
 use std::collections::{HashSet, VecDeque};
 
-/// Largest request served. 16 KiB is what every mainstream client asks for;
-/// BEP 3 lets us drop peers that ask for more.
-pub const MAX_REQUEST: u32 = BLOCK_LEN;
 /// Requests one peer may have queued with us; more is a flood.
 pub const MAX_QUEUED: usize = 2048;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
-    /// Outside the torrent, or longer than `MAX_REQUEST`.
+    /// Outside the torrent, or longer than `geometry::BLOCK_LEN`.
     OutOfRange,
     /// For a piece we do not have (and never advertised).
     NotHave,
@@ -62,7 +59,7 @@ impl Upload {
         layout: &Layout,
         ours: &Bitfield,
     ) -> Result<(), Refusal> {
-        if b.length > MAX_REQUEST || !layout.is_valid_block(&b) {
+        if !layout.is_valid_block(&b) {
             return Err(Refusal::OutOfRange);
         }
         if !ours.has(b.piece) {
@@ -147,6 +144,7 @@ impl Upload {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::geometry::BLOCK_LEN;
     use crate::types::PieceIndex;
 
     fn block(piece: u32, offset: u32, length: u32) -> Block {
@@ -175,6 +173,11 @@ mod tests {
             up.on_request(block(0, 0, 32768), &layout, &ours),
             Err(Refusal::OutOfRange),
             "over 16 KiB"
+        );
+        assert_eq!(
+            up.on_request(block(0, 100, BLOCK_LEN + 1), &layout, &ours),
+            Err(Refusal::OutOfRange),
+            "one byte over the limit"
         );
         assert_eq!(
             up.on_request(block(0, 30000, 16384), &layout, &ours),

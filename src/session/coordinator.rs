@@ -210,7 +210,7 @@ impl Coordinator {
         control: Receiver<Control>,
         events: Sender<Event>,
         shared: Arc<Shared>,
-    ) -> Coordinator {
+    ) -> Result<Coordinator, Error> {
         let n = torrent.piece_count();
         let layout = Arc::new(torrent.layout().clone());
         let (peer_tx, peer_rx) = unbounded();
@@ -220,7 +220,7 @@ impl Coordinator {
         // What the connection works on at once, plus spares waiting in its
         // channel so it never idles while the session refills it.
         let max_quota = layout.pieces_for_pipeline(opts.limits.pipeline) + SPARE_PIECES;
-        Coordinator {
+        Ok(Coordinator {
             torrent: Arc::new(torrent),
             layout,
             peer_id: core.peer_id,
@@ -234,7 +234,7 @@ impl Coordinator {
             shared,
             events,
             control,
-            rng: Rng::seeded(),
+            rng: Rng::seeded()?,
             peer_tx,
             peer_rx,
             piece_tx,
@@ -264,7 +264,7 @@ impl Coordinator {
             uploaded: 0,
             completed_at: None,
             opts,
-        }
+        })
     }
 
     /// Where connections to this torrent report; the listener routes
@@ -427,7 +427,7 @@ impl Coordinator {
                 bytes += self.layout.piece_len(piece) as u64;
             }
         }
-        self.pieces = Pieces::new(&have, Rng::seeded());
+        self.pieces = Pieces::new(&have, Rng::seeded()?);
         if have.count() > 0 {
             log::info!(
                 "resume: {} of {} pieces already verified on disk",

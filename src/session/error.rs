@@ -44,7 +44,7 @@ pub enum Error {
     /// A torrent with this info hash is already in the session.
     AlreadyAdded(InfoHash),
     /// The operating system refused entropy (for peer ids and keys).
-    Entropy(String),
+    Entropy(crate::types::EntropyError),
     /// A thread could not be started or died unexpectedly (a bug, or the
     /// process is out of threads).
     Thread(String),
@@ -68,7 +68,7 @@ impl Clone for Error {
                 source: clone_io(source),
             },
             Error::AlreadyAdded(h) => Error::AlreadyAdded(*h),
-            Error::Entropy(e) => Error::Entropy(e.clone()),
+            Error::Entropy(e) => Error::Entropy(*e),
             Error::Thread(e) => Error::Thread(e.clone()),
         }
     }
@@ -81,6 +81,12 @@ pub(crate) fn clone_io(e: &io::Error) -> io::Error {
     match e.raw_os_error() {
         Some(code) => io::Error::from_raw_os_error(code),
         None => io::Error::new(e.kind(), e.to_string()),
+    }
+}
+
+impl From<crate::types::EntropyError> for Error {
+    fn from(e: crate::types::EntropyError) -> Self {
+        Error::Entropy(e)
     }
 }
 
@@ -102,7 +108,7 @@ impl fmt::Display for Error {
             Error::Cancelled => f.write_str("download cancelled"),
             Error::Listen { port, source } => write!(f, "cannot listen on port {port}: {source}"),
             Error::AlreadyAdded(h) => write!(f, "torrent {} is already in this session", h.hex()),
-            Error::Entropy(e) => write!(f, "no randomness from the operating system: {e}"),
+            Error::Entropy(e) => write!(f, "{e}"),
             Error::Thread(e) => write!(f, "internal error: {e}"),
         }
     }
@@ -114,6 +120,7 @@ impl std::error::Error for Error {
             Error::Storage(e) => Some(e),
             Error::Tracker(e) => Some(e),
             Error::Listen { source, .. } => Some(source),
+            Error::Entropy(e) => Some(e),
             _ => None,
         }
     }

@@ -278,7 +278,7 @@ impl Session {
             .exit_handler(move |_| on_exit.ended_one())
             .build()
             .map_err(|e| Error::Thread(e.to_string()))?;
-        let peer_id = crate::types::PeerId::generate();
+        let peer_id = crate::types::PeerId::generate()?;
         let (write_tx, write_rx) = crossbeam_channel::bounded(8);
         let writer = crate::storage::spawn_writer(write_rx)
             .map_err(|e| Error::Thread(format!("cannot start the writer: {e}")))?;
@@ -340,7 +340,7 @@ impl Session {
             control_rx,
             events_tx.clone(),
             Arc::clone(&shared),
-        );
+        )?;
         if !core.router.add(info_hash, coordinator.peer_events()) {
             return Err(Error::AlreadyAdded(info_hash));
         }

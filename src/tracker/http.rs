@@ -1,9 +1,10 @@
 //! HTTP tracker protocol (BEP 3, BEP 23 compact peers, BEP 7 `peers6`) as pure
-//! code: builds announce URLs and parses bencoded responses. Owns no sockets;
-//! `tracker::client` does the requests.
+//! code: builds announce and scrape URLs and parses bencoded responses. Owns
+//! no sockets; `tracker` (`announce_http`, `scrape`) does the requests.
 
 use crate::bencode::{self, Value};
 use crate::types::{InfoHash, PeerId};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
@@ -70,19 +71,21 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
-/// Percent-encodes every byte that is not unreserved (RFC 3986), byte by byte,
-/// as trackers expect for the raw 20-byte info hash and peer id.
+/// Bytes that go into a query string as `%XX`: everything but RFC 3986's
+/// unreserved characters (letters, digits, `-`, `.`, `_`, `~`; the crate
+/// always encodes bytes above 0x7f).
+const QUERY_ESCAPED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Percent-encodes every byte that is not unreserved (RFC 3986), byte by
+/// byte with uppercase hex, as trackers expect for the raw 20-byte info hash
+/// and peer id (BEP 3). Trackers compare the decoded bytes, so encoding an
+/// unreserved byte would be harmless, but leaving any other byte raw is not.
 pub fn percent_encode(bytes: &[u8]) -> String {
-    let mut s = String::with_capacity(bytes.len() * 3);
-    for &b in bytes {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            s.push(b as char);
-        } else {
-            s.push('%');
-            s.push_str(&crate::types::hex(&[b]).to_ascii_uppercase());
-        }
-    }
-    s
+    percent_encoding::percent_encode(bytes, QUERY_ESCAPED).to_string()
 }
 
 /// The full announce URL for `base` (which may already carry a query string,
@@ -274,6 +277,30 @@ mod tests {
         let url = announce_url("http://t/a?passkey=x", &req());
         assert!(url.starts_with("http://t/a?passkey=x&info_hash="));
         assert_eq!(percent_encode(&[0x00, b'a', 0xff, b'~']), "%00a%FF~");
+    }
+
+    #[test]
+    fn a_hash_with_every_byte_class_is_encoded_exactly() {
+        // Controls, space, reserved and other punctuation, unreserved
+        // punctuation, digits, letters, DEL and bytes above 0x7f.
+        let mut r = req();
+        r.info_hash = InfoHash([
+            0x00, 0x1f, b' ', b'%', b'&', b'+', b'-', b'.', b'0', b'9', b'=', b'A', b'Z', b'_',
+            b'a', b'z', b'~', 0x7f, 0x80, 0xff,
+        ]);
+        let url = announce_url("http://t/announce", &r);
+        assert!(url.starts_with(
+            "http://t/announce?info_hash=%00%1F%20%25%26%2B-.09%3DAZ_az~%7F%80%FF&peer_id="
+        ));
+        for b in 0..=255u8 {
+            let unreserved = b.is_ascii_alphanumeric() || b"-._~".contains(&b);
+            let want = if unreserved {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            };
+            assert_eq!(percent_encode(&[b]), want, "byte {b:#04x}");
+        }
     }
 
     #[test]

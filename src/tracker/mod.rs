@@ -1,6 +1,7 @@
-//! Trackers: the announcer thread and the HTTP client it uses. Owns the
-//! tracker list, announce timing and the `started`/`completed`/`stopped`
-//! lifecycle. Does not own peers: it only reports addresses to the session.
+//! Trackers: the announcer thread and the HTTP and UDP (`udp_client`)
+//! clients it uses, and scraping for `rtc info --scrape`. Owns the tracker
+//! list, announce timing and the `started`/`completed`/`stopped` lifecycle.
+//! Does not own peers: it only reports addresses to the session.
 //!
 //! The announcer is its own thread so that a slow or dead tracker never
 //! blocks the session or a peer thread. The session talks to it with
@@ -13,7 +14,7 @@ mod udp_client;
 pub use udp_client::UdpTrackers;
 
 use crate::text::Escaped;
-use crate::types::{InfoHash, PeerId};
+use crate::types::{EntropyError, InfoHash, PeerId, Rng};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::fmt;
 use std::net::SocketAddr;
@@ -79,6 +80,8 @@ pub enum Error {
         /// The tracker.
         url: String,
     },
+    /// No randomness for a UDP transaction id or the tier order.
+    Entropy(EntropyError),
 }
 
 impl fmt::Display for Error {
@@ -102,6 +105,7 @@ impl fmt::Display for Error {
                 )
             }
             Error::Timeout { url } => write!(f, "tracker {}: no answer (timed out)", Escaped(url)),
+            Error::Entropy(e) => write!(f, "cannot announce: {e}"),
         }
     }
 }
@@ -302,15 +306,25 @@ pub fn scrape(
     })
 }
 
-/// Fisher-Yates with `random_u64` (BEP 12 shuffles each tier once).
-fn shuffle<T>(v: &mut [T]) {
+/// Fisher-Yates (BEP 12 shuffles each tier once).
+fn shuffle<T>(v: &mut [T], rng: &mut Rng) {
     for i in (1..v.len()).rev() {
-        let j = (crate::types::random_u64() % (i as u64 + 1)) as usize;
-        v.swap(i, j);
+        v.swap(i, rng.below(i + 1));
     }
 }
 
-/// The HTTP client for trackers: bounded connect, rtc's user agent.
+/// Shuffles every tier, once: `done` records that it happened.
+fn shuffle_tiers(tiers: &mut [Vec<String>], done: &mut bool) -> Result<(), Error> {
+    if !*done {
+        let mut rng = Rng::seeded().map_err(Error::Entropy)?;
+        for tier in tiers {
+            shuffle(tier, &mut rng);
+        }
+        *done = true;
+    }
+    Ok(())
+}
+
 pub fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .timeout_connect(Some(Duration::from_secs(5)))
@@ -438,9 +452,10 @@ impl Announcer {
         commands: Receiver<Command>,
         reports: Sender<Report>,
     ) {
-        for tier in &mut self.tiers {
-            shuffle(tier);
-        }
+        // Without randomness for the tier order a round fails like any
+        // other (reported, retried with backoff): announcing in an order
+        // every rtc shares would pile every client onto the first tracker.
+        let mut shuffled = false;
         let mut event = Some(AnnounceEvent::Started);
         let mut ever_answered = false;
         let mut first_round = true;
@@ -448,9 +463,12 @@ impl Announcer {
         loop {
             let started = std::time::Instant::now();
             busy.store(true, Ordering::Release);
-            let result = self.round(&mut clients, event, self.timeout, &reports);
+            let outcome = match shuffle_tiers(&mut self.tiers, &mut shuffled) {
+                Ok(()) => self.round(&mut clients, event, self.timeout, &reports),
+                Err(e) => Err(e),
+            };
             busy.store(false, Ordering::Release);
-            let (wait, min_wait) = match result {
+            let (wait, min_wait) = match outcome {
                 Ok(intervals) => {
                     ever_answered = true;
                     event = None;
@@ -510,5 +528,30 @@ impl Announcer {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiers_are_shuffled_once_and_keep_their_trackers() {
+        let urls: Vec<String> = (0..20).map(|i| format!("udp://t{i}:1")).collect();
+        let mut tiers = vec![urls.clone(), vec!["http://only/announce".into()]];
+        let mut done = false;
+        shuffle_tiers(&mut tiers, &mut done).unwrap();
+        assert!(done);
+        let once = tiers.clone();
+        shuffle_tiers(&mut tiers, &mut done).unwrap();
+        assert_eq!(
+            tiers, once,
+            "a later round keeps the order (and who answered first)"
+        );
+        let (mut got, mut want) = (tiers[0].clone(), urls);
+        got.sort();
+        want.sort();
+        assert_eq!(got, want);
+        assert_eq!(tiers[1], ["http://only/announce"]);
     }
 }

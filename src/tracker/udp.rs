@@ -1,6 +1,6 @@
 //! UDP tracker protocol (BEP 15) as pure code: connect, announce and scrape
 //! requests and their responses, byte for byte. Owns no socket; the
-//! exchange with retransmission lives in `tracker::client`.
+//! exchange with retransmission lives in `tracker::udp_client`.
 
 use super::http::{compact_v4, compact_v6, AnnounceEvent, AnnounceRequest, AnnounceResponse};
 use std::fmt;

@@ -64,8 +64,8 @@ impl UdpTrackers {
         let deadline = Instant::now() + timeout;
         let sock = socket_for(&addr, url)?;
         let conn = self.connection(&sock, addr, url, deadline)?;
-        let tid = random_u64() as u32;
-        let key = random_u64() as u32;
+        let tid = transaction_id()?;
+        let key = transaction_id()?;
         let packet = udp::announce_request(conn, tid, req, key);
         exchange(&sock, url, &packet, deadline, &self.stop, |p| {
             udp::parse_announce(p, tid, addr.is_ipv6())
@@ -83,7 +83,7 @@ impl UdpTrackers {
         let deadline = Instant::now() + timeout;
         let sock = socket_for(&addr, url)?;
         let conn = self.connection(&sock, addr, url, deadline)?;
-        let tid = random_u64() as u32;
+        let tid = transaction_id()?;
         let packet = udp::scrape_request(conn, tid, info_hash);
         exchange(&sock, url, &packet, deadline, &self.stop, |p| {
             udp::parse_scrape(p, tid)
@@ -103,7 +103,7 @@ impl UdpTrackers {
                 return Ok(id);
             }
         }
-        let tid = random_u64() as u32;
+        let tid = transaction_id()?;
         let at = Instant::now();
         let packet = udp::connect_request(tid);
         let id = exchange(sock, url, &packet, deadline, &self.stop, |p| {
@@ -112,6 +112,12 @@ impl UdpTrackers {
         self.connections.insert(addr, (id, at));
         Ok(id)
     }
+}
+
+/// A fresh random transaction id (or announce key). BEP 15 makes it random
+/// so that an off-path host cannot forge the tracker's answer.
+fn transaction_id() -> Result<u32, Error> {
+    Ok(random_u64().map_err(Error::Entropy)? as u32)
 }
 
 fn socket_for(addr: &SocketAddr, url: &str) -> Result<UdpSocket, Error> {

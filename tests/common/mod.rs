@@ -14,10 +14,8 @@
 pub mod bencode;
 pub mod fake_http;
 
-use std::collections::hash_map::RandomState;
 use std::collections::{BTreeSet, HashSet};
 use std::fs::{self, File, OpenOptions};
-use std::hash::{BuildHasher, Hasher};
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
@@ -69,16 +67,9 @@ pub fn port_accepts(addr: SocketAddr) -> bool {
 }
 
 fn random_u64() -> u64 {
-    // Each RandomState gets fresh keys: good enough to spread port choices.
-    let mut h = RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.write_u32(std::process::id());
-    h.finish()
+    let mut b = [0u8; 8];
+    getrandom::getrandom(&mut b).expect("random bytes from the operating system");
+    u64::from_le_bytes(b)
 }
 
 /// Lowest port of the kernel's ephemeral range (outgoing connections).
