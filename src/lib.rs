@@ -32,7 +32,12 @@
 //! into values and back. Sockets and files live only in `peer::conn`,
 //! `peer::accept`, `tracker` and `storage`; `session` wires the threads.
 #![forbid(unsafe_code)]
-#![deny(missing_docs)]
+// The fuzzing feature re-exports internals that are not documented as API.
+#![cfg_attr(not(feature = "fuzzing"), deny(missing_docs))]
+// Without the CLI, what only the `rtc` command uses (`create`, bencode's
+// encoder, parts of `verify`) is unused; the default build still checks
+// for dead code.
+#![cfg_attr(not(feature = "cli"), allow(dead_code))]
 
 pub(crate) mod bencode;
 pub(crate) mod create;
@@ -49,6 +54,18 @@ pub(crate) mod verify;
 #[cfg(feature = "cli")]
 #[doc(hidden)]
 pub mod cli;
+
+/// The pure decoders the fuzz targets (`tests/fuzz`, `scripts/fuzz`) feed
+/// arbitrary bytes: only with the `fuzzing` feature, and no part of the
+/// API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+#[allow(missing_docs)]
+pub mod fuzzing {
+    pub use crate::bencode::{decode, encode};
+    pub use crate::peer::message::{decode_frame, Bitfield, Handshake, Message, MAX_FRAME};
+    pub use crate::tracker::http::parse_response;
+}
 
 pub use bencode::Error as BencodeError;
 pub use metainfo::{FileEntry, MetainfoError, Torrent};

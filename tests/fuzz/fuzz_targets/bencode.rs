@@ -2,7 +2,7 @@
 //! that decode to the same value.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use rtc::bencode::{decode, encode};
+use rtc::fuzzing::{decode, encode};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(v) = decode(data) {

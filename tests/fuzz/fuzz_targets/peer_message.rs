@@ -2,7 +2,7 @@
 //! the limit; the first 68 bytes also go through the handshake parser.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use rtc::peer::message::{decode_frame, Bitfield, Handshake, MAX_FRAME};
+use rtc::fuzzing::{decode_frame, Bitfield, Handshake, MAX_FRAME};
 
 fuzz_target!(|data: &[u8]| {
     if data.len() >= 68 {
@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
     let mut rest = data;
     while let Ok(Some((msg, used))) = decode_frame(rest, MAX_FRAME) {
         assert!(used >= 4 && used <= rest.len() && used <= MAX_FRAME as usize + 4);
-        if let rtc::peer::message::Message::Bitfield(bits) = msg {
+        if let rtc::fuzzing::Message::Bitfield(bits) = msg {
             let _ = Bitfield::from_wire(bits, (bits.len() * 8) as u32);
         }
         rest = &rest[used..];

@@ -3,5 +3,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = rtc::tracker::http::parse_response(data);
+    let _ = rtc::fuzzing::parse_response(data);
 });
