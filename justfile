@@ -16,6 +16,10 @@ bench:
 attack-bench:
     scripts/attack-bench
 
+# Threads, fds and RSS of one Session with 1, 10 and 50 torrents; writes md/benchmarks.md.
+session-bench:
+    scripts/session-bench
+
 check:
     cargo fmt --all -- --check
     cargo clippy --all-targets -- -D warnings

@@ -2,6 +2,7 @@
 """A libtorrent peer on loopback, for rtc's integration tests and benchmark.
 
   lt_peer.py seed  TORRENT DATA_PARENT_DIR --port P [--bind ADDR] [--seed-mode]
+                   [--also TORRENT]...
   lt_peer.py leech TORRENT OUT_DIR --port P [--bind ADDR] [--peer HOST:PORT]...
                    [--timeout SECS]
 
@@ -9,7 +10,9 @@ seed: checks the data under DATA_PARENT_DIR, waits (briefly) for the first
 tracker reply if the torrent names a tracker, prints `READY <port>` and then
 seeds until it is killed. With --seed-mode it skips the up-front check
 (libtorrent's seed_mode: each piece is hashed when first requested), for
-torrents too big to check at every start.
+torrents too big to check at every start. Each --also TORRENT is seeded
+too, from the same DATA_PARENT_DIR, in the same libtorrent session (one
+port); READY comes once every torrent is seeding.
 
 leech: downloads into OUT_DIR from the torrent's trackers and every --peer,
 prints `DONE <seconds>` once every piece is verified and exits 0. Any error,
@@ -174,7 +177,7 @@ class Alerts:
         self.tracker_replies = 0
         self.tracker_errors = 0
         self.listening = False
-        self.checked = None  # monotonic time of torrent_checked_alert
+        self.checked = {}  # torrent handle -> monotonic time it was checked
 
     def pump(self):
         for a in self.ses.pop_alerts():
@@ -185,7 +188,7 @@ class Alerts:
             elif isinstance(a, (lt.torrent_error_alert, lt.file_error_alert)):
                 fail(a.message())
             elif isinstance(a, lt.torrent_checked_alert):
-                self.checked = time.monotonic()
+                self.checked[a.handle] = time.monotonic()
             elif isinstance(a, lt.hash_failed_alert):
                 log(a.message())
             elif isinstance(a, lt.tracker_reply_alert):
@@ -210,35 +213,44 @@ def orphaned():
 def seed(args):
     ses = make_session(args.bind, args.port, args.upload_limit)
     alerts = Alerts(ses)
-    h, ti = add(ses, args.torrent, args.data_parent_dir, args.seed_mode)
+    torrents = [args.torrent] + args.also
+    added = [add(ses, t, args.data_parent_dir, args.seed_mode) for t in torrents]
     deadline = time.monotonic() + args.timeout
-    while True:
+    waiting = list(added)
+    while waiting:
         alerts.pump()
-        st = h.status()
-        if st.errc.value() != 0:
-            fail(f"torrent error: {st.errc.message()}")
-        if st.is_seeding:
+        for h, ti in list(waiting):
+            st = h.status()
+            if st.errc.value() != 0:
+                fail(f"torrent error ({ti.name()}): {st.errc.message()}")
+            if st.is_seeding:
+                waiting.remove((h, ti))
+                continue
+            checked = alerts.checked.get(h)
+            if checked and time.monotonic() > checked + 1.0:
+                # Checked, and still not a seed: the data is not all there.
+                fail(
+                    f"data of {ti.name()} under {args.data_parent_dir} is incomplete "
+                    f"({st.total_wanted_done} of {st.total_wanted} bytes verified)"
+                )
+        if not waiting:
             break
-        if alerts.checked and time.monotonic() > alerts.checked + 1.0:
-            # Checked, and still not a seed: the data is not all there.
-            fail(
-                f"data under {args.data_parent_dir} is incomplete "
-                f"({st.total_wanted_done} of {st.total_wanted} bytes verified)"
-            )
         if time.monotonic() > deadline:
-            fail("timed out checking the data")
+            fail(f"timed out checking the data ({len(waiting)} torrents not seeding)")
         if orphaned():
             os._exit(0)
         time.sleep(POLL)
     # Start the leechers only once the tracker knows about us, so their
     # first announce lists this seeder. A tracker that never answers (or an
     # IPv6 bind with an IPv4 tracker) only costs a short wait.
-    if list(ti.trackers()):
-        h.force_reannounce(0, -1)
+    tracked = [h for h, ti in added if list(ti.trackers())]
+    if tracked:
+        for h in tracked:
+            h.force_reannounce(0, -1)
         wait_until = time.monotonic() + 5
         while time.monotonic() < wait_until:
             alerts.pump()
-            if alerts.tracker_replies or alerts.tracker_errors:
+            if alerts.tracker_replies + alerts.tracker_errors >= len(tracked):
                 break
             time.sleep(POLL)
     print(f"READY {ses.listen_port()}", flush=True)
@@ -307,6 +319,13 @@ def main():
                 type=int,
                 default=0,
                 help="bytes per second (0: unlimited), to make a slow seeder",
+            )
+            sp.add_argument(
+                "--also",
+                metavar="TORRENT",
+                action="append",
+                default=[],
+                help="seed this torrent too (data under the same DATA_PARENT_DIR)",
             )
             sp.add_argument(
                 "--seed-mode",
