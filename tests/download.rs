@@ -284,7 +284,7 @@ fn twenty_thousand_files_under_a_low_open_file_limit() {
             .arg("-c")
             .arg("ulimit -n 256 && exec \"$0\" \"$@\"")
             .arg(rtc_bin())
-            .arg("-v")
+            .args(["-v", "--max-open-files", "32"])
             .arg("-o")
             .arg(s.out_dir())
             .arg(&s.torrent),

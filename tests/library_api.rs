@@ -130,3 +130,63 @@ fn download_is_send_and_sync() {
     assert_send_sync::<Session>();
     assert_send_sync::<rtc::Events>();
 }
+
+#[test]
+fn pause_closes_every_connection_and_resume_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = dir.path().join("seed/p.bin");
+    random_file(&content, 6 * 1024 * 1024, 54);
+    let torrent_path = dir.path().join("t.torrent");
+    mktorrent(&content, &torrent_path, None, 16);
+    // Slow enough that the download is still running when paused.
+    let seed = Peer::libtorrent_seed_with(
+        &torrent_path,
+        &dir.path().join("seed"),
+        free_port(),
+        "127.0.0.1",
+        &["--upload-limit", "1500000"],
+    );
+    let torrent = Torrent::from_bytes(&std::fs::read(&torrent_path).unwrap()).unwrap();
+    let out = dir.path().join("out");
+    let session = Session::new(rtc::SessionOptions::default().port(0)).unwrap();
+    let dl = session
+        .add(torrent, AddOptions::new(&out).peer(seed.addr()))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let until = |what: &str, f: &dyn Fn() -> bool| {
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    until("some progress", &|| dl.progress().pieces_done > 0);
+    dl.pause();
+    until("paused with no peer", &|| {
+        let p = dl.progress();
+        p.paused && p.peers == 0 && session.connections() == 0
+    });
+    // Pieces already verified when the connections closed are still
+    // written; once that settles, nothing moves while paused.
+    let mut before = dl.progress().verified_bytes;
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = dl.progress().verified_bytes;
+        if now == before {
+            break;
+        }
+        before = now;
+    }
+    assert!(before < 6 * 1024 * 1024, "paused before the end");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        dl.progress().verified_bytes,
+        before,
+        "no progress while paused"
+    );
+    assert_eq!(session.connections(), 0);
+    dl.resume();
+    let summary = dl.wait().expect("finishes after resume");
+    assert_eq!(summary.total_bytes, 6 * 1024 * 1024);
+    assert_same_bytes(&content, &out.join("p.bin"));
+    session.shutdown();
+}

@@ -52,6 +52,7 @@ USAGE:
 OPTIONS:
     -o, --output DIR       directory to download into (default: .)
         --max-peers N      most peer connections at once (default: 50)
+        --max-open-files N data files held open at once (default: 64)
         --peer HOST:PORT   also connect to this peer (repeatable)
         --port N           port to accept peers on, announced to trackers
                            (default: 6881; a free port if it is taken)
@@ -143,6 +144,8 @@ fn run() -> Result<(), Failure> {
     }
     let output: Option<PathBuf> = args.opt_value_from_str(["-o", "--output"]).map_err(usage)?;
     let max_peers: Option<usize> = args.opt_value_from_str("--max-peers").map_err(usage)?;
+    let max_open_files: Option<usize> =
+        args.opt_value_from_str("--max-open-files").map_err(usage)?;
     let port: Option<u16> = args.opt_value_from_str("--port").map_err(usage)?;
     let timeout: Option<u64> = args.opt_value_from_str("--timeout").map_err(usage)?;
     let tracker_timeout: Option<u64> = args
@@ -205,6 +208,12 @@ fn run() -> Result<(), Failure> {
 
     let mut opts = AddOptions::new(output.unwrap_or_else(|| PathBuf::from(".")));
     let mut session = SessionOptions::default();
+    if let Some(n) = max_open_files {
+        if n == 0 {
+            return Err(usage("--max-open-files must be at least 1"));
+        }
+        session.max_open_files = n;
+    }
     if let Some(n) = max_peers {
         if n == 0 {
             return Err(usage("--max-peers must be at least 1"));

@@ -44,6 +44,9 @@ pub(crate) enum Outcome {
     /// It could not be reached or timed out: retry after a backoff, a few
     /// times.
     Retry,
+    /// We closed it for a reason of ours, not the peer's (the download
+    /// was paused): ready to dial again at once, no failure counted.
+    Again,
 }
 
 #[derive(Default)]
@@ -173,6 +176,17 @@ impl AddressBook {
             Outcome::Forget => {
                 self.entries.remove(&addr);
             }
+            Outcome::Again => {
+                let Some(e) = self.entries.get_mut(&addr) else {
+                    return;
+                };
+                e.status = Status::Ready;
+                e.generation = e.generation.wrapping_add(1);
+                self.ready.push_back((addr, e.generation));
+                self.candidates += 1;
+                self.ready_now += 1;
+                self.compact();
+            }
             Outcome::Retry => {
                 let Some(e) = self.entries.get_mut(&addr) else {
                     return;
@@ -274,6 +288,21 @@ mod tests {
         assert_eq!(b.next(now), None);
         assert_eq!(b.candidates(), 0);
         assert_eq!(b.ready_count(now), 0);
+    }
+
+    #[test]
+    fn closed_by_a_pause_is_ready_again_without_a_failure() {
+        let mut b = AddressBook::default();
+        let now = Instant::now();
+        b.add(a(1));
+        for _ in 0..MAX_FAILURES + 2 {
+            assert_eq!(b.next(now), Some(a(1)));
+            b.closed(a(1), Outcome::Again, now);
+            assert_eq!((b.candidates(), b.ready_count(now)), (1, 1));
+        }
+        // Still there, never counted as failing.
+        assert_eq!(b.next(now), Some(a(1)));
+        assert_eq!(b.candidates(), 0);
     }
 
     #[test]

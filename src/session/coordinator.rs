@@ -1193,6 +1193,10 @@ impl Coordinator {
             self.book.ban(addr);
         } else if handle.incoming {
             // Its source port will not be seen again: nothing to keep.
+        } else if self.paused {
+            // Closed by the pause, not by anything it did: dialled again
+            // on resume.
+            self.book.closed(addr, Outcome::Again, now);
         } else if error.is_none() || handle.leaving {
             self.book.closed(addr, Outcome::Forget, now);
         } else {
