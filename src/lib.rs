@@ -76,4 +76,4 @@ pub use session::{
 };
 pub use storage::Error as StorageError;
 pub use tracker::Error as TrackerError;
-pub use types::{InfoHash, PeerId};
+pub use types::{EntropyError, InfoHash, PeerId};

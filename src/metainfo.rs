@@ -159,9 +159,16 @@ impl fmt::Display for MetainfoError {
     }
 }
 
-// The bencode error is part of the Display text, so it is not also exposed
-// as `source()`: printing the chain would say it twice.
-impl std::error::Error for MetainfoError {}
+// The bencode error is also part of the Display text, so that the CLI's
+// one line says everything; `source()` gives it to programs as a value.
+impl std::error::Error for MetainfoError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            MetainfoError::Bencode(e) => Some(e),
+            _ => None,
+        }
+    }
+}
 
 impl From<bencode::Error> for MetainfoError {
     fn from(e: bencode::Error) -> Self {

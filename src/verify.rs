@@ -11,10 +11,13 @@ use rayon::prelude::*;
 
 /// Hashes every piece that may be on disk and returns the set that matches.
 /// Pieces whose files did not exist or were empty are not read at all.
+/// Once `stop()` says so, the remaining pieces are skipped (counted as
+/// missing): a download cancelled during its first check ends at once.
 pub fn check(
     torrent: &Torrent,
     storage: &Storage,
     pool: &rayon::ThreadPool,
+    stop: &(dyn Fn() -> bool + Sync),
 ) -> Result<Bitfield, storage::Error> {
     let n = torrent.piece_count();
     let good: Vec<u32> = pool.install(|| {
@@ -23,7 +26,7 @@ pub fn check(
             .filter(|&i| storage.piece_may_exist(PieceIndex(i)))
             .map_init(Vec::new, |buf, i| {
                 let piece = PieceIndex(i);
-                if !storage.read_piece(piece, buf)? {
+                if stop() || !storage.read_piece(piece, buf)? {
                     return Ok(None);
                 }
                 let ok = torrent

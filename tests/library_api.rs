@@ -152,6 +152,13 @@ fn pause_closes_every_connection_and_resume_finishes() {
     let dl = session
         .add(torrent, AddOptions::new(&out).peer(seed.addr()))
         .unwrap();
+    // Pause and resume at once, repeatedly: every closed peer must still
+    // be dialled again (no race between the pause and its connections'
+    // ends forgets an address).
+    for _ in 0..5 {
+        dl.pause();
+        dl.resume();
+    }
     let deadline = Instant::now() + Duration::from_secs(60);
     let until = |what: &str, f: &dyn Fn() -> bool| {
         while !f() {
@@ -189,4 +196,40 @@ fn pause_closes_every_connection_and_resume_finishes() {
     assert_eq!(summary.total_bytes, 6 * 1024 * 1024);
     assert_same_bytes(&content, &out.join("p.bin"));
     session.shutdown();
+}
+
+#[test]
+fn adding_is_not_held_up_by_a_wait_on_another_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut torrents = Vec::new();
+    for i in 0..2 {
+        let content = dir.path().join(format!("seed/w{i}.bin"));
+        random_file(&content, 100_000, 60 + i);
+        let path = dir.path().join(format!("w{i}.torrent"));
+        mktorrent(&content, &path, None, 15);
+        torrents.push(Torrent::from_bytes(&std::fs::read(&path).unwrap()).unwrap());
+    }
+    let b = torrents.pop().unwrap();
+    let a = torrents.pop().unwrap();
+    let session = Session::new(rtc::SessionOptions::default().port(0)).unwrap();
+    let opts = AddOptions::new(dir.path().join("out")).peer(silent.local_addr().unwrap());
+    let first = session.add(a, opts.clone()).unwrap();
+    std::thread::scope(|s| {
+        // Another thread waits on the first download (which cannot end by
+        // itself: its only peer never answers).
+        let waiter = s.spawn(|| first.wait());
+        let t = Instant::now();
+        let second = session.add(b, opts.clone()).unwrap();
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "add waited {:?} for another thread's wait",
+            t.elapsed()
+        );
+        assert_eq!(session.torrents().len(), 2);
+        second.cancel();
+        assert!(matches!(second.wait(), Err(Error::Cancelled)));
+        session.shutdown();
+        assert!(matches!(waiter.join().unwrap(), Err(Error::Cancelled)));
+    });
 }

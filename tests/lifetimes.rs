@@ -215,6 +215,33 @@ fn wait_cancel_drop_and_shutdown_are_prompt_and_leave_nothing() {
     );
     assert_back_to(base, "wait");
 
+    // Dropped during the first check of data already on disk (512 MiB of
+    // zeros, one hashing thread: more than a second of work): the check
+    // stops, the drop returns at once.
+    let big_dir = dir.path().join("big");
+    std::fs::create_dir_all(&big_dir).unwrap();
+    let big = big_dir.join("big.bin");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(512 << 20)
+        .unwrap();
+    let big_torrent = dir.path().join("big.torrent");
+    mktorrent(&big, &big_torrent, None, 20);
+    let dl = Download::start_with(
+        load(&big_torrent),
+        AddOptions::new(&big_dir).repair(true),
+        session_opts(),
+    )
+    .unwrap();
+    let t = Instant::now();
+    drop(dl);
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "drop during the check took {:?}",
+        t.elapsed()
+    );
+    assert_back_to(base, "drop during the check");
+
     // Session::shutdown() with two downloads in it, handles still held.
     silent.reset();
     let session = Session::new(session_opts()).unwrap();

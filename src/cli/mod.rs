@@ -340,7 +340,7 @@ fn verify(torrent: &Torrent, dir: &std::path::Path) -> Result<(), Failure> {
     let pool = rayon::ThreadPoolBuilder::new()
         .build()
         .map_err(|e| Failure::new(exit::INTERNAL, e.to_string()))?;
-    let have = crate::verify::check(torrent, &storage, &pool).map_err(io)?;
+    let have = crate::verify::check(torrent, &storage, &pool, &|| false).map_err(io)?;
     let layout = torrent.layout();
     let bytes: u64 = (0..have.len())
         .map(crate::types::PieceIndex)

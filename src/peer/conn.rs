@@ -45,6 +45,26 @@ pub struct Limits {
     pub pipeline: usize,
 }
 
+impl Limits {
+    /// These limits with every duration between 1 ms and a year and the
+    /// pipeline between 1 and 1024: the fields are public, and a zero
+    /// socket timeout is an error while `Instant + Duration::MAX`
+    /// overflows.
+    pub(crate) fn sane(&self) -> Limits {
+        let d = |x: Duration| x.clamp(Duration::from_millis(1), Duration::from_secs(365 * 86_400));
+        Limits {
+            connect: d(self.connect),
+            handshake: d(self.handshake),
+            write: d(self.write),
+            poll: d(self.poll),
+            stall: d(self.stall),
+            idle: d(self.idle),
+            choked_hold: d(self.choked_hold),
+            pipeline: self.pipeline.clamp(1, 1024),
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {

@@ -16,6 +16,7 @@ use super::addrbook::{AddressBook, Outcome};
 use super::choker::{self, Candidate, Choker, RECHOKE_EVERY};
 use super::core::{Core, Permit};
 use super::pieces::{Pick, Pieces};
+use super::rate::Rates;
 use super::slots::{self, SlotPeer};
 use super::{AddOptions, Control, Error, Event, SeedUntil, Shared, Summary};
 use crate::geometry::Layout;
@@ -27,14 +28,19 @@ use crate::tracker::{self, Announcer};
 use crate::types::{PeerId, PieceIndex, Rng};
 use crate::verify;
 use crossbeam_channel::{bounded, never, select, unbounded, Receiver, Sender};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const TICK: Duration = Duration::from_millis(100);
+/// Longest timeout honoured; longer ones are this (an `Instant` plus
+/// `Duration::MAX` overflows).
+const LONGEST: Duration = Duration::from_secs(365 * 86_400);
+/// Rates shown in progress are averaged over this long.
+const RATE_WINDOW: Duration = Duration::from_secs(5);
 /// Bytes of pieces allowed between "assembled" and "written". Bounds memory
 /// independently of torrent size; 16 MiB keeps both hash threads busy.
 const PIPELINE_BYTES: u64 = 16 * 1024 * 1024;
@@ -75,6 +81,8 @@ struct PeerHandle {
     /// The session asked it to go (evicted, banned or shutdown); it no
     /// longer counts against the caps.
     leaving: bool,
+    /// Closed by a pause: its address is dialled again on resume.
+    paused_out: bool,
     hash_fails: u32,
     /// Set when the session bans this peer; reported when it exits.
     banned: Option<String>,
@@ -157,6 +165,9 @@ pub(super) struct Coordinator {
     shared: Arc<Shared>,
     events: Sender<Event>,
     control: Receiver<Control>,
+    /// Set with every cancel, for the one long step that does not read
+    /// `control`: the check of data already on disk.
+    cancelled: Arc<AtomicBool>,
     paused: bool,
     /// Candidates wait, but the session's connection budget is used up.
     starved: bool,
@@ -185,7 +196,7 @@ pub(super) struct Coordinator {
     connected_count: u32,
     last_peer_seen: Instant,
     last_tracker_error: Option<String>,
-    rate_window: VecDeque<(Instant, u64, u64)>,
+    rates: Rates,
     started: Instant,
     storage: Option<Arc<Storage>>,
     choker: Choker,
@@ -208,9 +219,19 @@ impl Coordinator {
         opts: AddOptions,
         core: Arc<Core>,
         control: Receiver<Control>,
+        cancelled: Arc<AtomicBool>,
         events: Sender<Event>,
         shared: Arc<Shared>,
     ) -> Result<Coordinator, Error> {
+        let mut opts = opts;
+        // Public fields: whatever a caller set, no deadline may overflow
+        // and no socket timeout may be zero.
+        opts.limits = opts.limits.sane();
+        opts.announce_timeout = opts
+            .announce_timeout
+            .clamp(Duration::from_millis(1), LONGEST);
+        opts.no_peer_timeout = opts.no_peer_timeout.min(LONGEST);
+        opts.max_peers = opts.max_peers.max(1);
         let n = torrent.piece_count();
         let layout = Arc::new(torrent.layout().clone());
         let (peer_tx, peer_rx) = unbounded();
@@ -234,6 +255,7 @@ impl Coordinator {
             shared,
             events,
             control,
+            cancelled,
             rng: Rng::seeded()?,
             peer_tx,
             peer_rx,
@@ -252,7 +274,7 @@ impl Coordinator {
             connected_count: 0,
             last_peer_seen: Instant::now(),
             last_tracker_error: None,
-            rate_window: VecDeque::new(),
+            rates: Rates::new(RATE_WINDOW),
             started: Instant::now(),
             storage: None,
             choker: Choker::default(),
@@ -306,6 +328,7 @@ impl Coordinator {
                 port,
                 counters: Arc::clone(&counters),
                 timeout: self.opts.announce_timeout,
+                paused: self.paused,
             };
             Some(
                 a.spawn(tracker_cmd_rx, report_tx)
@@ -328,9 +351,6 @@ impl Coordinator {
         // the writer (drains queued writes), then the tracker (`stopped`).
         // Each is joined: when this returns, no thread of the download is
         // left and every file and socket is closed.
-        if self.paused {
-            let _ = tracker_cmd_tx.send(tracker::Command::Resume);
-        }
         let _ = tracker_cmd_tx.send(tracker::Command::Shutdown);
         if let Some((_, stopper)) = &announcer {
             if stopper.busy() {
@@ -413,8 +433,13 @@ impl Coordinator {
         let marker = storage::Marker::new(dir, &self.torrent);
         let files = &self.core.files;
         let existing = Storage::open_existing(dir, &self.torrent, files).map_err(Error::Storage)?;
-        let have =
-            verify::check(&self.torrent, &existing, &self.core.pool).map_err(Error::Storage)?;
+        let have = verify::check(&self.torrent, &existing, &self.core.pool, &|| {
+            self.cancelled.load(Ordering::Relaxed)
+        })
+        .map_err(Error::Storage)?;
+        if self.cancelled.load(Ordering::Relaxed) {
+            return Err(Error::Cancelled);
+        }
         if !marker.exists() {
             existing
                 .check_not_clobbering(&have, self.opts.repair)
@@ -462,6 +487,10 @@ impl Coordinator {
         tracker_cmd: &Sender<tracker::Command>,
     ) -> Result<(), Error> {
         let never_pieces = never::<CompletedPiece>();
+        // Once the announcer has ended (it never should before we tell
+        // it), its channel is replaced by one that never fires, so a
+        // disconnected channel cannot make this loop spin.
+        let mut reports = report_rx.clone();
         let mut next_tick = Instant::now();
         // The clocks start now, not before the (possibly long) resume check.
         self.last_peer_seen = Instant::now();
@@ -501,8 +530,11 @@ impl Coordinator {
                         }
                     }
                 }
-                recv(report_rx) -> r => {
-                    if let Ok(r) = r { self.on_tracker(r)?; }
+                recv(reports) -> r => {
+                    match r {
+                        Ok(r) => self.on_tracker(r)?,
+                        Err(_) => reports = never(),
+                    }
                 }
                 recv(self.control) -> c => {
                     match c {
@@ -542,6 +574,7 @@ impl Coordinator {
             let _ = p.commands.send(peer::Command::Shutdown);
             p.closer.close();
             p.leaving = true;
+            p.paused_out = true;
         }
         log::info!("paused");
         let _ = self.events.try_send(Event::Paused);
@@ -565,7 +598,10 @@ impl Coordinator {
         match self.opts.seed {
             SeedUntil::Never => true,
             SeedUntil::Stopped => false,
-            SeedUntil::Ratio(r) => self.uploaded as f64 >= r * self.torrent.total_length() as f64,
+            // A ratio that is not a number ends seeding at once.
+            SeedUntil::Ratio(r) => {
+                r.is_nan() || self.uploaded as f64 >= r * self.torrent.total_length() as f64
+            }
             SeedUntil::Time(d) => self.completed_at.is_some_and(|t| t.elapsed() >= d),
         }
     }
@@ -817,6 +853,12 @@ impl Coordinator {
         if self.book.is_banned(&addr) {
             return;
         }
+        // The session's budget first: evicting one of ours for a newcomer
+        // the budget then refuses would lose both.
+        let Some(permit) = self.core.connections.take() else {
+            log::debug!("incoming {addr} refused: the session's connection budget is used up");
+            return;
+        };
         let now = Instant::now();
         let caps = slots::caps(self.opts.max_peers, self.pieces.is_complete());
         let (inbound, out) = self.counts();
@@ -834,10 +876,6 @@ impl Coordinator {
                 return;
             }
         }
-        let Some(permit) = self.core.connections.take() else {
-            log::debug!("incoming {addr} refused: the session's connection budget is used up");
-            return;
-        };
         self.spawn_peer(addr, Some(inc), permit);
     }
 
@@ -895,6 +933,7 @@ impl Coordinator {
                         incoming: is_incoming,
                         connected_at: None,
                         leaving: false,
+                        paused_out: false,
                         hash_fails: 0,
                         banned: None,
                         bits: Bitfield::new(self.torrent.piece_count()),
@@ -1034,24 +1073,9 @@ impl Coordinator {
     fn update_rate(&mut self, now: Instant) {
         let verified = self.shared.verified_bytes.load(Ordering::Relaxed);
         self.shared.uploaded.store(self.uploaded, Ordering::Relaxed);
-        self.rate_window.push_back((now, verified, self.uploaded));
-        while self
-            .rate_window
-            .front()
-            .is_some_and(|(t, _, _)| now.duration_since(*t) > Duration::from_secs(5))
-        {
-            self.rate_window.pop_front();
-        }
-        if let (Some((t0, b0, u0)), Some((t1, b1, u1))) =
-            (self.rate_window.front(), self.rate_window.back())
-        {
-            let dt = t1.duration_since(*t0).as_secs_f64();
-            let per_sec = |n: u64| if dt > 0.0 { (n as f64 / dt) as u64 } else { 0 };
-            self.shared.rate.store(per_sec(b1 - b0), Ordering::Relaxed);
-            self.shared
-                .upload_rate
-                .store(per_sec(u1 - u0), Ordering::Relaxed);
-        }
+        let (down, up) = self.rates.record(now, verified, self.uploaded);
+        self.shared.rate.store(down, Ordering::Relaxed);
+        self.shared.upload_rate.store(up, Ordering::Relaxed);
     }
 
     fn on_peer_event(&mut self, ev: peer::Event) {
@@ -1193,9 +1217,9 @@ impl Coordinator {
             self.book.ban(addr);
         } else if handle.incoming {
             // Its source port will not be seen again: nothing to keep.
-        } else if self.paused {
-            // Closed by the pause, not by anything it did: dialled again
-            // on resume.
+        } else if handle.paused_out {
+            // Closed by a pause, not by anything it did: dialled again
+            // (at once if the download was resumed meanwhile).
             self.book.closed(addr, Outcome::Again, now);
         } else if error.is_none() || handle.leaving {
             self.book.closed(addr, Outcome::Forget, now);

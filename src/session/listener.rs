@@ -56,10 +56,6 @@ impl Router {
     }
 }
 
-/// How long stopping the listener waits for handshake threads whose
-/// sockets it shut (they end at once; this only bounds a bug).
-const STOP_WAIT: Duration = Duration::from_secs(2);
-
 /// How often a blocked `accept` looks at its stop channel.
 const POLL: Duration = Duration::from_millis(10);
 
@@ -137,6 +133,8 @@ struct Pending {
     /// first, then `ENDED` when the thread ends. Compare-and-swap, so a
     /// socket handed to the session is never shut from here.
     state: Arc<AtomicU8>,
+    /// Joined once `ENDED` (at once, then), and when the listener stops.
+    thread: std::thread::JoinHandle<()>,
 }
 
 const PENDING: u8 = 0;
@@ -208,15 +206,28 @@ pub fn spawn(
         })
 }
 
-/// Closes every pending handshake and waits (bounded) until every
-/// handshake thread has ended.
+/// Closes every pending handshake and joins every handshake thread (each
+/// ends at once: its socket is shut).
 fn drain(pending: &mut VecDeque<Pending>) {
     for p in pending.iter() {
         close(p);
     }
-    let deadline = Instant::now() + STOP_WAIT;
-    while pending.iter().any(|p| p.state() != ENDED) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(1));
+    for p in pending.drain(..) {
+        let _ = p.thread.join();
+    }
+}
+
+/// Joins and forgets the handshake threads that have ended.
+fn reap(pending: &mut VecDeque<Pending>) {
+    let mut i = 0;
+    while i < pending.len() {
+        if pending[i].state() == ENDED {
+            if let Some(p) = pending.remove(i) {
+                let _ = p.thread.join();
+            }
+        } else {
+            i += 1;
+        }
     }
 }
 
@@ -224,7 +235,7 @@ fn drain(pending: &mut VecDeque<Pending>) {
 fn expire(pending: &mut VecDeque<Pending>, now: Instant) {
     // Ended ones are gone; closed (and handed) ones count until their
     // thread ends (MAX_THREADS).
-    pending.retain(|p| p.state() != ENDED);
+    reap(pending);
     let open = pending.iter().filter(|p| p.state() == PENDING).count();
     if open >= MAX_PENDING / 2 {
         for p in pending.iter() {
@@ -239,7 +250,7 @@ fn expire(pending: &mut VecDeque<Pending>, now: Instant) {
 /// most open handshakes, to make room for `addr`: one flooding address
 /// loses its own slots first.
 fn make_room(pending: &mut VecDeque<Pending>, addr: SocketAddr) {
-    pending.retain(|p| p.state() != ENDED);
+    reap(pending);
     let open: Vec<&Pending> = pending.iter().filter(|p| p.state() == PENDING).collect();
     if open.len() < MAX_PENDING {
         return;
@@ -326,11 +337,12 @@ fn handshake(
             }
         });
     match spawned {
-        Ok(_) => Some(Pending {
+        Ok(thread) => Some(Pending {
             since: Instant::now(),
             ip: addr.ip(),
             stream: handle,
             state,
+            thread,
         }),
         Err(e) => {
             log::warn!("cannot start a thread for incoming {addr}: {e}");

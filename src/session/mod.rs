@@ -20,6 +20,7 @@ mod listener;
 mod options;
 mod picker;
 mod pieces;
+mod rate;
 mod slots;
 
 pub(crate) use error::clone_io;
@@ -31,7 +32,7 @@ use crate::types::InfoHash;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -176,27 +177,49 @@ enum Control {
 /// One download as the session and its handle see it.
 struct Entry {
     info_hash: InfoHash,
+    /// Unbounded, so no pause, resume or cancel is ever lost; read by the
+    /// session thread's event loop.
     control: Sender<Control>,
-    /// The session thread; taken by whoever joins it first (others wait
-    /// on the lock, so every joiner returns only after the thread ended).
+    /// Also set by a cancel, for the session thread's first check of the
+    /// data on disk, which does not read `control`.
+    cancelled: Arc<AtomicBool>,
+    /// The session thread; taken by whoever joins it first.
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Set once the thread has been joined; other joiners wait for it.
+    joined: Mutex<bool>,
+    joined_cond: Condvar,
     /// Set by the session thread just before it ends.
     result: Arc<OnceLock<Result<Summary, Error>>>,
 }
 
 impl Entry {
     fn send(&self, c: Control) {
-        let _ = self.control.try_send(c);
+        if c == Control::Cancel {
+            self.cancelled.store(true, Ordering::Relaxed);
+        }
+        let _ = self.control.send(c);
     }
 
-    /// Blocks until the session thread has ended; its result.
+    /// Blocks until the session thread has ended; its result. No lock is
+    /// held while joining, so `is_finished` and `Session::add` never wait
+    /// for another thread's `wait`.
     fn join(&self) -> Result<Summary, Error> {
-        if let Ok(mut slot) = self.thread.lock() {
-            if let Some(t) = slot.take() {
-                if t.join().is_err() {
-                    let _ = self
-                        .result
-                        .set(Err(Error::Thread("session thread panicked".into())));
+        let handle = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(t) = handle {
+            if t.join().is_err() {
+                let _ = self
+                    .result
+                    .set(Err(Error::Thread("session thread panicked".into())));
+            }
+            if let Ok(mut j) = self.joined.lock() {
+                *j = true;
+                self.joined_cond.notify_all();
+            }
+        } else if let Ok(mut j) = self.joined.lock() {
+            while !*j {
+                match self.joined_cond.wait(j) {
+                    Ok(g) => j = g,
+                    Err(_) => break,
                 }
             }
         }
@@ -206,10 +229,9 @@ impl Entry {
             .unwrap_or_else(|| Err(Error::Thread("session thread gave no result".into())))
     }
 
+    /// The session thread has set its result (and is ending or ended).
     fn is_finished(&self) -> bool {
-        self.thread
-            .lock()
-            .map_or(true, |t| t.as_ref().is_none_or(|t| t.is_finished()))
+        self.result.get().is_some()
     }
 }
 
@@ -266,7 +288,10 @@ impl Session {
             port = Some(l.port());
             log::info!("listening on port {}", l.port());
             let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
-            let t = listener::spawn(l, router.clone(), options.handshake_timeout, stop_rx)
+            let handshake = options
+                .handshake_timeout
+                .clamp(Duration::from_millis(1), Duration::from_secs(365 * 86_400));
+            let t = listener::spawn(l, router.clone(), handshake, stop_rx)
                 .map_err(|e| Error::Thread(format!("cannot start the listener: {e}")))?;
             listener = Some((stop_tx, t));
         }
@@ -319,14 +344,16 @@ impl Session {
     /// already on disk is checked on the download's own thread, and
     /// storage errors come back from [`Download::wait`] (and as the
     /// [`Event::Ended`] event). Fails only if the torrent is already in
-    /// the session or its thread cannot start.
+    /// the session, the system gives no randomness, or its thread cannot
+    /// start.
     pub fn add(&self, torrent: Torrent, options: AddOptions) -> Result<Download, Error> {
         let core = self
             .core
             .as_ref()
             .ok_or_else(|| Error::Thread("session is shut down".into()))?;
         let info_hash = torrent.info_hash();
-        let (control_tx, control_rx) = crossbeam_channel::bounded(16);
+        let (control_tx, control_rx) = crossbeam_channel::unbounded();
+        let cancelled = Arc::new(AtomicBool::new(false));
         let (events_tx, events_rx) = crossbeam_channel::bounded(EVENT_BUFFER);
         let shared = Arc::new(Shared::default());
         shared.paused.store(options.paused, Ordering::Relaxed);
@@ -338,6 +365,7 @@ impl Session {
             options,
             Arc::clone(core),
             control_rx,
+            Arc::clone(&cancelled),
             events_tx.clone(),
             Arc::clone(&shared),
         )?;
@@ -367,7 +395,10 @@ impl Session {
         let entry = Arc::new(Entry {
             info_hash,
             control: control_tx,
+            cancelled,
             thread: Mutex::new(Some(thread)),
+            joined: Mutex::new(false),
+            joined_cond: Condvar::new(),
             result: Arc::clone(&result),
         });
         if let Ok(mut list) = self.downloads.lock() {

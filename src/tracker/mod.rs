@@ -237,6 +237,11 @@ impl Clients {
         }
     }
 
+    /// Whether the announcer's [`Stopper`] has aborted these clients.
+    pub(crate) fn stopped(&self) -> bool {
+        self.udp.stop_flag().load(Ordering::Acquire)
+    }
+
     /// One announce to `url`, by its scheme.
     pub fn announce(
         &mut self,
@@ -347,6 +352,8 @@ pub struct Announcer {
     pub counters: Arc<Counters>,
     /// Bound on one announce; `ANNOUNCE_TIMEOUT` by default.
     pub timeout: Duration,
+    /// Start paused: announce nothing until `Command::Resume`.
+    pub paused: bool,
 }
 
 impl Announcer {
@@ -403,6 +410,10 @@ impl Announcer {
         let mut peers = 0;
         for t in 0..self.tiers.len() {
             for i in 0..self.tiers[t].len() {
+                if clients.stopped() {
+                    // Aborted: no further tracker is asked (or resolved).
+                    return Err(last.unwrap_or(Error::UnsupportedScheme { url: String::new() }));
+                }
                 let url = self.tiers[t][i].clone();
                 match clients.announce(&url, &req, timeout) {
                     Ok(resp) => {
@@ -456,6 +467,15 @@ impl Announcer {
         // other (reported, retried with backoff): announcing in an order
         // every rtc shares would pile every client onto the first tracker.
         let mut shuffled = false;
+        if self.paused {
+            loop {
+                match commands.recv() {
+                    Ok(Command::Resume) => break,
+                    Ok(Command::Shutdown) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        }
         let mut event = Some(AnnounceEvent::Started);
         let mut ever_answered = false;
         let mut first_round = true;
