@@ -346,6 +346,22 @@ impl Torrent {
         self.info_hash
     }
 
+    /// A torrent from an info dictionary fetched from peers (a magnet's
+    /// metadata) and the magnet's trackers, each its own tier (BEP 12):
+    /// validated exactly as a `.torrent` file is, with the info dict kept
+    /// byte for byte, so its info hash is the SHA-1 of `info`.
+    pub fn from_info(info: &[u8], trackers: &[String]) -> Result<Torrent, MetainfoError> {
+        Torrent::from_bytes(&torrent_file(info, trackers))
+    }
+
+    /// This torrent as a `.torrent` file: its trackers (`announce` and
+    /// `announce-list`) and its info dict byte for byte (so the info hash
+    /// is unchanged). What `--save-torrent` writes.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let trackers: Vec<String> = self.trackers().into_iter().flatten().collect();
+        torrent_file(&self.info_bytes, &trackers)
+    }
+
     /// The bencoded `info` dictionary exactly as it arrived (what BEP 9
     /// serves to peers fetching metadata).
     pub fn info_bytes(&self) -> &[u8] {
@@ -490,6 +506,34 @@ fn optional_text(dict: &Dict<'_>, key: &[u8]) -> Option<String> {
 /// backup tracker list should not make a torrent unusable, so anything that
 /// is not a URL is skipped rather than rejected. A bare string where a tier
 /// belongs is taken as a one-tracker tier.
+/// `d[8:announce<first>13:announce-list<one tier per tracker>]4:info<info>e`,
+/// keys in bencode's sorted order, `info` copied as it is.
+fn torrent_file(info: &[u8], trackers: &[String]) -> Vec<u8> {
+    fn string(out: &mut Vec<u8>, s: &[u8]) {
+        out.extend_from_slice(s.len().to_string().as_bytes());
+        out.push(b':');
+        out.extend_from_slice(s);
+    }
+    let mut out = Vec::with_capacity(info.len() + 64 + trackers.len() * 64);
+    out.push(b'd');
+    if let Some(first) = trackers.first() {
+        string(&mut out, b"announce");
+        string(&mut out, first.as_bytes());
+        string(&mut out, b"announce-list");
+        out.push(b'l');
+        for t in trackers {
+            out.push(b'l');
+            string(&mut out, t.as_bytes());
+            out.push(b'e');
+        }
+        out.push(b'e');
+    }
+    string(&mut out, b"info");
+    out.extend_from_slice(info);
+    out.push(b'e');
+    out
+}
+
 fn announce_tiers(value: Option<&Value<'_>>) -> Vec<Vec<String>> {
     let Some(value) = value else {
         return Vec::new();
@@ -1328,5 +1372,33 @@ mod tests {
             .to_string(),
             "metainfo: unsafe path 'd/..': '..' path component"
         );
+    }
+
+    #[test]
+    fn from_info_keeps_the_info_dict_and_its_hash() {
+        let info = b"d6:lengthi100e4:name1:a12:piece lengthi16384e6:pieces20:aaaaaaaaaaaaaaaaaaaae";
+        let trackers = vec!["http://t/a".to_string(), "udp://u:1".to_string()];
+        let t = Torrent::from_info(info, &trackers).unwrap();
+        assert_eq!(t.info_bytes(), &info[..]);
+        assert_eq!(
+            t.info_hash().0,
+            sha1_smol::Sha1::from(&info[..]).digest().bytes()
+        );
+        assert_eq!(
+            t.trackers(),
+            vec![
+                vec!["http://t/a".to_string()],
+                vec!["udp://u:1".to_string()]
+            ]
+        );
+        // And back: the file loads with the same hash and trackers.
+        let again = Torrent::from_bytes(&t.to_bytes()).unwrap();
+        assert_eq!(again.info_hash(), t.info_hash());
+        assert_eq!(again.trackers(), t.trackers());
+        // Without trackers: info only.
+        let bare = Torrent::from_info(info, &[]).unwrap();
+        assert!(bare.trackers().is_empty());
+        // A hostile info dict is refused as from a file.
+        assert!(Torrent::from_info(b"d4:name2:..e", &[]).is_err());
     }
 }

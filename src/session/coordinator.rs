@@ -213,28 +213,55 @@ pub(super) struct Coordinator {
     completed_at: Option<Instant>,
 }
 
+/// What a download's session thread is given by `Session::add`, whatever
+/// it starts from (a torrent, or a magnet whose metadata comes first).
+pub(super) struct Context {
+    pub(super) core: Arc<Core>,
+    pub(super) control: Receiver<Control>,
+    /// Set with every cancel (see `Coordinator::cancelled`).
+    pub(super) cancelled: Arc<AtomicBool>,
+    pub(super) events: Sender<Event>,
+    pub(super) shared: Arc<Shared>,
+    /// The channel connections and the listener (through the router)
+    /// report on.
+    pub(super) peer_tx: Sender<peer::Event>,
+    pub(super) peer_rx: Receiver<peer::Event>,
+}
+
+/// `opts` with every public field made safe to use: whatever a caller
+/// set, no deadline may overflow and no socket timeout may be zero.
+pub(super) fn sane(mut opts: AddOptions) -> AddOptions {
+    opts.limits = opts.limits.sane();
+    opts.announce_timeout = opts
+        .announce_timeout
+        .clamp(Duration::from_millis(1), LONGEST);
+    opts.no_peer_timeout = opts.no_peer_timeout.min(LONGEST);
+    opts.max_peers = opts.max_peers.max(1);
+    opts
+}
+
 impl Coordinator {
     pub(super) fn new(
         torrent: Torrent,
         opts: AddOptions,
-        core: Arc<Core>,
-        control: Receiver<Control>,
-        cancelled: Arc<AtomicBool>,
-        events: Sender<Event>,
-        shared: Arc<Shared>,
+        ctx: Context,
     ) -> Result<Coordinator, Error> {
-        let mut opts = opts;
-        // Public fields: whatever a caller set, no deadline may overflow
-        // and no socket timeout may be zero.
-        opts.limits = opts.limits.sane();
-        opts.announce_timeout = opts
-            .announce_timeout
-            .clamp(Duration::from_millis(1), LONGEST);
-        opts.no_peer_timeout = opts.no_peer_timeout.min(LONGEST);
-        opts.max_peers = opts.max_peers.max(1);
+        let Context {
+            core,
+            control,
+            cancelled,
+            events,
+            shared,
+            peer_tx,
+            peer_rx,
+        } = ctx;
+        let opts = sane(opts);
         let n = torrent.piece_count();
+        shared
+            .total_bytes
+            .store(torrent.total_length(), Ordering::Relaxed);
+        shared.pieces_total.store(n, Ordering::Relaxed);
         let layout = Arc::new(torrent.layout().clone());
-        let (peer_tx, peer_rx) = unbounded();
         let (piece_tx, piece_rx) = bounded(2);
         let (hashed_tx, hashed_rx) = unbounded();
         let (written_tx, written_rx) = unbounded();
@@ -287,12 +314,6 @@ impl Coordinator {
             completed_at: None,
             opts,
         })
-    }
-
-    /// Where connections to this torrent report; the listener routes
-    /// incoming peers here.
-    pub(super) fn peer_events(&self) -> Sender<peer::Event> {
-        self.peer_tx.clone()
     }
 
     pub(super) fn run(mut self) -> Result<Summary, Error> {
@@ -1337,11 +1358,7 @@ impl Coordinator {
         self.pending_haves.push(piece);
         let _ = self.events.try_send(Event::PieceDone {
             piece: piece.0,
-            progress: self.shared.snapshot(
-                self.torrent.total_length(),
-                self.torrent.piece_count(),
-                self.started.elapsed(),
-            ),
+            progress: self.shared.snapshot(self.started.elapsed()),
         });
         Ok(())
     }

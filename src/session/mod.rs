@@ -146,12 +146,17 @@ struct Shared {
     uploaded: AtomicU64,
     upload_rate: AtomicU64,
     paused: AtomicBool,
+    /// Known once the torrent is (from the start, or once a magnet's
+    /// metadata arrived).
+    total_bytes: AtomicU64,
+    pieces_total: AtomicU32,
 }
 
 impl Shared {
-    fn snapshot(&self, total_bytes: u64, pieces_total: u32, elapsed: Duration) -> Progress {
+    fn snapshot(&self, elapsed: Duration) -> Progress {
+        let pieces_total = self.pieces_total.load(Ordering::Relaxed);
         Progress {
-            total_bytes,
+            total_bytes: self.total_bytes.load(Ordering::Relaxed),
             verified_bytes: self.verified_bytes.load(Ordering::Relaxed),
             pieces_done: self.pieces_done.load(Ordering::Relaxed),
             pieces_total,
@@ -357,27 +362,26 @@ impl Session {
         let (events_tx, events_rx) = crossbeam_channel::bounded(EVENT_BUFFER);
         let shared = Arc::new(Shared::default());
         shared.paused.store(options.paused, Ordering::Relaxed);
-        let total_bytes = torrent.total_length();
-        let pieces_total = torrent.piece_count();
         let result: Arc<OnceLock<Result<Summary, Error>>> = Arc::new(OnceLock::new());
-        let coordinator = coordinator::Coordinator::new(
-            torrent,
-            options,
-            Arc::clone(core),
-            control_rx,
-            Arc::clone(&cancelled),
-            events_tx.clone(),
-            Arc::clone(&shared),
-        )?;
-        if !core.router.add(info_hash, coordinator.peer_events()) {
+        let (peer_tx, peer_rx) = crossbeam_channel::unbounded();
+        if !core.router.add(info_hash, peer_tx.clone()) {
             return Err(Error::AlreadyAdded(info_hash));
         }
+        let ctx = coordinator::Context {
+            core: Arc::clone(core),
+            control: control_rx,
+            cancelled: Arc::clone(&cancelled),
+            events: events_tx.clone(),
+            shared: Arc::clone(&shared),
+            peer_tx,
+            peer_rx,
+        };
         let slot = Arc::clone(&result);
         let router = core.router.clone();
         let spawned = std::thread::Builder::new()
             .name("rtc-session".into())
             .spawn(move || {
-                let r = coordinator.run();
+                let r = coordinator::Coordinator::new(torrent, options, ctx).and_then(|c| c.run());
                 router.remove(&info_hash);
                 let _ = slot.set(r.clone());
                 let _ = events_tx.try_send(Event::Ended(r));
@@ -422,8 +426,6 @@ impl Session {
                 ended: AtomicBool::new(false),
             },
             shared,
-            total_bytes,
-            pieces_total,
             started: Instant::now(),
             private: None,
             waited: false,
@@ -503,8 +505,6 @@ pub struct Download {
     entry: Arc<Entry>,
     events: Events,
     shared: Arc<Shared>,
-    total_bytes: u64,
-    pieces_total: u32,
     started: Instant,
     /// The session of [`Download::start`], shut down with the download.
     private: Option<Session>,
@@ -562,8 +562,7 @@ impl Download {
 
     /// A snapshot of the download's progress.
     pub fn progress(&self) -> Progress {
-        self.shared
-            .snapshot(self.total_bytes, self.pieces_total, self.started.elapsed())
+        self.shared.snapshot(self.started.elapsed())
     }
 
     /// Events as they happen. The buffer is bounded: a program that never
