@@ -437,6 +437,12 @@ impl fmt::Display for MagnetError {
 
 impl std::error::Error for MagnetError {}
 
+/// True if `s` is meant as a magnet link (begins with `magnet:`, any case),
+/// well-formed or not.
+pub(crate) fn is_magnet(s: &str) -> bool {
+    strip_prefix_ci(s, "magnet:").is_some()
+}
+
 /// `s` without `prefix`, compared ignoring ASCII case.
 fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
     let head = s.get(..prefix.len())?;
@@ -688,6 +694,7 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(m.info_hash(), hash());
+        assert!(is_magnet("Magnet:whatever") && !is_magnet("magnet") && !is_magnet("http:"));
     }
 
     #[test]
