@@ -27,7 +27,7 @@
 //! ```
 //!
 //! Module map (all private to the crate; DESIGN.md has the full table):
-//! protocol modules (`bencode`, `metainfo`, `peer::message`,
+//! protocol modules (`bencode`, `metainfo`, `magnet`, `peer::message`,
 //! `tracker::http`, `tracker::udp`, `peer::mse`) are pure: they turn bytes
 //! into values and back. Sockets and files live only in `peer::conn`,
 //! `peer::accept`, `tracker` and `storage`; `session` wires the threads.
@@ -42,6 +42,7 @@
 pub(crate) mod bencode;
 pub(crate) mod create;
 pub(crate) mod geometry;
+pub(crate) mod magnet;
 pub(crate) mod metainfo;
 pub(crate) mod peer;
 pub(crate) mod session;
@@ -68,6 +69,7 @@ pub mod fuzzing {
 }
 
 pub use bencode::Error as BencodeError;
+pub use magnet::{Magnet, MagnetError};
 pub use metainfo::{FileEntry, MetainfoError, Torrent};
 pub use peer::conn::Limits;
 pub use session::{

@@ -7,7 +7,7 @@
 
 use crate::session::{AddOptions, Download, Error as SessionError, SeedUntil, SessionOptions};
 use crate::text::{escaped_path, Escaped};
-use crate::Torrent;
+use crate::{Magnet, Torrent};
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -48,6 +48,7 @@ USAGE:
     rtc verify <FILE.torrent | -> [-o DIR]   check data on disk, piece by piece
     rtc seed <FILE.torrent | -> [-o DIR]     verify the data in DIR and seed it (until Ctrl-C)
     rtc create PATH -o OUT.torrent [--tracker URL]... [--piece-length N] [--private] [--comment TEXT]
+    rtc magnet <FILE.torrent | ->            print the torrent's magnet link
 
 OPTIONS:
     -o, --output DIR       directory to download into (default: .)
@@ -70,7 +71,7 @@ OPTIONS:
     -V, --version          print the version
 
 EXIT CODES:
-    0 done, every piece verified   2 usage error       3 invalid torrent
+    0 done, every piece verified   2 usage error       3 invalid torrent or magnet link
     4 no peers / tracker failure   5 I/O error         1 internal error
     6 verify: data incomplete      130 cancelled (Ctrl-C stopping a seed exits 0)
 ";
@@ -173,7 +174,7 @@ fn run() -> Result<(), Failure> {
         return Err(usage(format!("unknown option {flag}")));
     }
     let (command, source) = match rest.as_slice() {
-        [cmd, src] if ["info", "verify", "seed", "create"].contains(&cmd.as_str()) => {
+        [cmd, src] if ["info", "verify", "seed", "create", "magnet"].contains(&cmd.as_str()) => {
             (cmd.as_str(), src.clone())
         }
         [src] => ("download", src.clone()),
@@ -200,6 +201,10 @@ fn run() -> Result<(), Failure> {
                 tracker_timeout.map_or(crate::tracker::ANNOUNCE_TIMEOUT, Duration::from_secs),
             );
         }
+        return Ok(());
+    }
+    if command == "magnet" {
+        outln!("{}", Magnet::from_torrent(&torrent));
         return Ok(());
     }
     if command == "verify" {
@@ -274,9 +279,14 @@ fn init_logging(quiet: bool, verbosity: u32) {
 }
 
 /// Reads a .torrent from a path or, for `-`, from stdin. Torrent files are
-/// small; anything over 64 MiB is refused before it is all read.
+/// small; anything over 64 MiB is refused before it is all read. An
+/// argument beginning `magnet:`, or stdin holding one (surrounding
+/// whitespace ignored), is a magnet link instead (see `from_magnet`).
 fn load_torrent(source: &str) -> Result<Torrent, Failure> {
     const MAX: u64 = 64 * 1024 * 1024;
+    if crate::magnet::is_magnet(source) {
+        return from_magnet(parse_magnet("", source)?);
+    }
     let mut bytes = Vec::new();
     let read = if source == "-" {
         std::io::stdin()
@@ -294,8 +304,41 @@ fn load_torrent(source: &str) -> Result<Torrent, Failure> {
             format!("{name}: invalid torrent: larger than 64 MiB"),
         ));
     }
+    let text = bytes.trim_ascii();
+    if source == "-"
+        && text
+            .get(..7)
+            .is_some_and(|t| t.eq_ignore_ascii_case(b"magnet:"))
+    {
+        let text = std::str::from_utf8(text).map_err(|_| {
+            Failure::new(exit::BAD_TORRENT, "<stdin>: invalid magnet link: not UTF-8")
+        })?;
+        return from_magnet(parse_magnet("<stdin>: ", text)?);
+    }
     Torrent::from_bytes(&bytes)
         .map_err(|e| Failure::new(exit::BAD_TORRENT, format!("{name}: invalid torrent: {e}")))
+}
+
+fn parse_magnet(prefix: &str, text: &str) -> Result<Magnet, Failure> {
+    Magnet::parse(text).map_err(|e| {
+        Failure::new(
+            exit::BAD_TORRENT,
+            format!("{prefix}invalid magnet link: {e}"),
+        )
+    })
+}
+
+/// What a valid magnet link leads to. For now only a refusal (exit 2): the
+/// download side (fetching the metadata from the link's peers and
+/// trackers) is being built, and this one function will be replaced by it
+/// (which may then take the options: `magnet.peers()` are meant to be
+/// resolved like `--peer`).
+fn from_magnet(magnet: Magnet) -> Result<Torrent, Failure> {
+    log::debug!("magnet link for {}", magnet.info_hash());
+    Err(Failure::new(
+        exit::USAGE,
+        "magnet links are not supported yet",
+    ))
 }
 
 fn print_info(t: &Torrent) {
