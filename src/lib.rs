@@ -66,6 +66,13 @@ pub mod fuzzing {
     pub use crate::bencode::{decode, encode};
     pub use crate::peer::message::{decode_frame, Bitfield, Handshake, Message, MAX_FRAME};
     pub use crate::tracker::http::parse_response;
+
+    /// Feeds `data` to the BEP 10/9/11 payload decoders (extension
+    /// handshake, metadata message, peer exchange) and checks that what
+    /// decodes re-encodes consistently; panics on a violation.
+    pub fn extension_payloads(data: &[u8]) {
+        crate::peer::extension::fuzz(data)
+    }
 }
 
 pub use bencode::Error as BencodeError;

@@ -651,7 +651,10 @@ impl Conn {
 
     fn on_message(&mut self, msg: Message<'_>) -> Result<(), Error> {
         match msg {
-            Message::KeepAlive | Message::Port(_) | Message::Other { .. } => {}
+            Message::KeepAlive
+            | Message::Port(_)
+            | Message::Extended { .. }
+            | Message::Other { .. } => {}
             Message::Choke => {
                 if !self.download.is_choked() {
                     let now = Instant::now();

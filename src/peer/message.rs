@@ -1,6 +1,8 @@
 //! Peer wire protocol (BEP 3) as pure encode/decode: the handshake and the
-//! length-prefixed messages. Owns framing and the limits on what a peer may
-//! claim; does no I/O (the connection thread in `peer::conn` feeds it bytes).
+//! length-prefixed messages, including the frame of BEP 10's extended
+//! message (whose payloads `peer::extension` owns). Owns framing and the
+//! limits on what a peer may claim; does no I/O (the connection thread in
+//! `peer::conn` feeds it bytes).
 
 use crate::geometry::BLOCK_LEN;
 use crate::types::{Block, InfoHash, PeerId, PieceIndex};
@@ -13,12 +15,24 @@ pub const HANDSHAKE_LEN: usize = 68;
 /// before anything is buffered. A piece message carries at most one block
 /// of `geometry::BLOCK_LEN` (all we ever request; see there why 16 KiB)
 /// plus 9 bytes of header; every other BEP 3 message is shorter, and so
-/// must be any extension message a peer sends unasked. A bitfield for the
-/// largest torrent we accept
+/// must be any message of an extension we did not announce (BEP 10
+/// extended messages have their own bound, `MAX_EXTENDED_FRAME`). A
+/// bitfield for the largest torrent we accept
 /// (2^50 bytes / 16 KiB pieces = 2^36 pieces) would be larger, but such a
 /// torrent is refused by `metainfo` long before a peer could send one, so
 /// bitfields are bounded by `max_frame_for(pieces)` instead.
 pub const MAX_FRAME: u32 = BLOCK_LEN + 9;
+
+/// Largest BEP 10 extended message (id 20) accepted. A BEP 9 metadata
+/// `data` message carries a whole 16 KiB metadata piece after its message
+/// id, extended id and a bencoded header of about 60 bytes
+/// (`d8:msg_typei1e5:piecei1919e10:total_sizei31457280ee`), so it cannot fit
+/// in `MAX_FRAME`. The 1 KiB of room above the piece holds that header with
+/// plenty to spare, and every extension handshake and PEX message seen in
+/// practice is far smaller than the whole bound. Only extended messages get
+/// this allowance: every other message except a bitfield must still fit
+/// `MAX_FRAME` (checked once the id is known).
+pub const MAX_EXTENDED_FRAME: u32 = 16 * 1024 + 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Error {
@@ -117,8 +131,16 @@ pub enum Message<'a> {
     Cancel(Block),
     /// BEP 5 DHT port; parsed so that DHT-capable peers are not dropped.
     Port(u16),
-    /// Any message id we do not act on (BEP 6 fast, BEP 10 extended, ...),
-    /// kept so that a peer using extensions we did not announce is tolerated.
+    /// BEP 10 extended message: the extended message id (0 is the extension
+    /// handshake; others are ids the receiver assigned in its handshake)
+    /// and the payload after it, borrowed from the receive buffer.
+    /// `peer::extension` gives the payload its meaning.
+    Extended {
+        id: u8,
+        payload: &'a [u8],
+    },
+    /// Any other message id we do not act on (BEP 6 fast, ...), kept so that
+    /// a peer using extensions we did not announce is tolerated.
     Other {
         id: u8,
     },
@@ -134,12 +156,28 @@ const REQUEST: u8 = 6;
 const PIECE: u8 = 7;
 const CANCEL: u8 = 8;
 const PORT: u8 = 9;
+const EXTENDED: u8 = 20;
 
 /// Upper bound on a frame from a peer of a torrent with `piece_count` pieces:
-/// the larger of a piece message and a full bitfield.
+/// the largest of a piece message, an extended message (a BEP 9 metadata
+/// piece, see `MAX_EXTENDED_FRAME`) and a full bitfield. The connection
+/// sizes its receive buffer from this; `decode_frame` still holds each
+/// message id to its own, smaller bound.
 pub fn max_frame_for(piece_count: u32) -> u32 {
     let bitfield = piece_count.div_ceil(8).saturating_add(1);
-    MAX_FRAME.max(bitfield)
+    MAX_FRAME.max(MAX_EXTENDED_FRAME).max(bitfield)
+}
+
+/// The bound for a frame with message id `id` when the caller allows
+/// `max_frame`: a bitfield may use all of it (its exact size is checked by
+/// `Bitfield::from_wire`), an extended message up to `MAX_EXTENDED_FRAME`,
+/// anything else up to `MAX_FRAME`.
+fn limit_for(id: u8, max_frame: u32) -> u32 {
+    match id {
+        BITFIELD => max_frame,
+        EXTENDED => max_frame.min(MAX_EXTENDED_FRAME),
+        _ => max_frame.min(MAX_FRAME),
+    }
 }
 
 fn be32(b: &[u8]) -> u32 {
@@ -149,7 +187,9 @@ fn be32(b: &[u8]) -> u32 {
 /// Decodes one frame from the front of `buf`. Returns `Ok(None)` when more
 /// bytes are needed, or the message and how many bytes it used. The length
 /// prefix is checked against `max_frame` before the caller buffers the body,
-/// so a hostile 4 GiB prefix is an error, never an allocation.
+/// so a hostile 4 GiB prefix is an error, never an allocation; once the id
+/// byte has arrived the length is also held to that id's own bound (see
+/// `limit_for`), still before the body is buffered.
 pub fn decode_frame(buf: &[u8], max_frame: u32) -> Result<Option<(Message<'_>, usize)>, Error> {
     if buf.len() < 4 {
         return Ok(None);
@@ -160,6 +200,12 @@ pub fn decode_frame(buf: &[u8], max_frame: u32) -> Result<Option<(Message<'_>, u
             len,
             max: max_frame,
         });
+    }
+    if let Some(&id) = buf.get(4).filter(|_| len > 0) {
+        let max = limit_for(id, max_frame);
+        if len > max {
+            return Err(Error::FrameTooLarge { len, max });
+        }
     }
     let total = 4 + len as usize;
     if buf.len() < total {
@@ -202,6 +248,10 @@ pub fn decode_frame(buf: &[u8], max_frame: u32) -> Result<Option<(Message<'_>, u
             }
         }
         PORT => fixed(2).map(|_| Message::Port(u16::from_be_bytes([body[0], body[1]])))?,
+        EXTENDED => match body.split_first() {
+            Some((&ext, payload)) => Message::Extended { id: ext, payload },
+            None => return Err(Error::BadLength { id, len }),
+        },
         other => Message::Other { id: other },
     };
     Ok(Some((msg, total)))
@@ -253,6 +303,12 @@ pub fn encode(msg: &Message<'_>, out: &mut Vec<u8>) {
             out.extend_from_slice(&3u32.to_be_bytes());
             out.push(PORT);
             out.extend_from_slice(&p.to_be_bytes());
+        }
+        Message::Extended { id, payload } => {
+            out.extend_from_slice(&(payload.len() as u32 + 2).to_be_bytes());
+            out.push(EXTENDED);
+            out.push(*id);
+            out.extend_from_slice(payload);
         }
         Message::Other { id } => simple(out, *id),
     }
@@ -477,11 +533,90 @@ mod tests {
 
     #[test]
     fn unknown_ids_are_tolerated() {
-        let buf = [0, 0, 0, 3, 20, 0, 1];
+        let buf = [0, 0, 0, 3, 99, 0, 1];
         assert_eq!(
             decode_frame(&buf, MAX_FRAME).unwrap(),
-            Some((Message::Other { id: 20 }, 7))
+            Some((Message::Other { id: 99 }, 7))
         );
+    }
+
+    #[test]
+    fn extended_messages_carry_their_id_and_payload() {
+        let buf = [0, 0, 0, 4, 20, 3, b'd', b'e'];
+        assert_eq!(
+            decode_frame(&buf, MAX_FRAME).unwrap(),
+            Some((
+                Message::Extended {
+                    id: 3,
+                    payload: b"de"
+                },
+                8
+            ))
+        );
+        roundtrip(Message::Extended {
+            id: 0,
+            payload: b"d1:md6:ut_pexi2eee",
+        });
+        roundtrip(Message::Extended {
+            id: 7,
+            payload: b"",
+        });
+        // Without the extended id byte the message is malformed.
+        assert_eq!(
+            decode_frame(&[0, 0, 0, 1, 20], MAX_FRAME),
+            Err(Error::BadLength { id: 20, len: 1 })
+        );
+    }
+
+    #[test]
+    fn a_metadata_piece_fits_but_only_extended_messages_get_the_room() {
+        let max = max_frame_for(1);
+        assert_eq!(max, MAX_EXTENDED_FRAME);
+        // The largest BEP 9 data message we could be sent: a full 16 KiB
+        // piece after the biggest header (piece index and total size at
+        // their limits).
+        let mut payload = b"d8:msg_typei1e5:piecei1919e10:total_sizei31457280ee".to_vec();
+        payload.extend_from_slice(&[0xab; 16 * 1024]);
+        let msg = Message::Extended {
+            id: 1,
+            payload: &payload,
+        };
+        let mut out = Vec::new();
+        encode(&msg, &mut out);
+        assert_eq!(decode_frame(&out, max).unwrap(), Some((msg, out.len())));
+        // One byte over the extended bound.
+        let mut over = (MAX_EXTENDED_FRAME + 1).to_be_bytes().to_vec();
+        over.push(20);
+        assert_eq!(
+            decode_frame(&over, max_frame_for(8 * 1024 * 1024)),
+            Err(Error::FrameTooLarge {
+                len: MAX_EXTENDED_FRAME + 1,
+                max: MAX_EXTENDED_FRAME
+            })
+        );
+        // A piece message may not use the extended room, and is refused as
+        // soon as its id is seen, before the body is buffered.
+        let mut piece = (MAX_FRAME + 1).to_be_bytes().to_vec();
+        piece.push(7);
+        assert_eq!(
+            decode_frame(&piece, max),
+            Err(Error::FrameTooLarge {
+                len: MAX_FRAME + 1,
+                max: MAX_FRAME
+            })
+        );
+        // Nor may an unknown message, even when a huge torrent's bitfield
+        // makes the overall bound larger.
+        let mut other = (MAX_FRAME + 1).to_be_bytes().to_vec();
+        other.push(99);
+        assert!(decode_frame(&other, max_frame_for(8 * 1024 * 1024)).is_err());
+        // A bitfield still gets the whole bound.
+        let bits = vec![0xffu8; 1024 * 1024];
+        let mut out = Vec::new();
+        encode(&Message::Bitfield(&bits), &mut out);
+        assert!(decode_frame(&out, max_frame_for(8 * 1024 * 1024))
+            .unwrap()
+            .is_some());
     }
 
     #[test]
@@ -519,7 +654,7 @@ mod tests {
 
     #[test]
     fn max_frame_grows_with_piece_count() {
-        assert_eq!(max_frame_for(10), MAX_FRAME);
+        assert_eq!(max_frame_for(10), MAX_EXTENDED_FRAME);
         assert_eq!(max_frame_for(8 * 1024 * 1024), 1024 * 1024 + 1);
     }
 }
