@@ -81,7 +81,7 @@ pub use metainfo::{FileEntry, MetainfoError, Torrent};
 pub use peer::conn::Limits;
 pub use session::{
     AddOptions, CancelHandle, Download, Error, Event, Events, Progress, RecvError, SeedUntil,
-    Session, SessionOptions, Summary,
+    Session, SessionOptions, Source, Summary,
 };
 pub use storage::Error as StorageError;
 pub use tracker::Error as TrackerError;

@@ -595,30 +595,43 @@ fn check_tree(dir: &Path, rel: &Path, mode: Mode) -> Result<bool, Error> {
 /// `.rtc-<info hash>` in the output directory: present while rtc has a
 /// download of that torrent in progress there. It is what lets a restart
 /// rewrite wrong bytes in existing files (they are ours); without it,
-/// existing files are the user's and are never overwritten.
+/// existing files are the user's and are never overwritten. It holds the
+/// torrent's info dict, so that the same magnet link run again resumes
+/// without asking peers for the metadata.
 pub struct Marker {
     path: PathBuf,
 }
 
 impl Marker {
     pub fn new(dir: &Path, torrent: &Torrent) -> Marker {
+        Marker::for_hash(dir, &torrent.info_hash())
+    }
+
+    pub fn for_hash(dir: &Path, info_hash: &crate::types::InfoHash) -> Marker {
         Marker {
-            path: dir.join(format!(".rtc-{}", torrent.info_hash().hex())),
+            path: dir.join(format!(".rtc-{}", info_hash.hex())),
         }
+    }
+
+    /// The info dict kept in the marker, if it is there and hashes to
+    /// `info_hash` (anything else, e.g. an older marker, is ignored).
+    pub fn info(&self, info_hash: &crate::types::InfoHash) -> Option<Vec<u8>> {
+        let bytes = std::fs::read(&self.path).ok()?;
+        (sha1_smol::Sha1::from(&bytes).digest().bytes() == info_hash.0).then_some(bytes)
     }
 
     pub fn exists(&self) -> bool {
         self.path.is_file()
     }
 
-    pub fn create(&self) -> Result<(), Error> {
+    pub fn create(&self, info: &[u8]) -> Result<(), Error> {
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
                 path: dir.to_path_buf(),
                 source,
             })?;
         }
-        std::fs::write(&self.path, b"rtc download in progress\n").map_err(|source| Error::Write {
+        std::fs::write(&self.path, info).map_err(|source| Error::Write {
             path: self.path.clone(),
             source,
         })

@@ -5,7 +5,9 @@
 //! the library keeps to itself (`create`, `verify`, `tracker`'s scrape);
 //! `src/main.rs` only calls [`main`].
 
-use crate::session::{AddOptions, Download, Error as SessionError, SeedUntil, SessionOptions};
+use crate::session::{
+    AddOptions, Download, Error as SessionError, SeedUntil, SessionOptions, Source,
+};
 use crate::text::{escaped_path, Escaped};
 use crate::{Magnet, Torrent};
 use std::io::{IsTerminal, Read, Write};
@@ -54,6 +56,8 @@ OPTIONS:
     -o, --output DIR       directory to download into (default: .)
         --max-peers N      most peer connections at once (default: 50)
         --max-open-files N data files held open at once (default: 64)
+        --save-torrent PATH  write the torrent (a magnet's, once its metadata
+                           arrives) to PATH as a .torrent file
         --peer HOST:PORT   also connect to this peer (repeatable)
         --port N           port to accept peers on, announced to trackers
                            (default: 6881; a free port if it is taken)
@@ -162,6 +166,7 @@ fn run() -> Result<(), Failure> {
     let private = args.contains("--private");
     let repair = args.contains("--repair");
     let comment: Option<String> = args.opt_value_from_str("--comment").map_err(usage)?;
+    let save_torrent: Option<PathBuf> = args.opt_value_from_str("--save-torrent").map_err(usage)?;
 
     init_logging(quiet, verbosity);
 
@@ -192,26 +197,8 @@ fn run() -> Result<(), Failure> {
         };
         return create(Path::new(&source), &out, &opts, quiet);
     }
-    let torrent = load_torrent(&source)?;
-    if command == "info" {
-        print_info(&torrent);
-        if scrape {
-            print_scrape(
-                &torrent,
-                tracker_timeout.map_or(crate::tracker::ANNOUNCE_TIMEOUT, Duration::from_secs),
-            );
-        }
-        return Ok(());
-    }
-    if command == "magnet" {
-        outln!("{}", Magnet::from_torrent(&torrent));
-        return Ok(());
-    }
-    if command == "verify" {
-        return verify(&torrent, &output.unwrap_or_else(|| PathBuf::from(".")));
-    }
-
-    let mut opts = AddOptions::new(output.unwrap_or_else(|| PathBuf::from(".")));
+    let out_dir = output.unwrap_or_else(|| PathBuf::from("."));
+    let mut opts = AddOptions::new(&out_dir);
     let mut session = SessionOptions::default();
     if let Some(n) = max_open_files {
         if n == 0 {
@@ -262,7 +249,44 @@ fn run() -> Result<(), Failure> {
             .map_err(|e| usage(format!("--peer {p}: {e}")))?;
         opts.peers.extend(addrs);
     }
-    download(torrent, opts, session, quiet)
+    let source = load_source(&source)?;
+    if command == "magnet" {
+        // A magnet names its torrent already: printed back normalised.
+        let link = match &source {
+            Source::Magnet(m) => m.to_uri(),
+            Source::Torrent(t) => Magnet::from_torrent(t).to_uri(),
+        };
+        outln!("{link}");
+        return Ok(());
+    }
+    if command == "info" || command == "verify" {
+        let torrent = match source {
+            Source::Torrent(t) => t,
+            Source::Magnet(m) => fetch_metadata(m, opts, session, quiet)?,
+        };
+        return if command == "info" {
+            print_info(&torrent);
+            if scrape {
+                print_scrape(
+                    &torrent,
+                    tracker_timeout.map_or(crate::tracker::ANNOUNCE_TIMEOUT, Duration::from_secs),
+                );
+            }
+            Ok(())
+        } else {
+            verify(&torrent, &out_dir)
+        };
+    }
+    let save = match save_torrent {
+        Some(path) if path.exists() => {
+            return Err(Failure::new(
+                exit::IO,
+                format!("{} exists; not overwriting it", escaped_path(&path)),
+            ))
+        }
+        other => other,
+    };
+    download(source, opts, session, save.as_deref(), quiet)
 }
 
 fn init_logging(quiet: bool, verbosity: u32) {
@@ -282,10 +306,10 @@ fn init_logging(quiet: bool, verbosity: u32) {
 /// small; anything over 64 MiB is refused before it is all read. An
 /// argument beginning `magnet:`, or stdin holding one (surrounding
 /// whitespace ignored), is a magnet link instead (see `from_magnet`).
-fn load_torrent(source: &str) -> Result<Torrent, Failure> {
+fn load_source(source: &str) -> Result<Source, Failure> {
     const MAX: u64 = 64 * 1024 * 1024;
     if crate::magnet::is_magnet(source) {
-        return from_magnet(parse_magnet("", source)?);
+        return Ok(Source::Magnet(parse_magnet("", source)?));
     }
     let mut bytes = Vec::new();
     let read = if source == "-" {
@@ -313,9 +337,10 @@ fn load_torrent(source: &str) -> Result<Torrent, Failure> {
         let text = std::str::from_utf8(text).map_err(|_| {
             Failure::new(exit::BAD_TORRENT, "<stdin>: invalid magnet link: not UTF-8")
         })?;
-        return from_magnet(parse_magnet("<stdin>: ", text)?);
+        return Ok(Source::Magnet(parse_magnet("<stdin>: ", text)?));
     }
     Torrent::from_bytes(&bytes)
+        .map(Source::Torrent)
         .map_err(|e| Failure::new(exit::BAD_TORRENT, format!("{name}: invalid torrent: {e}")))
 }
 
@@ -328,17 +353,51 @@ fn parse_magnet(prefix: &str, text: &str) -> Result<Magnet, Failure> {
     })
 }
 
-/// What a valid magnet link leads to. For now only a refusal (exit 2): the
-/// download side (fetching the metadata from the link's peers and
-/// trackers) is being built, and this one function will be replaced by it
-/// (which may then take the options: `magnet.peers()` are meant to be
-/// resolved like `--peer`).
-fn from_magnet(magnet: Magnet) -> Result<Torrent, Failure> {
-    log::debug!("magnet link for {}", magnet.info_hash());
-    Err(Failure::new(
-        exit::USAGE,
-        "magnet links are not supported yet",
-    ))
+/// A magnet's torrent, fetched from its peers and trackers (for `rtc
+/// info` and `rtc verify`); nothing is written.
+fn fetch_metadata(
+    magnet: Magnet,
+    opts: AddOptions,
+    session: SessionOptions,
+    quiet: bool,
+) -> Result<Torrent, Failure> {
+    let dl = Download::start_with(magnet, opts.metadata_only(true), session)
+        .map_err(session_failure)?;
+    let cancel = dl.cancel_handle();
+    if let Err(e) = ctrlc::set_handler(move || cancel.cancel()) {
+        log::warn!("cannot install the Ctrl-C handler: {e}");
+    }
+    let show = !quiet && std::io::stderr().is_terminal();
+    while !dl.is_finished() {
+        let _ = dl.events().recv_timeout(Duration::from_millis(200));
+        while dl.events().try_recv().is_ok() {}
+        if show {
+            draw_metadata(&dl.progress());
+        }
+    }
+    if show {
+        eprint!("\r\x1b[2K");
+    }
+    let torrent = dl.torrent();
+    dl.wait().map_err(session_failure)?;
+    torrent
+        .map(|t| (*t).clone())
+        .ok_or_else(|| Failure::new(exit::INTERNAL, "metadata fetched but no torrent"))
+}
+
+fn draw_metadata(p: &crate::Progress) {
+    let size = if p.metadata_size > 0 {
+        human(p.metadata_size)
+    } else {
+        "?".into()
+    };
+    eprint!(
+        "\r\x1b[2Kfetching metadata  {} of {}  {} peers",
+        human(p.metadata_bytes),
+        size,
+        p.peers
+    );
+    let _ = std::io::stderr().flush();
 }
 
 fn print_info(t: &Torrent) {
@@ -465,11 +524,7 @@ fn create(
         };
         Failure::new(code, e.to_string())
     })?;
-    // Write aside and rename: a torrent file is never seen half-written.
-    let tmp = out.with_extension("torrent.part");
-    std::fs::write(&tmp, &bytes)
-        .and_then(|()| std::fs::rename(&tmp, out))
-        .map_err(|e| Failure::new(exit::IO, format!("cannot write {}: {e}", out.display())))?;
+    write_new_file(out, &bytes)?;
     if !quiet {
         eprintln!(
             "rtc: created {}: {} ({}, {} pieces of {}), info hash {}",
@@ -501,13 +556,14 @@ fn print_scrape(t: &Torrent, timeout: Duration) {
 }
 
 fn download(
-    torrent: Torrent,
+    source: Source,
     opts: AddOptions,
     session: SessionOptions,
+    save: Option<&Path>,
     quiet: bool,
 ) -> Result<(), Failure> {
-    let name = crate::text::escaped(torrent.name());
-    let dl = Download::start_with(torrent, opts, session).map_err(session_failure)?;
+    let dl = Download::start_with(source, opts, session).map_err(session_failure)?;
+    let mut saved = save.is_none();
     // Ctrl-C / SIGTERM cancel the download cleanly: peers are closed, queued
     // verified pieces are written, and the tracker hears `stopped`.
     let cancel = dl.cancel_handle();
@@ -521,9 +577,19 @@ fn download(
         // the bounded channel never holds stale events.
         let _ = dl.events().recv_timeout(Duration::from_millis(200));
         while dl.events().try_recv().is_ok() {}
+        if !saved {
+            if let (Some(t), Some(path)) = (dl.torrent(), save) {
+                // As soon as the torrent is known (a magnet's metadata):
+                // saved even if the download fails later.
+                write_new_file(path, &t.to_bytes())?;
+                saved = true;
+            }
+        }
         if show {
             let p = dl.progress();
-            if p.verified_bytes == p.total_bytes {
+            if p.total_bytes == 0 {
+                draw_metadata(&p);
+            } else if p.verified_bytes == p.total_bytes {
                 eprint!(
                     "\r\x1b[2Kseeding  up {}/s  ratio {:.2}  {} peers",
                     human(p.upload_rate),
@@ -550,6 +616,9 @@ fn download(
     if drew {
         eprint!("\r\x1b[2K");
     }
+    let name = dl
+        .torrent()
+        .map_or_else(|| dl.info_hash().to_string(), |t| crate::text::escaped(t.name()));
     let summary = dl.wait().map_err(session_failure)?;
     if !quiet {
         let secs = summary.elapsed.as_secs_f64().max(0.001);
@@ -565,12 +634,28 @@ fn download(
     Ok(())
 }
 
+/// Writes a new file (a torrent), never over an existing one: aside, then
+/// renamed, so it is never seen half-written.
+fn write_new_file(out: &Path, bytes: &[u8]) -> Result<(), Failure> {
+    if out.exists() {
+        return Err(Failure::new(
+            exit::IO,
+            format!("{} exists; not overwriting it", escaped_path(out)),
+        ));
+    }
+    let tmp = out.with_extension("torrent.part");
+    std::fs::write(&tmp, bytes)
+        .and_then(|()| std::fs::rename(&tmp, out))
+        .map_err(|e| Failure::new(exit::IO, format!("cannot write {}: {e}", escaped_path(out))))
+}
+
 fn session_failure(e: SessionError) -> Failure {
     let code = match &e {
         SessionError::Storage(_) | SessionError::Listen { .. } => exit::IO,
         SessionError::Tracker(_) | SessionError::NoPeers { .. } => exit::NO_PEERS,
         SessionError::Cancelled => exit::CANCELLED,
         SessionError::AlreadyAdded(_) => exit::USAGE,
+        SessionError::Metadata(_) => exit::BAD_TORRENT,
         SessionError::Entropy(_) | SessionError::Thread(_) => exit::INTERNAL,
     };
     Failure::new(code, e.to_string())

@@ -6,6 +6,7 @@
 //! writes to disk and never decides which peers to connect to.
 
 use super::download::{BlockError, Fetcher, Next, Received};
+use super::extension::{self, ExtHandshake, ExtKind, MetadataMsg};
 use super::message::{self, decode_frame, Bitfield, Handshake, Message};
 use super::upload::{Refusal, Upload};
 use super::{Command, CompletedPiece, ConnId, Event, Incoming};
@@ -114,6 +115,11 @@ pub enum Error {
     /// No random bytes for our side of an encrypted handshake. Our
     /// failure, not the peer's: never a ban.
     Entropy(crate::types::EntropyError),
+    /// A malformed or out-of-bounds extension message (BEP 10/9/11).
+    Extension(extension::ExtError),
+    /// Fetching metadata needs the extension protocol, which the peer
+    /// does not speak.
+    NoExtensions,
 }
 
 impl fmt::Display for Error {
@@ -158,6 +164,8 @@ impl fmt::Display for Error {
             Error::Storage(e) => write!(f, "cannot serve: {e}"),
             Error::Mse(e) => write!(f, "{e}"),
             Error::Entropy(e) => write!(f, "{e}"),
+            Error::Extension(e) => write!(f, "extension message: {e}"),
+            Error::NoExtensions => f.write_str("no extension protocol (BEP 10): cannot send metadata"),
         }
     }
 }
@@ -179,6 +187,7 @@ impl Error {
                 | Error::BadBlock { .. }
                 | Error::Unrequested { .. }
                 | Error::BadRequest(_)
+                | Error::Extension(_)
         )
     }
 }
@@ -209,6 +218,12 @@ pub struct Params {
     pub storage: Arc<Storage>,
     /// For a connection the peer opened (handshake already read).
     pub incoming: Option<Incoming>,
+    /// The torrent's info dict, served to peers that ask (BEP 9).
+    pub info: Arc<[u8]>,
+    /// The port we accept peers on, told in the extension handshake.
+    pub listen_port: Option<u16>,
+    /// A private torrent (BEP 27): no peer exchange either way.
+    pub private: bool,
     /// Where the thread puts a handle on its socket, so the session can
     /// close it however the thread is blocked.
     pub closer: super::Closer,
@@ -279,8 +294,15 @@ struct Conn {
     requests: u32,
     /// RC4 both ways when an incoming peer negotiated it (MSE).
     cipher: Option<super::mse::Cipher>,
+    /// The peer's extension handshake (BEP 10), once it sent one.
+    peer_ext: Option<ExtHandshake>,
+    /// When the peer's last PEX message was taken.
+    last_pex: Option<Instant>,
 }
 
+/// Least time between two PEX messages taken from a peer (BEP 11: one a
+/// minute; a little slack for clocks).
+const PEX_EVERY: Duration = Duration::from_secs(50);
 const STATS_EVERY: Duration = Duration::from_secs(1);
 /// Chokes allowed within `CHOKE_WINDOW`. Clients rechoke every 10-15 s;
 /// a peer that flaps faster makes us re-request our whole pipeline each
@@ -322,12 +344,17 @@ impl Conn {
             got_pieces_msg: false,
             requests: 0,
             cipher: None,
+            peer_ext: None,
+            last_pex: None,
         }
     }
 
     fn run(&mut self) -> Result<(), Error> {
         let limits = self.p.limits.clone();
-        let ours = Handshake::new(self.p.info_hash, self.p.peer_id);
+        let mut ours = Handshake::new(self.p.info_hash, self.p.peer_id);
+        // BEP 10: we serve the info dict (`ut_metadata`) to peers that
+        // came with a magnet link.
+        extension::set_extension_bit(&mut ours.reserved);
         let mut leftover = Vec::new();
         let (mut stream, theirs) = match self.p.incoming.take() {
             Some(inc) => {
@@ -386,6 +413,25 @@ impl Conn {
         if self.ours.count() > 0 {
             message::encode(&Message::Bitfield(self.ours.as_bytes()), &mut self.out);
         }
+        if extension::has_extension_bit(&theirs.reserved) {
+            let mut hello = ExtHandshake::ours(
+                u32::try_from(self.p.info.len()).ok(),
+                self.p.listen_port,
+                Some(self.p.addr.ip()),
+            );
+            if self.p.private {
+                // BEP 27: peers of a private torrent come from its
+                // trackers only.
+                hello.ut_pex = None;
+            }
+            message::encode(
+                &Message::Extended {
+                    id: extension::HANDSHAKE_ID,
+                    payload: &hello.encode(),
+                },
+                &mut self.out,
+            );
+        }
         // `interested` follows once the peer shows a piece we lack.
 
         let max_frame = message::max_frame_for(self.p.layout.piece_count());
@@ -423,6 +469,18 @@ impl Conn {
                         if !self.upload.am_choking {
                             self.upload.choke();
                             message::encode(&Message::Choke, &mut self.out);
+                        }
+                    }
+                    Command::Pex(view) => {
+                        let to = self.peer_ext.as_ref().and_then(|e| e.ut_pex);
+                        if let (Some(to), false) = (to, self.p.private) {
+                            message::encode(
+                                &Message::Extended {
+                                    id: to,
+                                    payload: &view.encode(),
+                                },
+                                &mut self.out,
+                            );
                         }
                     }
                     Command::Shutdown => return Ok(()),
@@ -649,12 +707,72 @@ impl Conn {
         Ok(None)
     }
 
+    /// BEP 10 messages: the peer's extension handshake (its ids for the
+    /// extensions), and `ut_metadata` requests, answered from the info
+    /// dict (16 KiB a piece; a piece that does not exist is rejected).
+    /// Other extensions are ignored.
+    fn on_extended(&mut self, id: u8, payload: &[u8]) -> Result<(), Error> {
+        let kind = ExtKind::of(id);
+        if kind == Some(ExtKind::Handshake) {
+            let ext = self.peer_ext.get_or_insert_with(ExtHandshake::default);
+            return ext.update(payload).map_err(Error::Extension);
+        }
+        if kind == Some(ExtKind::Pex) {
+            // BEP 11 asks for at most one message a minute; more often is
+            // ignored (each costs us up to MAX_PEX_PEERS addresses).
+            let now = Instant::now();
+            if self.p.private || self.last_pex.is_some_and(|t| now.duration_since(t) < PEX_EVERY) {
+                return Ok(());
+            }
+            self.last_pex = Some(now);
+            let pex = extension::Pex::decode(payload).map_err(Error::Extension)?;
+            if !pex.added.is_empty() {
+                self.send_event(Event::Pex {
+                    id: self.p.id,
+                    added: pex.added,
+                })?;
+            }
+            return Ok(());
+        }
+        if kind != Some(ExtKind::Metadata) {
+            return Ok(());
+        }
+        let Some(MetadataMsg::Request { piece }) =
+            MetadataMsg::decode(payload).map_err(Error::Extension)?
+        else {
+            return Ok(()); // data or rejects we never asked for
+        };
+        let Some(to) = self.peer_ext.as_ref().and_then(|e| e.ut_metadata) else {
+            return Ok(());
+        };
+        let info = Arc::clone(&self.p.info);
+        let total = info.len() as u32;
+        let reply = match extension::metadata_piece_len(total, piece) {
+            Some(len) => {
+                let at = (piece * extension::METADATA_PIECE_LEN) as usize;
+                MetadataMsg::Data {
+                    piece,
+                    total_size: total,
+                    data: &info[at..at + len as usize],
+                }
+                .encode()
+            }
+            None => MetadataMsg::Reject { piece }.encode(),
+        };
+        message::encode(
+            &Message::Extended {
+                id: to,
+                payload: &reply,
+            },
+            &mut self.out,
+        );
+        Ok(())
+    }
+
     fn on_message(&mut self, msg: Message<'_>) -> Result<(), Error> {
         match msg {
-            Message::KeepAlive
-            | Message::Port(_)
-            | Message::Extended { .. }
-            | Message::Other { .. } => {}
+            Message::KeepAlive | Message::Port(_) | Message::Other { .. } => {}
+            Message::Extended { id, payload } => self.on_extended(id, payload)?,
             Message::Choke => {
                 if !self.download.is_choked() {
                     let now = Instant::now();
@@ -793,7 +911,7 @@ pub(super) fn read_handshake(
 
 /// Receive buffer: bytes from `start` to `end` are undecoded. Sized to hold
 /// at least one maximal frame so a frame never needs a second allocation.
-struct RecvBuf {
+pub(super) struct RecvBuf {
     buf: Vec<u8>,
     start: usize,
     end: usize,
@@ -801,7 +919,7 @@ struct RecvBuf {
 }
 
 impl RecvBuf {
-    fn new(max_frame: usize) -> RecvBuf {
+    pub(super) fn new(max_frame: usize) -> RecvBuf {
         RecvBuf {
             buf: vec![0; (256 * 1024).max(2 * max_frame)],
             start: 0,
@@ -810,25 +928,25 @@ impl RecvBuf {
         }
     }
 
-    fn space(&mut self) -> &mut [u8] {
+    pub(super) fn space(&mut self) -> &mut [u8] {
         &mut self.buf[self.end..]
     }
 
-    fn filled(&mut self, n: usize) {
+    pub(super) fn filled(&mut self, n: usize) {
         self.end += n;
     }
 
-    fn data(&self) -> &[u8] {
+    pub(super) fn data(&self) -> &[u8] {
         &self.buf[self.start..self.end]
     }
 
-    fn consume(&mut self, n: usize) {
+    pub(super) fn consume(&mut self, n: usize) {
         self.start += n;
     }
 
     /// Moves undecoded bytes to the front when the tail could no longer hold
     /// a whole frame.
-    fn compact(&mut self) {
+    pub(super) fn compact(&mut self) {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;

@@ -103,6 +103,7 @@ pub(crate) const MAX_PEX_PEERS: usize = 200;
 pub(crate) const MAX_PEX_SEND: usize = 50;
 
 /// BEP 11 `added.f` flags.
+#[cfg(test)]
 pub(crate) const PEX_PREFERS_ENCRYPTION: u8 = 0x01;
 pub(crate) const PEX_SEED: u8 = 0x02;
 pub(crate) const PEX_REACHABLE: u8 = 0x10;

@@ -9,10 +9,8 @@
 pub mod accept;
 pub mod conn;
 pub(crate) mod download;
-// Wired into connections by the rest of issue 11; until then only tests
-// and the fuzz target use it.
-#[allow(dead_code)]
 pub(crate) mod extension;
+pub(crate) mod meta_conn;
 pub mod message;
 pub mod mse;
 pub mod upload;
@@ -49,6 +47,9 @@ pub enum Command {
     Unchoke,
     /// The choker dropped this peer: stop serving it.
     Choke,
+    /// Our view of the swarm for peer exchange (BEP 11), sent to the
+    /// peer if it speaks `ut_pex` (the session sends it once a minute).
+    Pex(Arc<extension::Pex>),
     /// Close the connection and end the thread.
     Shutdown,
 }
@@ -70,6 +71,12 @@ pub enum Event {
     /// The peer's first bitfield (later ones arrive as `Have` for the
     /// pieces they add).
     Bitfield { id: ConnId, bits: Bitfield },
+    /// Addresses the peer told us of by peer exchange (BEP 11), at most
+    /// `extension::MAX_PEX_PEERS` a message and one message a minute.
+    Pex {
+        id: ConnId,
+        added: Vec<SocketAddr>,
+    },
     /// The peer has a piece it did not have before (repeats are not sent).
     Have { id: ConnId, piece: PieceIndex },
     /// The peer choked (`true`) or unchoked (`false`) us.

@@ -39,6 +39,9 @@ const TICK: Duration = Duration::from_millis(100);
 /// Longest timeout honoured; longer ones are this (an `Instant` plus
 /// `Duration::MAX` overflows).
 const LONGEST: Duration = Duration::from_secs(365 * 86_400);
+/// Our peer exchange view goes out this often (BEP 11: at most once a
+/// minute).
+const PEX_EVERY: Duration = Duration::from_secs(60);
 /// Rates shown in progress are averaged over this long.
 const RATE_WINDOW: Duration = Duration::from_secs(5);
 /// Bytes of pieces allowed between "assembled" and "written". Bounds memory
@@ -155,6 +158,8 @@ struct Hashed {
 
 pub(super) struct Coordinator {
     torrent: Arc<Torrent>,
+    /// The info dict, served to peers (BEP 9).
+    info: Arc<[u8]>,
     layout: Arc<Layout>,
     opts: AddOptions,
     /// What the session's torrents share (hashing pool, budgets, port).
@@ -209,6 +214,11 @@ pub(super) struct Coordinator {
     /// Pieces written since the last tick, for the batched `Have`.
     pending_haves: Vec<PieceIndex>,
     last_evict: Option<Instant>,
+    /// Peer exchange: addresses we last told peers of, when, and how many
+    /// new addresses peers told us of.
+    pex_sent: std::collections::HashSet<SocketAddr>,
+    last_pex: Instant,
+    from_pex: usize,
     uploaded: u64,
     completed_at: Option<Instant>,
 }
@@ -261,6 +271,7 @@ impl Coordinator {
             .total_bytes
             .store(torrent.total_length(), Ordering::Relaxed);
         shared.pieces_total.store(n, Ordering::Relaxed);
+        let _ = shared.torrent.set(Arc::new(torrent.clone()));
         let layout = Arc::new(torrent.layout().clone());
         let (piece_tx, piece_rx) = bounded(2);
         let (hashed_tx, hashed_rx) = unbounded();
@@ -269,6 +280,7 @@ impl Coordinator {
         // channel so it never idles while the session refills it.
         let max_quota = layout.pieces_for_pipeline(opts.limits.pipeline) + SPARE_PIECES;
         Ok(Coordinator {
+            info: Arc::from(torrent.info_bytes()),
             torrent: Arc::new(torrent),
             layout,
             peer_id: core.peer_id,
@@ -310,6 +322,9 @@ impl Coordinator {
             rechoke_soon: false,
             pending_haves: Vec::new(),
             last_evict: None,
+            pex_sent: Default::default(),
+            last_pex: Instant::now(),
+            from_pex: 0,
             uploaded: 0,
             completed_at: None,
             opts,
@@ -495,7 +510,9 @@ impl Coordinator {
             return Ok(existing);
         }
         drop(existing);
-        marker.create().map_err(Error::Storage)?;
+        marker
+            .create(self.torrent.info_bytes())
+            .map_err(Error::Storage)?;
         Storage::open(dir, &self.torrent, files).map_err(Error::Storage)
     }
 
@@ -721,6 +738,10 @@ impl Coordinator {
             }
         }
         self.threads.retain(|t| !t.is_finished());
+        if !self.torrent.private() && now.duration_since(self.last_pex) >= PEX_EVERY {
+            self.last_pex = now;
+            self.send_pex();
+        }
         if !self.paused {
             self.connect_more(now);
         }
@@ -754,6 +775,55 @@ impl Coordinator {
             }
         }
         Ok(())
+    }
+
+    /// Tells every peer (that speaks `ut_pex`) the peers we connected to
+    /// and lost since the last message: at most 50 of each (BEP 11), the
+    /// rest in later minutes. Only outgoing peers are named: an incoming
+    /// peer's address is an ephemeral port, not one to dial.
+    fn send_pex(&mut self) {
+        use crate::peer::extension::{MAX_PEX_SEND, PEX_REACHABLE, PEX_SEED};
+        // Address -> BEP 11 flags: we reached it; a seed if it has all.
+        let now: HashMap<SocketAddr, u8> = self
+            .peers
+            .values()
+            .filter(|p| p.connected() && !p.incoming && !p.leaving)
+            .map(|p| {
+                let seed = if p.bits.is_full() { PEX_SEED } else { 0 };
+                (p.addr, PEX_REACHABLE | seed)
+            })
+            .collect();
+        let added: Vec<SocketAddr> = now
+            .keys()
+            .filter(|a| !self.pex_sent.contains(*a))
+            .take(MAX_PEX_SEND)
+            .copied()
+            .collect();
+        let added_flags = added.iter().map(|a| now[a]).collect();
+        let dropped: Vec<SocketAddr> = self
+            .pex_sent
+            .iter()
+            .filter(|a| !now.contains_key(*a))
+            .take(MAX_PEX_SEND)
+            .copied()
+            .collect();
+        if added.is_empty() && dropped.is_empty() {
+            return;
+        }
+        for a in &added {
+            self.pex_sent.insert(*a);
+        }
+        for d in &dropped {
+            self.pex_sent.remove(d);
+        }
+        let view = Arc::new(crate::peer::extension::Pex {
+            added,
+            added_flags,
+            dropped,
+        });
+        for p in self.peers.values().filter(|p| p.connected() && !p.leaving) {
+            let _ = p.commands.send(peer::Command::Pex(Arc::clone(&view)));
+        }
     }
 
     /// Connected peers by direction, not counting those asked to leave:
@@ -939,6 +1009,9 @@ impl Coordinator {
             incoming,
             closer: closer.clone(),
             hold: Box::new(permit),
+            info: Arc::clone(&self.info),
+            listen_port: self.core.port,
+            private: self.torrent.private(),
         };
         match conn::spawn(params) {
             Ok(thread) => {
@@ -1158,6 +1231,24 @@ impl Coordinator {
                     p.bits = bits;
                     self.feed(id, now);
                 }
+            }
+            peer::Event::Pex { id, added } => {
+                // BEP 27: a private torrent's peers come from its trackers.
+                if self.torrent.private() {
+                    return;
+                }
+                let from = self.peers.get(&id).map(|p| p.addr);
+                let mut new = 0;
+                for a in added {
+                    // O(1) each; the book caps and dedups.
+                    if self.book.add(a) {
+                        new += 1;
+                    }
+                }
+                if let Some(from) = from {
+                    log::debug!("peer {from}: {new} new peers by PEX");
+                }
+                self.from_pex += new;
             }
             peer::Event::Have { id, piece } => {
                 if let Some(p) = self.peers.get_mut(&id) {

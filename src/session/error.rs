@@ -43,6 +43,9 @@ pub enum Error {
     },
     /// A torrent with this info hash is already in the session.
     AlreadyAdded(InfoHash),
+    /// A magnet's metadata, verified against its info hash, is not a
+    /// valid torrent (its creator made a bad one).
+    Metadata(crate::metainfo::MetainfoError),
     /// The operating system refused entropy (for peer ids and keys).
     Entropy(crate::types::EntropyError),
     /// A thread could not be started or died unexpectedly (a bug, or the
@@ -68,6 +71,7 @@ impl Clone for Error {
                 source: clone_io(source),
             },
             Error::AlreadyAdded(h) => Error::AlreadyAdded(*h),
+            Error::Metadata(e) => Error::Metadata(e.clone()),
             Error::Entropy(e) => Error::Entropy(*e),
             Error::Thread(e) => Error::Thread(e.clone()),
         }
@@ -108,6 +112,7 @@ impl fmt::Display for Error {
             Error::Cancelled => f.write_str("download cancelled"),
             Error::Listen { port, source } => write!(f, "cannot listen on port {port}: {source}"),
             Error::AlreadyAdded(h) => write!(f, "torrent {} is already in this session", h.hex()),
+            Error::Metadata(e) => write!(f, "the torrent's metadata from peers is invalid: {e}"),
             Error::Entropy(e) => write!(f, "{e}"),
             Error::Thread(e) => write!(f, "internal error: {e}"),
         }
@@ -121,6 +126,7 @@ impl std::error::Error for Error {
             Error::Tracker(e) => Some(e),
             Error::Listen { source, .. } => Some(source),
             Error::Entropy(e) => Some(e),
+            Error::Metadata(e) => Some(e),
             _ => None,
         }
     }

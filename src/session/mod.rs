@@ -16,6 +16,8 @@ mod choker;
 mod coordinator;
 mod core;
 mod error;
+mod fetch;
+mod metadata;
 mod listener;
 mod options;
 mod picker;
@@ -27,6 +29,7 @@ pub(crate) use error::clone_io;
 pub use error::Error;
 pub use options::{AddOptions, SeedUntil, SessionOptions};
 
+use crate::magnet::Magnet;
 use crate::metainfo::Torrent;
 use crate::types::InfoHash;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
@@ -35,6 +38,91 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+
+/// What a download starts from.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub enum Source {
+    /// A torrent file's contents.
+    Torrent(Torrent),
+    /// A magnet link: the torrent's metadata is fetched from peers first
+    /// (BEP 9) and checked against its info hash.
+    Magnet(Magnet),
+}
+
+impl Source {
+    /// The info hash of the torrent it names.
+    pub fn info_hash(&self) -> InfoHash {
+        match self {
+            Source::Torrent(t) => t.info_hash(),
+            Source::Magnet(m) => m.info_hash(),
+        }
+    }
+}
+
+impl From<Torrent> for Source {
+    fn from(t: Torrent) -> Source {
+        Source::Torrent(t)
+    }
+}
+
+impl From<Magnet> for Source {
+    fn from(m: Magnet) -> Source {
+        Source::Magnet(m)
+    }
+}
+
+/// A magnet's download: the info dict from the output directory's marker
+/// if an earlier run left it there, else from peers; then the download
+/// proper, from the addresses the metadata phase learned.
+fn from_magnet(m: &Magnet, mut options: AddOptions, ctx: coordinator::Context) -> Result<Summary, Error> {
+    let options_sane = coordinator::sane(options.clone());
+    let info_hash = m.info_hash();
+    let mut peers = options_sane.peers.clone();
+    for p in m.peers() {
+        use std::net::ToSocketAddrs;
+        match p.to_socket_addrs() {
+            Ok(addrs) => peers.extend(addrs),
+            Err(e) => log::info!("magnet peer {}: {e}", crate::text::Escaped(p)),
+        }
+    }
+    let marker = crate::storage::Marker::for_hash(&options.output_dir, &info_hash);
+    let info = match marker.info(&info_hash) {
+        Some(info) => {
+            log::info!("metadata from the unfinished download's marker");
+            info
+        }
+        None => {
+            let fetched = fetch::fetch(info_hash, m.trackers(), &peers, &options_sane, &ctx)?;
+            peers = fetched.peers;
+            options.paused = fetched.paused;
+            fetched.info
+        }
+    };
+    let torrent = Torrent::from_info(&info, m.trackers()).map_err(Error::Metadata)?;
+    log::info!(
+        "metadata: {} ({} bytes, {} pieces)",
+        crate::text::Escaped(torrent.name()),
+        torrent.total_length(),
+        torrent.piece_count()
+    );
+    let _ = ctx.events.try_send(Event::Metadata {
+        name: torrent.name().to_string(),
+        total_bytes: torrent.total_length(),
+    });
+    options.peers = peers;
+    if options.metadata_only {
+        let total_bytes = torrent.total_length();
+        let _ = ctx.shared.torrent.set(Arc::new(torrent));
+        return Ok(Summary {
+            total_bytes,
+            downloaded_bytes: 0,
+            uploaded_bytes: 0,
+            elapsed: Duration::ZERO,
+        });
+    }
+    coordinator::Coordinator::new(torrent, options, ctx).and_then(|c| c.run())
+}
 
 /// Events a download buffers for a reader that is behind; beyond this,
 /// new events are dropped (never memory), except [`Event::Ended`].
@@ -64,6 +152,11 @@ pub struct Progress {
     pub elapsed: Duration,
     /// Whether the download is paused.
     pub paused: bool,
+    /// For a magnet whose metadata is being fetched (`total_bytes` is 0
+    /// until it arrives): bytes of the info dict received so far.
+    pub metadata_bytes: u64,
+    /// Size of the info dict, once a peer has said (0 before).
+    pub metadata_size: u64,
 }
 
 impl Progress {
@@ -115,6 +208,14 @@ pub enum Event {
     Resumed,
     /// Every piece is verified; seeding (if asked for) goes on.
     Finished,
+    /// A magnet's metadata arrived and was verified: the torrent is known
+    /// ([`Download::torrent`]).
+    Metadata {
+        /// The torrent's name (escape it before printing).
+        name: String,
+        /// Its size in bytes.
+        total_bytes: u64,
+    },
     /// The download has ended, every thread of it has ended and every file
     /// and socket is closed: its result, the same as
     /// [`Download::wait`]'s. Always the last event, and never dropped.
@@ -150,6 +251,12 @@ struct Shared {
     /// metadata arrived).
     total_bytes: AtomicU64,
     pieces_total: AtomicU32,
+    /// A magnet's metadata phase: bytes of the info dict received so far,
+    /// and its size once a peer said.
+    metadata_bytes: AtomicU64,
+    metadata_size: AtomicU64,
+    /// The torrent, once known.
+    torrent: OnceLock<Arc<Torrent>>,
 }
 
 impl Shared {
@@ -166,6 +273,8 @@ impl Shared {
             upload_rate: self.upload_rate.load(Ordering::Relaxed),
             elapsed,
             paused: self.paused.load(Ordering::Relaxed),
+            metadata_bytes: self.metadata_bytes.load(Ordering::Relaxed),
+            metadata_size: self.metadata_size.load(Ordering::Relaxed),
         }
     }
 }
@@ -344,19 +453,20 @@ impl Session {
         self.core.as_ref().map_or(0, |c| c.connections.used())
     }
 
-    /// Starts downloading (or seeding) `torrent` under
-    /// [`output_dir`](AddOptions::output_dir). Returns at once; the data
-    /// already on disk is checked on the download's own thread, and
-    /// storage errors come back from [`Download::wait`] (and as the
-    /// [`Event::Ended`] event). Fails only if the torrent is already in
-    /// the session, the system gives no randomness, or its thread cannot
-    /// start.
-    pub fn add(&self, torrent: Torrent, options: AddOptions) -> Result<Download, Error> {
+    /// Starts downloading (or seeding) a [`Torrent`] or a [`Magnet`] link
+    /// under [`output_dir`](AddOptions::output_dir). Returns at once; a
+    /// magnet's metadata is fetched from peers and the data already on
+    /// disk is checked on the download's own thread, and their errors
+    /// come back from [`Download::wait`] (and as the [`Event::Ended`]
+    /// event). Fails only if the torrent is already in the session or its
+    /// thread cannot start.
+    pub fn add(&self, source: impl Into<Source>, options: AddOptions) -> Result<Download, Error> {
+        let source = source.into();
         let core = self
             .core
             .as_ref()
             .ok_or_else(|| Error::Thread("session is shut down".into()))?;
-        let info_hash = torrent.info_hash();
+        let info_hash = source.info_hash();
         let (control_tx, control_rx) = crossbeam_channel::unbounded();
         let cancelled = Arc::new(AtomicBool::new(false));
         let (events_tx, events_rx) = crossbeam_channel::bounded(EVENT_BUFFER);
@@ -381,7 +491,22 @@ impl Session {
         let spawned = std::thread::Builder::new()
             .name("rtc-session".into())
             .spawn(move || {
-                let r = coordinator::Coordinator::new(torrent, options, ctx).and_then(|c| c.run());
+                let r = match source {
+                    Source::Torrent(t) if options.metadata_only => {
+                        let total_bytes = t.total_length();
+                        let _ = ctx.shared.torrent.set(Arc::new(t));
+                        Ok(Summary {
+                            total_bytes,
+                            downloaded_bytes: 0,
+                            uploaded_bytes: 0,
+                            elapsed: Duration::ZERO,
+                        })
+                    }
+                    Source::Torrent(t) => {
+                        coordinator::Coordinator::new(t, options, ctx).and_then(|c| c.run())
+                    }
+                    Source::Magnet(m) => from_magnet(&m, options, ctx),
+                };
                 router.remove(&info_hash);
                 let _ = slot.set(r.clone());
                 let _ = events_tx.try_send(Event::Ended(r));
@@ -539,18 +664,18 @@ impl Download {
     /// println!("{} bytes", summary.total_bytes);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn start(torrent: Torrent, options: AddOptions) -> Result<Download, Error> {
-        Self::start_with(torrent, options, SessionOptions::default())
+    pub fn start(source: impl Into<Source>, options: AddOptions) -> Result<Download, Error> {
+        Self::start_with(source, options, SessionOptions::default())
     }
 
     /// [`Download::start`] with the private session's options.
     pub fn start_with(
-        torrent: Torrent,
+        source: impl Into<Source>,
         options: AddOptions,
         session: SessionOptions,
     ) -> Result<Download, Error> {
         let session = Session::new(session)?;
-        let mut d = session.add(torrent, options)?;
+        let mut d = session.add(source, options)?;
         d.private = Some(session);
         Ok(d)
     }
@@ -558,6 +683,12 @@ impl Download {
     /// The torrent's info hash.
     pub fn info_hash(&self) -> InfoHash {
         self.entry.info_hash
+    }
+
+    /// The torrent: from the start for a `.torrent`, once its metadata
+    /// has been fetched and verified for a magnet link.
+    pub fn torrent(&self) -> Option<Arc<Torrent>> {
+        self.shared.torrent.get().cloned()
     }
 
     /// A snapshot of the download's progress.

@@ -119,6 +119,10 @@ pub struct AddOptions {
     /// Start paused: the data on disk is checked, then nothing connects
     /// until [`Download::resume`](crate::Download::resume).
     pub paused: bool,
+    /// Only fetch a magnet's metadata: the download ends (successfully)
+    /// once the torrent is known ([`Download::torrent`](crate::Download::torrent)),
+    /// before any file is created.
+    pub metadata_only: bool,
 }
 
 impl AddOptions {
@@ -134,6 +138,7 @@ impl AddOptions {
             limits: Limits::default(),
             repair: false,
             paused: false,
+            metadata_only: false,
         }
     }
     /// Sets [`max_peers`](Self::max_peers) (at least 1).
@@ -169,6 +174,11 @@ impl AddOptions {
     /// Sets [`repair`](Self::repair).
     pub fn repair(mut self, repair: bool) -> Self {
         self.repair = repair;
+        self
+    }
+    /// Sets [`metadata_only`](Self::metadata_only).
+    pub fn metadata_only(mut self, yes: bool) -> Self {
+        self.metadata_only = yes;
         self
     }
     /// Sets [`paused`](Self::paused).

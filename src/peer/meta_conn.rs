@@ -1,0 +1,212 @@
+//! A connection that only fetches a torrent's metadata (BEP 9) for a
+//! magnet link, on its own OS thread over a blocking `TcpStream`: the
+//! BitTorrent handshake with the extension bit, the extension handshake
+//! (BEP 10), then `ut_metadata` requests as the session asks and the
+//! answers handed back. It owns the socket and nothing else: which piece
+//! to ask whom, and whether to believe the bytes, is `session::metadata`'s.
+//! Once the metadata is verified the session closes these connections and
+//! dials the peers again as ordinary ones.
+
+use super::conn::{read_handshake, Error, Limits, RecvBuf};
+use super::extension::{self, ExtHandshake, MetadataMsg, UT_METADATA_ID};
+use super::message::{self, decode_frame, Handshake, Message};
+use super::{Closer, ConnId};
+use crate::types::{InfoHash, PeerId};
+use crossbeam_channel::{Receiver, Sender};
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Instant;
+
+/// Commands from the session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MetaCommand {
+    /// Ask the peer for this 16 KiB piece of the info dict.
+    Request(u32),
+    /// Close the connection and end the thread.
+    Shutdown,
+}
+
+/// Events to the session.
+#[derive(Debug)]
+pub(crate) enum MetaEvent {
+    /// The peer's extension handshake (the first one, and any later one).
+    Ready { id: ConnId, ext: ExtHandshake },
+    /// A piece of the info dict, unverified.
+    Data {
+        id: ConnId,
+        piece: u32,
+        total_size: u32,
+        data: Vec<u8>,
+    },
+    /// The peer will not send this piece.
+    Reject { id: ConnId, piece: u32 },
+    /// The thread ended (`error` is `None` for a shutdown).
+    Exited {
+        id: ConnId,
+        addr: SocketAddr,
+        error: Option<Error>,
+        connected: bool,
+    },
+}
+
+/// Everything a metadata connection needs, moved into its thread.
+pub(crate) struct MetaParams {
+    pub id: ConnId,
+    pub addr: SocketAddr,
+    pub info_hash: InfoHash,
+    pub peer_id: PeerId,
+    pub events: Sender<MetaEvent>,
+    pub commands: Receiver<MetaCommand>,
+    pub limits: Limits,
+    pub closer: Closer,
+    /// The port we accept peers on, told in the extension handshake.
+    pub listen_port: Option<u16>,
+    /// Dropped when the thread ends: the session's connection permit.
+    #[allow(dead_code)] // held, never read
+    pub hold: Box<dyn Send>,
+}
+
+pub(crate) fn spawn(p: MetaParams) -> io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(format!("rtc-meta-{}", p.addr))
+        .spawn(move || {
+            let (id, addr, events) = (p.id, p.addr, p.events.clone());
+            let mut connected = false;
+            let result = run(&p, &mut connected);
+            let error = result.err();
+            if let Some(e) = &error {
+                log::debug!("metadata peer {addr}: {e}");
+            }
+            let _ = events.send(MetaEvent::Exited {
+                id,
+                addr,
+                error,
+                connected,
+            });
+        })
+}
+
+fn run(p: &MetaParams, connected: &mut bool) -> Result<(), Error> {
+    let limits = &p.limits;
+    let mut stream =
+        TcpStream::connect_timeout(&p.addr, limits.connect).map_err(Error::Connect)?;
+    if !p.closer.attach(&stream) {
+        return Ok(());
+    }
+    stream
+        .set_write_timeout(Some(limits.write))
+        .map_err(Error::Io)?;
+    stream
+        .set_read_timeout(Some(limits.handshake))
+        .map_err(Error::Io)?;
+    let mut ours = Handshake::new(p.info_hash, p.peer_id);
+    extension::set_extension_bit(&mut ours.reserved);
+    stream.write_all(&ours.encode()).map_err(Error::Io)?;
+    let theirs = Handshake::decode(&read_handshake(&mut stream, limits.handshake)?, Some(p.info_hash))?;
+    if theirs.peer_id == p.peer_id {
+        return Err(Error::SelfConnection);
+    }
+    if !extension::has_extension_bit(&theirs.reserved) {
+        return Err(Error::NoExtensions);
+    }
+    *connected = true;
+    let mut out = Vec::with_capacity(256);
+    let hello = ExtHandshake::ours(None, p.listen_port, Some(p.addr.ip()));
+    message::encode(
+        &Message::Extended {
+            id: 0,
+            payload: &hello.encode(),
+        },
+        &mut out,
+    );
+    stream.write_all(&out).map_err(Error::Io)?;
+    stream
+        .set_read_timeout(Some(limits.poll))
+        .map_err(Error::Io)?;
+
+    // The metadata is at most a few MiB; its pieces are 16 KiB.
+    let max_frame = message::max_frame_for(0);
+    let mut rx = RecvBuf::new(max_frame as usize + 4);
+    let mut their_id: Option<u8> = None;
+    let mut last_recv = Instant::now();
+    loop {
+        while let Ok(cmd) = p.commands.try_recv() {
+            match cmd {
+                MetaCommand::Shutdown => return Ok(()),
+                MetaCommand::Request(piece) => {
+                    let Some(to) = their_id else { continue };
+                    out.clear();
+                    let body = MetadataMsg::Request { piece }.encode();
+                    message::encode(&Message::Extended { id: to, payload: &body }, &mut out);
+                    stream.write_all(&out).map_err(Error::Io)?;
+                }
+            }
+        }
+        match stream.read(rx.space()) {
+            Ok(0) => return Err(Error::Closed),
+            Ok(n) => {
+                rx.filled(n);
+                last_recv = Instant::now();
+            }
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                if last_recv.elapsed() >= limits.idle {
+                    return Err(Error::Idle(limits.idle));
+                }
+                continue;
+            }
+            Err(e) => return Err(Error::Io(e)),
+        }
+        while let Some((msg, used)) = decode_frame(rx.data(), max_frame)? {
+            match msg {
+                Message::Extended { id: 0, payload } => {
+                    let ext = ExtHandshake::decode(payload).map_err(Error::Extension)?;
+                    their_id = ext.ut_metadata;
+                    if p.events.send(MetaEvent::Ready { id: p.id, ext }).is_err() {
+                        return Err(Error::SessionGone);
+                    }
+                }
+                Message::Extended { id, payload } if id == UT_METADATA_ID => {
+                    let Some(msg) = MetadataMsg::decode(payload).map_err(Error::Extension)? else {
+                        rx.consume(used);
+                        continue;
+                    };
+                    let ev = match msg {
+                        MetadataMsg::Data {
+                            piece,
+                            total_size,
+                            data,
+                        } => MetaEvent::Data {
+                            id: p.id,
+                            piece,
+                            total_size,
+                            data: data.to_vec(),
+                        },
+                        MetadataMsg::Reject { piece } => MetaEvent::Reject { id: p.id, piece },
+                        // We have nothing to give yet.
+                        MetadataMsg::Request { piece } => {
+                            if let Some(to) = their_id {
+                                out.clear();
+                                let body = MetadataMsg::Reject { piece }.encode();
+                                message::encode(
+                                    &Message::Extended { id: to, payload: &body },
+                                    &mut out,
+                                );
+                                stream.write_all(&out).map_err(Error::Io)?;
+                            }
+                            rx.consume(used);
+                            continue;
+                        }
+                    };
+                    if p.events.send(ev).is_err() {
+                        return Err(Error::SessionGone);
+                    }
+                }
+                // Bitfields, haves, chokes, other extensions: not needed
+                // to fetch metadata.
+                _ => {}
+            }
+            rx.consume(used);
+        }
+        rx.compact();
+    }
+}

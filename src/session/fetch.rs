@@ -1,0 +1,345 @@
+//! The metadata phase of a download started from a magnet link: on the
+//! download's own session thread, before any file exists. It gathers
+//! peers (the magnet's `x.pe`, `AddOptions::peers`, the magnet's trackers),
+//! opens metadata-only connections (`peer::meta_conn`) to them, and moves
+//! messages between those threads and the pure `session::metadata` state,
+//! which decides whom to ask for which piece and whom to believe, until
+//! the info dict is verified against the info hash. Then every thread of
+//! the phase is closed and joined, and the ordinary session
+//! (`coordinator`) takes over with the addresses learned here.
+
+use super::addrbook::{AddressBook, Outcome};
+use super::coordinator::Context;
+use super::metadata::{MetadataFetch, Outcome as Got, Verdict};
+use super::{AddOptions, Control, Error, Event};
+use crate::peer::extension;
+use crate::peer::meta_conn::{self, MetaCommand, MetaEvent, MetaParams};
+use crate::peer::{Closer, ConnId};
+use crate::tracker::{self, Announcer};
+use crate::types::InfoHash;
+use crossbeam_channel::{never, select, unbounded, Sender};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const TICK: Duration = Duration::from_millis(100);
+/// Metadata connections open at once: a few peers suffice for a few MiB.
+const MAX_META_PEERS: usize = 8;
+/// Addresses handed on to the download at most.
+const MAX_LEARNED: usize = 2000;
+
+/// What the phase ends with: the verified info dict, the addresses it
+/// learned (the ones that answered first), and whether the user paused
+/// meanwhile.
+pub(super) struct Fetched {
+    pub(super) info: Vec<u8>,
+    pub(super) peers: Vec<SocketAddr>,
+    pub(super) paused: bool,
+}
+
+struct MetaPeer {
+    addr: SocketAddr,
+    commands: Sender<MetaCommand>,
+    closer: Closer,
+    ready: bool,
+    banned: Option<String>,
+}
+
+pub(super) fn fetch(
+    info_hash: InfoHash,
+    trackers: &[String],
+    peers: &[SocketAddr],
+    opts: &AddOptions,
+    ctx: &Context,
+) -> Result<Fetched, Error> {
+    let core = &ctx.core;
+    let mut paused = opts.paused;
+    let mut book = AddressBook::default();
+    let mut learned: Vec<SocketAddr> = Vec::new();
+    let learn = |book: &mut AddressBook, learned: &mut Vec<SocketAddr>, a: SocketAddr| {
+        if book.add(a) && learned.len() < MAX_LEARNED {
+            learned.push(a);
+        }
+    };
+    for &a in peers {
+        learn(&mut book, &mut learned, a);
+    }
+
+    let counters = Arc::new(tracker::Counters::default());
+    // Size unknown: a leecher that wants everything (some trackers hand
+    // seeders only to peers with something left).
+    counters.left.store(1, Ordering::Relaxed);
+    let (tracker_tx, tracker_rx) = unbounded();
+    let (report_tx, report_rx) = unbounded();
+    let announcer = if trackers.is_empty() {
+        None
+    } else {
+        let a = Announcer {
+            tiers: trackers.iter().map(|t| vec![t.clone()]).collect(),
+            info_hash,
+            peer_id: core.peer_id,
+            port: core.port.unwrap_or(0),
+            counters,
+            timeout: opts.announce_timeout,
+            paused,
+        };
+        Some(
+            a.spawn(tracker_rx, report_tx)
+                .map_err(|e| Error::Thread(e.to_string()))?,
+        )
+    };
+
+    let (meta_tx, meta_rx) = unbounded::<MetaEvent>();
+    let mut conns: HashMap<ConnId, MetaPeer> = HashMap::new();
+    let mut threads = Vec::new();
+    let mut next_id: ConnId = 0;
+    let mut state = MetadataFetch::new(info_hash);
+    let mut reports = report_rx.clone();
+    let mut last_peer = Instant::now();
+    let mut next_tick = Instant::now();
+
+    let result = loop {
+        let now = Instant::now();
+        if now >= next_tick {
+            next_tick = now + TICK;
+            // Connect more.
+            while !paused && conns.len() < MAX_META_PEERS.min(opts.max_peers) {
+                let Some(permit) = core.connections.take() else {
+                    break;
+                };
+                let Some(addr) = book.next(now) else { break };
+                let (cmd_tx, cmd_rx) = unbounded();
+                let closer = Closer::default();
+                let params = MetaParams {
+                    id: next_id,
+                    addr,
+                    info_hash,
+                    peer_id: core.peer_id,
+                    events: meta_tx.clone(),
+                    commands: cmd_rx,
+                    limits: opts.limits.clone(),
+                    closer: closer.clone(),
+                    listen_port: core.port,
+                    hold: Box::new(permit),
+                };
+                match meta_conn::spawn(params) {
+                    Ok(t) => {
+                        threads.push(t);
+                        conns.insert(
+                            next_id,
+                            MetaPeer {
+                                addr,
+                                commands: cmd_tx,
+                                closer,
+                                ready: false,
+                                banned: None,
+                            },
+                        );
+                        next_id += 1;
+                    }
+                    Err(e) => {
+                        log::warn!("cannot start a metadata thread: {e}");
+                        book.closed(addr, Outcome::Retry, now);
+                        break;
+                    }
+                }
+            }
+            // Pieces whose requests timed out are asked of others.
+            for (&id, p) in &conns {
+                if p.ready && p.banned.is_none() {
+                    request(&mut state, id, p, now);
+                }
+            }
+            if conns.values().any(|p| p.ready) || paused {
+                last_peer = now;
+            } else if now.duration_since(last_peer) >= opts.no_peer_timeout {
+                break Err(Error::NoPeers {
+                    waited: now.duration_since(last_peer),
+                    last_tracker_error: None,
+                });
+            }
+            let (have, _) = state.progress();
+            let size = u64::from(state.size().unwrap_or(0));
+            let bytes = (u64::from(have) * u64::from(extension::METADATA_PIECE_LEN)).min(size);
+            ctx.shared.metadata_bytes.store(bytes, Ordering::Relaxed);
+        }
+        let timeout = next_tick.saturating_duration_since(Instant::now());
+        select! {
+            recv(meta_rx) -> ev => {
+                let Ok(ev) = ev else { continue };
+                let now = Instant::now();
+                match ev {
+                    MetaEvent::Ready { id, ext } => {
+                        let Some(p) = conns.get_mut(&id) else { continue };
+                        if ext.ut_metadata.is_none() {
+                            let _ = p.commands.send(MetaCommand::Shutdown);
+                            continue;
+                        }
+                        p.ready = true;
+                        book.connected(&p.addr);
+                        log::info!("peer {} connected (metadata)", p.addr);
+                        let _ = ctx.events.try_send(Event::PeerConnected(p.addr));
+                        let Some(size) = ext.metadata_size else {
+                            // BEP 9: a peer with the metadata says its size.
+                            close(p, "metadata: no size offered".into(), false);
+                            continue;
+                        };
+                        match state.peer_size(id, size) {
+                            None => {
+                                if let Some(adopted) = state.size() {
+                                    ctx.shared.metadata_size.store(u64::from(adopted), Ordering::Relaxed);
+                                }
+                                request(&mut state, id, p, now);
+                            }
+                            Some(v) => convict(&mut conns, v),
+                        }
+                    }
+                    MetaEvent::Data { id, piece, total_size, data } => {
+                        match state.on_data(id, piece, total_size, &data) {
+                            Got::Complete { info, verdicts } => {
+                                for v in verdicts {
+                                    convict(&mut conns, v);
+                                }
+                                break Ok(info);
+                            }
+                            Got::Progress => {
+                                if let Some(p) = conns.get(&id) {
+                                    request(&mut state, id, p, now);
+                                }
+                            }
+                            Got::Verdicts(list) => {
+                                for v in list {
+                                    convict(&mut conns, v);
+                                }
+                                // Pieces of the convicted go to the others.
+                                for (&other, p) in &conns {
+                                    if p.ready && p.banned.is_none() {
+                                        request(&mut state, other, p, now);
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    MetaEvent::Reject { id, piece } => {
+                        match state.on_reject(id, piece) {
+                            None => {
+                                for (&other, p) in &conns {
+                                    if p.ready && p.banned.is_none() {
+                                        request(&mut state, other, p, now);
+                                    }
+                                }
+                            }
+                            Some(v) => convict(&mut conns, v),
+                        }
+                    }
+                    MetaEvent::Exited { id, addr, error, connected } => {
+                        state.peer_gone(id);
+                        let Some(p) = conns.remove(&id) else { continue };
+                        let reason = p
+                            .banned
+                            .clone()
+                            .or_else(|| error.as_ref().map(|e| e.to_string()))
+                            .unwrap_or_else(|| "closed".into());
+                        if connected {
+                            log::info!("peer {addr} dropped: {reason}");
+                        }
+                        if p.banned.is_some() || error.as_ref().is_some_and(|e| e.is_misbehaviour()) {
+                            log::info!("peer {addr} banned: {reason}");
+                            book.ban(addr);
+                        } else if p.ready {
+                            // Worth dialling again once the metadata is in.
+                            book.closed(addr, Outcome::Forget, now);
+                        } else {
+                            book.closed(addr, Outcome::Retry, now);
+                        }
+                    }
+                }
+            }
+            recv(reports) -> r => match r {
+                Ok(tracker::Report::Peers(list)) => {
+                    for a in list {
+                        learn(&mut book, &mut learned, a);
+                    }
+                }
+                Ok(tracker::Report::RoundFailed { error, .. }) => {
+                    let _ = ctx.events.try_send(Event::TrackerError(error.to_string()));
+                }
+                Err(_) => reports = never(),
+            },
+            recv(ctx.peer_rx) -> ev => {
+                // Incoming peers wait for the download proper (dropped:
+                // closed); stray events of nobody are ignored.
+                drop(ev);
+            }
+            recv(ctx.control) -> c => match c {
+                Ok(Control::Pause) => {
+                    paused = true;
+                    let _ = tracker_tx.send(tracker::Command::Pause);
+                    let _ = ctx.events.try_send(Event::Paused);
+                }
+                Ok(Control::Resume) => {
+                    paused = false;
+                    let _ = tracker_tx.send(tracker::Command::Resume);
+                    let _ = ctx.events.try_send(Event::Resumed);
+                }
+                Ok(Control::Cancel) | Err(_) => break Err(Error::Cancelled),
+            },
+            default(timeout) => {}
+        }
+    };
+
+    // Close and join every thread of the phase.
+    let _ = tracker_tx.send(tracker::Command::Shutdown);
+    if let Some((_, stopper)) = &announcer {
+        stopper.abort();
+    }
+    for p in conns.values() {
+        let _ = p.commands.send(MetaCommand::Shutdown);
+        p.closer.close();
+    }
+    for t in threads {
+        let _ = t.join();
+    }
+    if let Some((t, _)) = announcer {
+        let _ = t.join();
+    }
+    let info = result?;
+    // Peers that answered first, then everyone else learned.
+    let mut good: Vec<SocketAddr> = conns.values().map(|p| p.addr).collect();
+    good.extend(learned.into_iter().filter(|a| !book.is_banned(a)));
+    let mut seen = std::collections::HashSet::new();
+    good.retain(|a| seen.insert(*a));
+    Ok(Fetched {
+        info,
+        peers: good,
+        paused,
+    })
+}
+
+/// Disconnects a peer the fetch state convicted (and bans it, unless it
+/// only had nothing to give).
+fn convict(conns: &mut HashMap<ConnId, MetaPeer>, v: Verdict) {
+    if let Some(p) = conns.get_mut(&v.peer) {
+        close(p, v.fault.to_string(), v.fault.ban());
+    }
+}
+
+/// Asks `id` for what the fetch state gives it.
+fn request(state: &mut MetadataFetch, id: ConnId, p: &MetaPeer, now: Instant) {
+    while let Some(piece) = state.next_request(id, now) {
+        if p.commands.send(MetaCommand::Request(piece)).is_err() {
+            return;
+        }
+    }
+}
+
+fn close(p: &mut MetaPeer, why: String, ban: bool) {
+    log::info!("metadata peer {}: {why}", p.addr);
+    if ban {
+        p.banned = Some(why);
+    }
+    let _ = p.commands.send(MetaCommand::Shutdown);
+    p.closer.close();
+}
