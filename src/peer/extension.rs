@@ -686,6 +686,23 @@ mod tests {
     }
 
     #[test]
+    fn errors_read_as_lowercase_with_context() {
+        assert_eq!(
+            ExtHandshake::decode(b"d13:metadata_sizei0ee")
+                .unwrap_err()
+                .to_string(),
+            "extension message: `metadata_size` 0 is out of range"
+        );
+        assert_eq!(
+            Pex::decode(b"d5:added5:abcdee").unwrap_err().to_string(),
+            "ut_pex: `added` is 5 bytes, not a whole number of addresses"
+        );
+        let e = ExtHandshake::decode(b"x").unwrap_err();
+        assert!(e.to_string().starts_with("extension message: bencode: "));
+        assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
     fn kinds_follow_our_ids() {
         assert_eq!(ExtKind::of(0), Some(ExtKind::Handshake));
         assert_eq!(ExtKind::of(UT_METADATA_ID), Some(ExtKind::Metadata));
