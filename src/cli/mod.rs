@@ -361,8 +361,8 @@ fn fetch_metadata(
     session: SessionOptions,
     quiet: bool,
 ) -> Result<Torrent, Failure> {
-    let dl = Download::start_with(magnet, opts.metadata_only(true), session)
-        .map_err(session_failure)?;
+    let dl =
+        Download::start_with(magnet, opts.metadata_only(true), session).map_err(session_failure)?;
     let cancel = dl.cancel_handle();
     if let Err(e) = ctrlc::set_handler(move || cancel.cancel()) {
         log::warn!("cannot install the Ctrl-C handler: {e}");
@@ -616,9 +616,10 @@ fn download(
     if drew {
         eprint!("\r\x1b[2K");
     }
-    let name = dl
-        .torrent()
-        .map_or_else(|| dl.info_hash().to_string(), |t| crate::text::escaped(t.name()));
+    let name = dl.torrent().map_or_else(
+        || dl.info_hash().to_string(),
+        |t| crate::text::escaped(t.name()),
+    );
     let summary = dl.wait().map_err(session_failure)?;
     if !quiet {
         let secs = summary.elapsed.as_secs_f64().max(0.001);

@@ -165,7 +165,9 @@ impl fmt::Display for Error {
             Error::Mse(e) => write!(f, "{e}"),
             Error::Entropy(e) => write!(f, "{e}"),
             Error::Extension(e) => write!(f, "extension message: {e}"),
-            Error::NoExtensions => f.write_str("no extension protocol (BEP 10): cannot send metadata"),
+            Error::NoExtensions => {
+                f.write_str("no extension protocol (BEP 10): cannot send metadata")
+            }
         }
     }
 }
@@ -721,7 +723,11 @@ impl Conn {
             // BEP 11 asks for at most one message a minute; more often is
             // ignored (each costs us up to MAX_PEX_PEERS addresses).
             let now = Instant::now();
-            if self.p.private || self.last_pex.is_some_and(|t| now.duration_since(t) < PEX_EVERY) {
+            if self.p.private
+                || self
+                    .last_pex
+                    .is_some_and(|t| now.duration_since(t) < PEX_EVERY)
+            {
                 return Ok(());
             }
             self.last_pex = Some(now);

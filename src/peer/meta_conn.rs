@@ -88,8 +88,7 @@ pub(crate) fn spawn(p: MetaParams) -> io::Result<std::thread::JoinHandle<()>> {
 
 fn run(p: &MetaParams, connected: &mut bool) -> Result<(), Error> {
     let limits = &p.limits;
-    let mut stream =
-        TcpStream::connect_timeout(&p.addr, limits.connect).map_err(Error::Connect)?;
+    let mut stream = TcpStream::connect_timeout(&p.addr, limits.connect).map_err(Error::Connect)?;
     if !p.closer.attach(&stream) {
         return Ok(());
     }
@@ -102,7 +101,10 @@ fn run(p: &MetaParams, connected: &mut bool) -> Result<(), Error> {
     let mut ours = Handshake::new(p.info_hash, p.peer_id);
     extension::set_extension_bit(&mut ours.reserved);
     stream.write_all(&ours.encode()).map_err(Error::Io)?;
-    let theirs = Handshake::decode(&read_handshake(&mut stream, limits.handshake)?, Some(p.info_hash))?;
+    let theirs = Handshake::decode(
+        &read_handshake(&mut stream, limits.handshake)?,
+        Some(p.info_hash),
+    )?;
     if theirs.peer_id == p.peer_id {
         return Err(Error::SelfConnection);
     }
@@ -137,7 +139,13 @@ fn run(p: &MetaParams, connected: &mut bool) -> Result<(), Error> {
                     let Some(to) = their_id else { continue };
                     out.clear();
                     let body = MetadataMsg::Request { piece }.encode();
-                    message::encode(&Message::Extended { id: to, payload: &body }, &mut out);
+                    message::encode(
+                        &Message::Extended {
+                            id: to,
+                            payload: &body,
+                        },
+                        &mut out,
+                    );
                     stream.write_all(&out).map_err(Error::Io)?;
                 }
             }
@@ -148,7 +156,12 @@ fn run(p: &MetaParams, connected: &mut bool) -> Result<(), Error> {
                 rx.filled(n);
                 last_recv = Instant::now();
             }
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
                 if last_recv.elapsed() >= limits.idle {
                     return Err(Error::Idle(limits.idle));
                 }
@@ -188,7 +201,10 @@ fn run(p: &MetaParams, connected: &mut bool) -> Result<(), Error> {
                                 out.clear();
                                 let body = MetadataMsg::Reject { piece }.encode();
                                 message::encode(
-                                    &Message::Extended { id: to, payload: &body },
+                                    &Message::Extended {
+                                        id: to,
+                                        payload: &body,
+                                    },
                                     &mut out,
                                 );
                                 stream.write_all(&out).map_err(Error::Io)?;

@@ -10,8 +10,8 @@ pub mod accept;
 pub mod conn;
 pub(crate) mod download;
 pub(crate) mod extension;
-pub(crate) mod meta_conn;
 pub mod message;
+pub(crate) mod meta_conn;
 pub mod mse;
 pub mod upload;
 
@@ -73,10 +73,7 @@ pub enum Event {
     Bitfield { id: ConnId, bits: Bitfield },
     /// Addresses the peer told us of by peer exchange (BEP 11), at most
     /// `extension::MAX_PEX_PEERS` a message and one message a minute.
-    Pex {
-        id: ConnId,
-        added: Vec<SocketAddr>,
-    },
+    Pex { id: ConnId, added: Vec<SocketAddr> },
     /// The peer has a piece it did not have before (repeats are not sent).
     Have { id: ConnId, piece: PieceIndex },
     /// The peer choked (`true`) or unchoked (`false`) us.

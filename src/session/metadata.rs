@@ -264,6 +264,7 @@ impl MetadataFetch {
         (self.have, self.slots.len() as u32)
     }
 
+    #[cfg(test)]
     pub(crate) fn is_complete(&self) -> bool {
         self.done
     }

@@ -17,11 +17,7 @@ mod coordinator;
 mod core;
 mod error;
 mod fetch;
-mod metadata;
 mod listener;
-// Driven by the session thread once magnets are wired in (the rest of
-// issue 11); until then only its tests use it.
-#[allow(dead_code)]
 mod metadata;
 mod options;
 mod picker;
@@ -79,7 +75,11 @@ impl From<Magnet> for Source {
 /// A magnet's download: the info dict from the output directory's marker
 /// if an earlier run left it there, else from peers; then the download
 /// proper, from the addresses the metadata phase learned.
-fn from_magnet(m: &Magnet, mut options: AddOptions, ctx: coordinator::Context) -> Result<Summary, Error> {
+fn from_magnet(
+    m: &Magnet,
+    mut options: AddOptions,
+    ctx: coordinator::Context,
+) -> Result<Summary, Error> {
     let options_sane = coordinator::sane(options.clone());
     let info_hash = m.info_hash();
     let mut peers = options_sane.peers.clone();
