@@ -80,8 +80,8 @@ pub use magnet::{Magnet, MagnetError};
 pub use metainfo::{FileEntry, MetainfoError, Torrent};
 pub use peer::conn::Limits;
 pub use session::{
-    AddOptions, CancelHandle, Download, Error, Event, Events, Progress, RecvError, SeedUntil,
-    Session, SessionOptions, Source, Summary,
+    AddOptions, CancelHandle, Download, Error, Event, Events, PeerSources, Progress, RecvError,
+    SeedUntil, Session, SessionOptions, Source, Summary,
 };
 pub use storage::Error as StorageError;
 pub use tracker::Error as TrackerError;

@@ -624,12 +624,13 @@ fn download(
     if !quiet {
         let secs = summary.elapsed.as_secs_f64().max(0.001);
         eprintln!(
-            "rtc: {name}: {} verified; {} downloaded, {} uploaded in {:.1}s ({}/s down)",
+            "rtc: {name}: {} verified; {} downloaded, {} uploaded in {:.1}s ({}/s down); peers: {}",
             human(summary.total_bytes),
             human(summary.downloaded_bytes),
             human(summary.uploaded_bytes),
             secs,
-            human((summary.downloaded_bytes as f64 / secs) as u64)
+            human((summary.downloaded_bytes as f64 / secs) as u64),
+            summary.peer_sources
         );
     }
     Ok(())

@@ -29,10 +29,25 @@ enum Status {
 
 struct Entry {
     status: Status,
+    /// Where we first heard of it.
+    origin: Origin,
     failures: u8,
     /// Bumped whenever the entry is queued, so stale queue items are
     /// recognised and skipped.
     generation: u32,
+}
+
+/// Where an address came from (the first source that named it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Origin {
+    /// A tracker's announce reply.
+    Tracker,
+    /// Another peer, by peer exchange (BEP 11).
+    Pex,
+    /// Given by the user (`--peer`, `AddOptions::peers`).
+    Manual,
+    /// A magnet link's `x.pe`.
+    Magnet,
 }
 
 /// How a connection to an address ended, as far as the book cares.
@@ -87,7 +102,7 @@ impl AddressBook {
     /// Adds a candidate (from a tracker, `--peer`, later PEX or the DHT).
     /// Known, live and banned addresses are ignored. At the cap, the oldest
     /// untried candidate is dropped to make room. O(1) amortised.
-    pub(crate) fn add(&mut self, addr: SocketAddr) -> bool {
+    pub(crate) fn add(&mut self, addr: SocketAddr, origin: Origin) -> bool {
         if self.banned.contains(&addr) || self.entries.contains_key(&addr) {
             return false;
         }
@@ -98,6 +113,7 @@ impl AddressBook {
             addr,
             Entry {
                 status: Status::Ready,
+                origin,
                 failures: 0,
                 generation: 0,
             },
@@ -152,6 +168,11 @@ impl AddressBook {
             }
         }
         None
+    }
+
+    /// Where `addr` came from, while the book knows it.
+    pub(crate) fn origin(&self, addr: &SocketAddr) -> Option<Origin> {
+        self.entries.get(addr).map(|e| e.origin)
     }
 
     /// The peer at `addr` completed its handshake.
@@ -277,12 +298,12 @@ mod tests {
     fn candidates_are_deduplicated_and_dialled_once() {
         let mut b = AddressBook::default();
         let now = Instant::now();
-        assert!(b.add(a(1)));
-        assert!(!b.add(a(1)));
-        assert!(b.add(a(2)));
+        assert!(b.add(a(1), Origin::Tracker));
+        assert!(!b.add(a(1), Origin::Tracker));
+        assert!(b.add(a(2), Origin::Tracker));
         assert_eq!(b.next(now), Some(a(1)));
         // Live: a tracker listing it again changes nothing.
-        assert!(!b.add(a(1)));
+        assert!(!b.add(a(1), Origin::Tracker));
         assert_eq!(b.ready_count(now), 1);
         assert_eq!(b.next(now), Some(a(2)));
         assert_eq!(b.next(now), None);
@@ -294,7 +315,7 @@ mod tests {
     fn closed_by_a_pause_is_ready_again_without_a_failure() {
         let mut b = AddressBook::default();
         let now = Instant::now();
-        b.add(a(1));
+        b.add(a(1), Origin::Tracker);
         for _ in 0..MAX_FAILURES + 2 {
             assert_eq!(b.next(now), Some(a(1)));
             b.closed(a(1), Outcome::Again, now);
@@ -309,7 +330,7 @@ mod tests {
     fn failures_back_off_then_are_forgotten() {
         let mut b = AddressBook::default();
         let t0 = Instant::now();
-        b.add(a(1));
+        b.add(a(1), Origin::Tracker);
         let mut t = t0;
         for _ in 0..MAX_FAILURES - 1 {
             assert_eq!(b.next(t), Some(a(1)));
@@ -323,18 +344,18 @@ mod tests {
         assert_eq!(b.next(t + Duration::from_secs(10_000)), None);
         assert_eq!(b.sizes().0, 0, "forgotten after {MAX_FAILURES} failures");
         // A tracker may bring it back later.
-        assert!(b.add(a(1)));
+        assert!(b.add(a(1), Origin::Tracker));
     }
 
     #[test]
     fn bans_stick_and_are_bounded() {
         let mut b = AddressBook::default();
         let now = Instant::now();
-        b.add(a(1));
+        b.add(a(1), Origin::Tracker);
         assert_eq!(b.next(now), Some(a(1)));
         b.ban(a(1));
         assert!(b.is_banned(&a(1)));
-        assert!(!b.add(a(1)));
+        assert!(!b.add(a(1), Origin::Tracker));
         for i in 10..10 + MAX_BANS as u32 + 100 {
             b.ban(a(i));
         }
@@ -346,7 +367,7 @@ mod tests {
     fn departed_peers_are_forgotten() {
         let mut b = AddressBook::default();
         let now = Instant::now();
-        b.add(a(1));
+        b.add(a(1), Origin::Tracker);
         b.next(now);
         b.closed(a(1), Outcome::Forget, now);
         assert_eq!(b.sizes(), (0, 0, 0, 0));
@@ -357,7 +378,7 @@ mod tests {
         let mut b = AddressBook::default();
         let now = Instant::now();
         for i in 0..MAX_CANDIDATES as u32 + 10 {
-            b.add(a(i));
+            b.add(a(i), Origin::Tracker);
         }
         assert_eq!(b.candidates(), MAX_CANDIDATES);
         // The first ten went; the newest are kept.
@@ -370,7 +391,7 @@ mod tests {
         let now = Instant::now();
         let t = Instant::now();
         for i in 0..1_000_000 {
-            b.add(a(i));
+            b.add(a(i), Origin::Tracker);
             if i % 1000 == 0 {
                 // Dial and fail a few, so every queue is exercised.
                 if let Some(x) = b.next(now) {

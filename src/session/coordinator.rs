@@ -12,13 +12,13 @@
 //! and costs nothing until something changes for it: its bitfield or a
 //! `have`, a piece going back to the queue, endgame, or an unchoke.
 
-use super::addrbook::{AddressBook, Outcome};
+use super::addrbook::{AddressBook, Origin, Outcome};
 use super::choker::{self, Candidate, Choker, RECHOKE_EVERY};
 use super::core::{Core, Permit};
 use super::pieces::{Pick, Pieces};
 use super::rate::Rates;
 use super::slots::{self, SlotPeer};
-use super::{AddOptions, Control, Error, Event, SeedUntil, Shared, Summary};
+use super::{AddOptions, Control, Error, Event, PeerSources, SeedUntil, Shared, Summary};
 use crate::geometry::Layout;
 use crate::metainfo::Torrent;
 use crate::peer::message::{Bitfield, Handshake};
@@ -219,6 +219,10 @@ pub(super) struct Coordinator {
     pex_sent: std::collections::HashSet<SocketAddr>,
     last_pex: Instant,
     from_pex: usize,
+    /// Peers that completed a handshake, by where we heard of them.
+    sources: PeerSources,
+    /// See `add_peers`.
+    initial: Vec<(SocketAddr, Origin)>,
     uploaded: u64,
     completed_at: Option<Instant>,
 }
@@ -325,6 +329,8 @@ impl Coordinator {
             pex_sent: Default::default(),
             last_pex: Instant::now(),
             from_pex: 0,
+            sources: PeerSources::default(),
+            initial: Vec::new(),
             uploaded: 0,
             completed_at: None,
             opts,
@@ -372,7 +378,10 @@ impl Coordinator {
             )
         };
         for addr in self.opts.peers.clone() {
-            self.book.add(addr);
+            self.book.add(addr, Origin::Manual);
+        }
+        for (addr, origin) in std::mem::take(&mut self.initial) {
+            self.book.add(addr, origin);
         }
 
         let result = self.event_loop(
@@ -453,7 +462,14 @@ impl Coordinator {
             total_bytes: self.torrent.total_length(),
             downloaded_bytes: self.downloaded,
             elapsed: self.started.elapsed(),
+            peer_sources: self.sources,
         }
+    }
+
+    /// Addresses learned before the download proper began (a magnet's
+    /// metadata phase), with where each came from.
+    pub(super) fn add_peers(&mut self, list: Vec<(SocketAddr, Origin)>) {
+        self.initial = list;
     }
 
     /// Verifies what is already on disk and queues only the pieces that are
@@ -1221,7 +1237,13 @@ impl Coordinator {
                         .peers
                         .store(self.connected_count, Ordering::Relaxed);
                     self.book.connected(&p.addr);
-                    log::info!("peer {} connected", p.addr);
+                    let from = if p.incoming {
+                        None
+                    } else {
+                        self.book.origin(&p.addr)
+                    };
+                    self.sources.count(from);
+                    log::info!("peer {} connected ({})", p.addr, PeerSources::name(from));
                     let _ = self.events.try_send(Event::PeerConnected(p.addr));
                 }
             }
@@ -1241,7 +1263,7 @@ impl Coordinator {
                 let mut new = 0;
                 for a in added {
                     // O(1) each; the book caps and dedups.
-                    if self.book.add(a) {
+                    if self.book.add(a, Origin::Pex) {
                         new += 1;
                     }
                 }
@@ -1460,7 +1482,7 @@ impl Coordinator {
                 log::debug!("tracker returned {} peers", list.len());
                 // O(1) each: a reply of any size costs linear time.
                 for addr in list {
-                    self.book.add(addr);
+                    self.book.add(addr, Origin::Tracker);
                 }
             }
             tracker::Report::RoundFailed { error, first_round } => {

@@ -8,7 +8,7 @@
 //! the phase is closed and joined, and the ordinary session
 //! (`coordinator`) takes over with the addresses learned here.
 
-use super::addrbook::{AddressBook, Outcome};
+use super::addrbook::{AddressBook, Origin, Outcome};
 use super::coordinator::Context;
 use super::metadata::{MetadataFetch, Outcome as Got, Verdict};
 use super::{AddOptions, Control, Error, Event};
@@ -35,7 +35,7 @@ const MAX_LEARNED: usize = 2000;
 /// meanwhile.
 pub(super) struct Fetched {
     pub(super) info: Vec<u8>,
-    pub(super) peers: Vec<SocketAddr>,
+    pub(super) peers: Vec<(SocketAddr, Origin)>,
     pub(super) paused: bool,
 }
 
@@ -50,21 +50,24 @@ struct MetaPeer {
 pub(super) fn fetch(
     info_hash: InfoHash,
     trackers: &[String],
-    peers: &[SocketAddr],
+    peers: &[(SocketAddr, Origin)],
     opts: &AddOptions,
     ctx: &Context,
 ) -> Result<Fetched, Error> {
     let core = &ctx.core;
     let mut paused = opts.paused;
     let mut book = AddressBook::default();
-    let mut learned: Vec<SocketAddr> = Vec::new();
-    let learn = |book: &mut AddressBook, learned: &mut Vec<SocketAddr>, a: SocketAddr| {
-        if book.add(a) && learned.len() < MAX_LEARNED {
-            learned.push(a);
+    let mut learned: Vec<(SocketAddr, Origin)> = Vec::new();
+    let learn = |book: &mut AddressBook,
+                 learned: &mut Vec<(SocketAddr, Origin)>,
+                 a: SocketAddr,
+                 origin: Origin| {
+        if book.add(a, origin) && learned.len() < MAX_LEARNED {
+            learned.push((a, origin));
         }
     };
-    for &a in peers {
-        learn(&mut book, &mut learned, a);
+    for &(a, origin) in peers {
+        learn(&mut book, &mut learned, a, origin);
     }
 
     let counters = Arc::new(tracker::Counters::default());
@@ -260,7 +263,7 @@ pub(super) fn fetch(
             recv(reports) -> r => match r {
                 Ok(tracker::Report::Peers(list)) => {
                     for a in list {
-                        learn(&mut book, &mut learned, a);
+                        learn(&mut book, &mut learned, a, Origin::Tracker);
                     }
                 }
                 Ok(tracker::Report::RoundFailed { error, .. }) => {
@@ -306,11 +309,13 @@ pub(super) fn fetch(
         let _ = t.join();
     }
     let info = result?;
-    // Peers that answered first, then everyone else learned.
-    let mut good: Vec<SocketAddr> = conns.values().map(|p| p.addr).collect();
-    good.extend(learned.into_iter().filter(|a| !book.is_banned(a)));
-    let mut seen = std::collections::HashSet::new();
-    good.retain(|a| seen.insert(*a));
+    // Everyone learned and not banned, those that answered first.
+    let answered: std::collections::HashSet<SocketAddr> = conns.values().map(|p| p.addr).collect();
+    let mut good: Vec<(SocketAddr, Origin)> = learned
+        .into_iter()
+        .filter(|(a, _)| !book.is_banned(a))
+        .collect();
+    good.sort_by_key(|(a, _)| !answered.contains(a));
     Ok(Fetched {
         info,
         peers: good,

@@ -82,11 +82,15 @@ fn from_magnet(
 ) -> Result<Summary, Error> {
     let options_sane = coordinator::sane(options.clone());
     let info_hash = m.info_hash();
-    let mut peers = options_sane.peers.clone();
+    let mut peers: Vec<(SocketAddr, addrbook::Origin)> = options_sane
+        .peers
+        .iter()
+        .map(|&a| (a, addrbook::Origin::Manual))
+        .collect();
     for p in m.peers() {
         use std::net::ToSocketAddrs;
         match p.to_socket_addrs() {
-            Ok(addrs) => peers.extend(addrs),
+            Ok(addrs) => peers.extend(addrs.map(|a| (a, addrbook::Origin::Magnet))),
             Err(e) => log::info!("magnet peer {}: {e}", crate::text::Escaped(p)),
         }
     }
@@ -114,7 +118,7 @@ fn from_magnet(
         name: torrent.name().to_string(),
         total_bytes: torrent.total_length(),
     });
-    options.peers = peers;
+    options.peers.clear(); // all in `peers`, with their origins
     if options.metadata_only {
         let total_bytes = torrent.total_length();
         let _ = ctx.shared.torrent.set(Arc::new(torrent));
@@ -123,9 +127,12 @@ fn from_magnet(
             downloaded_bytes: 0,
             uploaded_bytes: 0,
             elapsed: Duration::ZERO,
+            peer_sources: PeerSources::default(),
         });
     }
-    coordinator::Coordinator::new(torrent, options, ctx).and_then(|c| c.run())
+    let mut c = coordinator::Coordinator::new(torrent, options, ctx)?;
+    c.add_peers(peers);
+    c.run()
 }
 
 /// Events a download buffers for a reader that is behind; beyond this,
@@ -238,6 +245,72 @@ pub struct Summary {
     pub uploaded_bytes: u64,
     /// From adding the download to its end.
     pub elapsed: Duration,
+    /// Peers that completed a handshake, by where rtc heard of them.
+    pub peer_sources: PeerSources,
+}
+
+/// Connections that completed a handshake, counted by where rtc heard of
+/// the peer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PeerSources {
+    /// From a tracker's reply.
+    pub tracker: u32,
+    /// From another peer, by peer exchange (BEP 11).
+    pub pex: u32,
+    /// Given by the user (`--peer`, [`AddOptions::peers`]).
+    pub manual: u32,
+    /// From a magnet link's `x.pe`.
+    pub magnet: u32,
+    /// Peers that connected to us.
+    pub incoming: u32,
+}
+
+impl PeerSources {
+    fn count(&mut self, from: Option<addrbook::Origin>) {
+        use addrbook::Origin;
+        let n = match from {
+            Some(Origin::Tracker) => &mut self.tracker,
+            Some(Origin::Pex) => &mut self.pex,
+            Some(Origin::Manual) => &mut self.manual,
+            Some(Origin::Magnet) => &mut self.magnet,
+            None => &mut self.incoming,
+        };
+        *n = n.saturating_add(1);
+    }
+
+    fn name(from: Option<addrbook::Origin>) -> &'static str {
+        use addrbook::Origin;
+        match from {
+            Some(Origin::Tracker) => "from a tracker",
+            Some(Origin::Pex) => "by PEX",
+            Some(Origin::Manual) => "given",
+            Some(Origin::Magnet) => "from the magnet link",
+            None => "incoming",
+        }
+    }
+}
+
+impl std::fmt::Display for PeerSources {
+    /// `2 from trackers, 1 by PEX`: the non-zero counts, or `none`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = [
+            (self.tracker, "from trackers"),
+            (self.pex, "by PEX"),
+            (self.manual, "given"),
+            (self.magnet, "from the magnet link"),
+            (self.incoming, "incoming"),
+        ]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, what)| format!("{n} {what}"))
+        .collect();
+        if parts.is_empty() {
+            f.write_str("none")
+        } else {
+            f.write_str(&parts.join(", "))
+        }
+    }
 }
 
 /// Counters the session thread publishes and any thread may read.
@@ -504,6 +577,7 @@ impl Session {
                             downloaded_bytes: 0,
                             uploaded_bytes: 0,
                             elapsed: Duration::ZERO,
+                            peer_sources: PeerSources::default(),
                         })
                     }
                     Source::Torrent(t) => {
