@@ -44,8 +44,9 @@ const HELP: &str = "\
 rtc - download a torrent, verifying every byte
 
 USAGE:
-    rtc [OPTIONS] <FILE.torrent | ->     download (use - to read the torrent from stdin)
-    rtc info [--scrape] <FILE.torrent | ->   print what a torrent contains
+    rtc [OPTIONS] <FILE.torrent | MAGNET | ->   download (- reads a torrent or a magnet
+                                         link from stdin)
+    rtc info [--scrape] <FILE.torrent | MAGNET | ->   print what a torrent contains
                                          (--scrape: ask each tracker for swarm counts)
     rtc verify <FILE.torrent | -> [-o DIR]   check data on disk, piece by piece
     rtc seed <FILE.torrent | -> [-o DIR]     verify the data in DIR and seed it (until Ctrl-C)

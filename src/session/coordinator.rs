@@ -240,6 +240,8 @@ pub(super) struct Context {
     /// report on.
     pub(super) peer_tx: Sender<peer::Event>,
     pub(super) peer_rx: Receiver<peer::Event>,
+    /// When the download was added (a magnet's metadata phase counts).
+    pub(super) added: Instant,
 }
 
 /// `opts` with every public field made safe to use: whatever a caller
@@ -268,6 +270,7 @@ impl Coordinator {
             shared,
             peer_tx,
             peer_rx,
+            added,
         } = ctx;
         let opts = sane(opts);
         let n = torrent.piece_count();
@@ -318,7 +321,7 @@ impl Coordinator {
             last_peer_seen: Instant::now(),
             last_tracker_error: None,
             rates: Rates::new(RATE_WINDOW),
-            started: Instant::now(),
+            started: added,
             storage: None,
             choker: Choker::default(),
             last_rechoke: Instant::now(),

@@ -562,6 +562,7 @@ impl Session {
             shared: Arc::clone(&shared),
             peer_tx,
             peer_rx,
+            added: Instant::now(),
         };
         let slot = Arc::clone(&result);
         let router = core.router.clone();
