@@ -302,6 +302,9 @@ struct Conn {
     last_pex: Option<Instant>,
 }
 
+/// Bytes of queued output beyond which `ut_metadata` requests are
+/// rejected rather than answered (see `on_extended`).
+const MAX_METADATA_BACKLOG: usize = 256 * 1024;
 /// Least time between two PEX messages taken from a peer (BEP 11: one a
 /// minute; a little slack for clocks).
 const PEX_EVERY: Duration = Duration::from_secs(50);
@@ -753,7 +756,11 @@ impl Conn {
         };
         let info = Arc::clone(&self.p.info);
         let total = info.len() as u32;
-        let reply = match extension::metadata_piece_len(total, piece) {
+        // A peer that asks faster than it reads gets rejects (about 40
+        // bytes) instead of 16 KiB pieces: what a burst of requests can
+        // queue here stays bounded, whatever it sends.
+        let backlog = self.out.len() > MAX_METADATA_BACKLOG;
+        let reply = match extension::metadata_piece_len(total, piece).filter(|_| !backlog) {
             Some(len) => {
                 let at = (piece * extension::METADATA_PIECE_LEN) as usize;
                 MetadataMsg::Data {
