@@ -17,6 +17,10 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Instant;
 
+/// How often a metadata connection looks at its commands while the peer
+/// is silent.
+const META_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// Commands from the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum MetaCommand {
@@ -122,8 +126,10 @@ fn run(p: &MetaParams, connected: &mut bool) -> Result<(), Error> {
         &mut out,
     );
     stream.write_all(&out).map_err(Error::Io)?;
+    // A short poll: the session's next requests follow each answer at
+    // once, not a read timeout later (a few threads, for seconds).
     stream
-        .set_read_timeout(Some(limits.poll))
+        .set_read_timeout(Some(limits.poll.min(META_POLL)))
         .map_err(Error::Io)?;
 
     // The metadata is at most a few MiB; its pieces are 16 KiB.

@@ -101,6 +101,7 @@ pub(super) fn fetch(
     let mut state = MetadataFetch::new(info_hash);
     let mut reports = report_rx.clone();
     let mut last_peer = Instant::now();
+    let started = Instant::now();
     let mut next_tick = Instant::now();
 
     let result = loop {
@@ -200,6 +201,7 @@ pub(super) fn fetch(
                         }
                     }
                     MetaEvent::Data { id, piece, total_size, data } => {
+                        log::trace!("metadata piece {piece} from {id} after {:?}", started.elapsed());
                         match state.on_data(id, piece, total_size, &data) {
                             Got::Complete { info, verdicts } => {
                                 for v in verdicts {

@@ -45,8 +45,12 @@ use std::collections::HashMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 
-/// Requests one peer may have outstanding.
-pub(crate) const MAX_OUTSTANDING: u32 = 2;
+/// Requests one peer may have outstanding. Measured on a 1.3 MB info
+/// dict (80 pieces) from one libtorrent seeder (scripts/magnet-bench):
+/// with 2, 1.2-3.5 s (a round trip per pair); with 16, about 1 s, as
+/// libtorrent queues what is beyond its send buffer and serves it on a
+/// one-second tick; with 4, 0.07-0.11 s, as fast as a libtorrent leecher.
+pub(crate) const MAX_OUTSTANDING: u32 = 4;
 /// A request unanswered this long is offered to other peers.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Rejects a peer may send before sending any data; at this many it is
@@ -794,16 +798,32 @@ mod tests {
     }
 
     #[test]
+    fn outstanding_requests_are_capped() {
+        let n = MAX_OUTSTANDING + 4;
+        let (info, mut f) = setup(n as usize * PIECE);
+        let now = Instant::now();
+        assert_eq!(f.peer_size(1, info.len() as u32), None);
+        for i in 0..MAX_OUTSTANDING {
+            assert_eq!(f.next_request(1, now), Some(i));
+        }
+        assert_eq!(f.next_request(1, now), None, "at most MAX_OUTSTANDING");
+        assert_eq!(
+            f.on_data(1, 0, info.len() as u32, piece(&info, 0)),
+            Outcome::Progress
+        );
+        assert_eq!(f.next_request(1, now), Some(MAX_OUTSTANDING));
+        assert_eq!(f.next_request(1, now), None);
+    }
+
+    #[test]
     fn one_honest_peer() {
         let (info, mut f) = setup(3 * PIECE + 100);
         let now = Instant::now();
         assert_eq!(f.peer_size(1, info.len() as u32), None);
         assert_eq!(f.size(), Some(info.len() as u32));
         assert_eq!(f.progress(), (0, 4));
-        // Two outstanding at most.
         assert_eq!(f.next_request(1, now), Some(0));
         assert_eq!(f.next_request(1, now), Some(1));
-        assert_eq!(f.next_request(1, now), None);
         assert_eq!(
             f.on_data(1, 1, info.len() as u32, piece(&info, 1)),
             Outcome::Progress
