@@ -471,7 +471,10 @@ impl Coordinator {
 
     /// Addresses learned before the download proper began (a magnet's
     /// metadata phase), with where each came from.
-    pub(super) fn add_peers(&mut self, list: Vec<(SocketAddr, Origin)>) {
+    pub(super) fn add_peers(&mut self, list: Vec<(SocketAddr, Origin)>, banned: &[SocketAddr]) {
+        for &a in banned {
+            self.book.ban(a);
+        }
         self.initial = list;
     }
 

@@ -36,6 +36,8 @@ const MAX_LEARNED: usize = 2000;
 pub(super) struct Fetched {
     pub(super) info: Vec<u8>,
     pub(super) peers: Vec<(SocketAddr, Origin)>,
+    /// Liars: never to be dialled by the download either.
+    pub(super) banned: Vec<SocketAddr>,
     pub(super) paused: bool,
 }
 
@@ -102,6 +104,8 @@ pub(super) fn fetch(
     let mut reports = report_rx.clone();
     let mut last_peer = Instant::now();
     let started = Instant::now();
+    // Addresses banned here, handed on so the download never dials them.
+    let mut banned: Vec<SocketAddr> = Vec::new();
     let mut next_tick = Instant::now();
 
     let result = loop {
@@ -253,6 +257,7 @@ pub(super) fn fetch(
                         if p.banned.is_some() || error.as_ref().is_some_and(|e| e.is_misbehaviour()) {
                             log::info!("peer {addr} banned: {reason}");
                             book.ban(addr);
+                            banned.push(addr);
                         } else if p.ready {
                             // Worth dialling again once the metadata is in.
                             book.closed(addr, Outcome::Forget, now);
@@ -310,9 +315,24 @@ pub(super) fn fetch(
     if let Some((t, _)) = announcer {
         let _ = t.join();
     }
+    // Peers convicted by the last message (the completing attempt) have
+    // not exited through the loop: banned here.
+    for p in conns.values() {
+        if let Some(why) = &p.banned {
+            if !book.is_banned(&p.addr) {
+                log::info!("peer {} banned: {why}", p.addr);
+                book.ban(p.addr);
+                banned.push(p.addr);
+            }
+        }
+    }
     let info = result?;
     // Everyone learned and not banned, those that answered first.
-    let answered: std::collections::HashSet<SocketAddr> = conns.values().map(|p| p.addr).collect();
+    let answered: std::collections::HashSet<SocketAddr> = conns
+        .values()
+        .filter(|p| p.banned.is_none())
+        .map(|p| p.addr)
+        .collect();
     let mut good: Vec<(SocketAddr, Origin)> = learned
         .into_iter()
         .filter(|(a, _)| !book.is_banned(a))
@@ -321,6 +341,7 @@ pub(super) fn fetch(
     Ok(Fetched {
         info,
         peers: good,
+        banned,
         paused,
     })
 }

@@ -95,6 +95,7 @@ fn from_magnet(
         }
     }
     let marker = crate::storage::Marker::for_hash(&options.output_dir, &info_hash);
+    let mut banned = Vec::new();
     let info = match marker.info(&info_hash) {
         Some(info) => {
             log::info!("metadata from the unfinished download's marker");
@@ -103,6 +104,7 @@ fn from_magnet(
         None => {
             let fetched = fetch::fetch(info_hash, m.trackers(), &peers, &options_sane, &ctx)?;
             peers = fetched.peers;
+            banned = fetched.banned;
             options.paused = fetched.paused;
             fetched.info
         }
@@ -131,7 +133,7 @@ fn from_magnet(
         });
     }
     let mut c = coordinator::Coordinator::new(torrent, options, ctx)?;
-    c.add_peers(peers);
+    c.add_peers(peers, &banned);
     c.run()
 }
 
