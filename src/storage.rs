@@ -616,7 +616,18 @@ impl Marker {
     /// The info dict kept in the marker, if it is there and hashes to
     /// `info_hash` (anything else, e.g. an older marker, is ignored).
     pub fn info(&self, info_hash: &crate::types::InfoHash) -> Option<Vec<u8>> {
-        let bytes = std::fs::read(&self.path).ok()?;
+        use std::io::Read;
+        // No bigger than the largest info dict rtc accepts from peers.
+        let max = u64::from(crate::peer::extension::MAX_METADATA_SIZE);
+        let mut bytes = Vec::new();
+        File::open(&self.path)
+            .ok()?
+            .take(max + 1)
+            .read_to_end(&mut bytes)
+            .ok()?;
+        if bytes.len() as u64 > max {
+            return None;
+        }
         (sha1_smol::Sha1::from(&bytes).digest().bytes() == info_hash.0).then_some(bytes)
     }
 
