@@ -29,7 +29,6 @@ fn content(dir: &Path, name: &str, seed: u64, announce: Option<&str>) -> (PathBu
 }
 
 /// `rtc magnet TORRENT`, the link it prints (one line).
-#[allow(dead_code)]
 fn magnet_of(torrent: &Path) -> String {
     let out = run_bounded(
         Command::new(rtc_bin()).arg("magnet").arg(torrent),
@@ -113,5 +112,46 @@ fn magnet_with_only_a_peer_downloads_from_libtorrent_and_saves_the_torrent() {
     // libtorrent loads it and, over the downloaded copy, is a seed.
     let again = Peer::libtorrent_seed(&saved, &out, free_port(), "127.0.0.1");
     drop(again);
+    eprintln!("rtc download {took:?}, test {:?}", t0.elapsed());
+}
+
+// ---------------------------------------------------------------------------
+// 2. libtorrent seeder found through the magnet's tracker only
+
+#[test]
+fn magnet_from_rtc_magnet_downloads_through_its_tracker() {
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = Tracker::start::<&str>(&[]);
+    let (data, torrent) = content(dir.path(), "m2.bin", 2, Some(&tracker.announce_url()));
+    let hash = info_hash_of(&torrent);
+    tracker.allow(&hash);
+    let _seed = Peer::libtorrent_seed(&torrent, &dir.path().join("seed"), free_port(), "127.0.0.1");
+    tracker.wait_for_seeders(&hash, 1, Duration::from_secs(10));
+    let link = magnet_of(&torrent);
+    assert!(link.contains("&tr=http%3A%2F%2F127.0.0.1%3A"), "{link}");
+    assert!(!link.contains("x.pe"), "{link}");
+    let out = dir.path().join("out");
+    let (o, took) = rtc_get(&link, &out, &[], BOUND);
+    ok(&o);
+    assert_same_bytes(&data, &out.join("m2.bin"));
+    eprintln!("rtc download {took:?}, test {:?}", t0.elapsed());
+}
+
+// ---------------------------------------------------------------------------
+// 3. aria2c as the seeder
+
+#[test]
+fn magnet_downloads_from_an_aria2c_seeder() {
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let (data, torrent) = content(dir.path(), "m3.bin", 3, None);
+    let hash = info_hash_of(&torrent);
+    let seed = Peer::aria2_seed(&torrent, &dir.path().join("seed"), free_port());
+    let out = dir.path().join("out");
+    let (o, took) = rtc_get(&bare_magnet(&hash, &[seed.addr()]), &out, &[], BOUND);
+    let log = ok(&o);
+    assert!(log.contains("connected (metadata)"), "{log}");
+    assert_same_bytes(&data, &out.join("m3.bin"));
     eprintln!("rtc download {took:?}, test {:?}", t0.elapsed());
 }
