@@ -3,8 +3,8 @@
 
   lt_peer.py seed  TORRENT DATA_PARENT_DIR --port P [--bind ADDR] [--seed-mode]
                    [--also TORRENT]...
-  lt_peer.py leech TORRENT OUT_DIR --port P [--bind ADDR] [--peer HOST:PORT]...
-                   [--timeout SECS]
+  lt_peer.py leech TORRENT|MAGNET OUT_DIR --port P [--bind ADDR]
+                   [--peer HOST:PORT]... [--timeout SECS]
 
 seed: checks the data under DATA_PARENT_DIR, waits (briefly) for the first
 tracker reply if the torrent names a tracker, prints `READY <port>` and then
@@ -15,6 +15,8 @@ too, from the same DATA_PARENT_DIR, in the same libtorrent session (one
 port); READY comes once every torrent is seeding.
 
 leech: downloads into OUT_DIR from the torrent's trackers and every --peer,
+or, given a `magnet:` link instead of a torrent file, first fetches the
+metadata (BEP 9) from the link's trackers and peers (x.pe) and every --peer;
 prints `DONE <seconds>` once every piece is verified and exits 0. Any error,
 or no completion within --timeout seconds, exits non-zero with a message on
 stderr.
@@ -151,12 +153,20 @@ def make_session(bind, port, upload_limit=0, encryption="plain"):
 
 
 def add(ses, torrent, save_path, seed_mode=False):
-    try:
-        ti = lt.torrent_info(torrent)
-    except RuntimeError as e:
-        fail(f"cannot load {torrent}: {e}")
-    atp = lt.add_torrent_params()
-    atp.ti = ti
+    """Adds a torrent file, or a magnet link (then ti is None)."""
+    if torrent.startswith("magnet:"):
+        try:
+            atp = lt.parse_magnet_uri(torrent)
+        except RuntimeError as e:
+            fail(f"cannot parse {torrent}: {e}")
+        ti = None
+    else:
+        try:
+            ti = lt.torrent_info(torrent)
+        except RuntimeError as e:
+            fail(f"cannot load {torrent}: {e}")
+        atp = lt.add_torrent_params()
+        atp.ti = ti
     atp.save_path = save_path
     atp.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
     atp.flags |= lt.torrent_flags.disable_dht | lt.torrent_flags.disable_lsd

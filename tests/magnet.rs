@@ -10,7 +10,8 @@ mod common;
 use common::*;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::thread;
 use std::time::{Duration, Instant};
 
 const BOUND: Duration = Duration::from_secs(90);
@@ -74,6 +75,10 @@ fn ok(out: &Output) -> String {
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "rtc failed ({}):\n{err}", out.status);
     err
+}
+
+fn local(port: u16) -> SocketAddr {
+    ([127, 0, 0, 1], port).into()
 }
 
 // ---------------------------------------------------------------------------
@@ -154,4 +159,125 @@ fn magnet_downloads_from_an_aria2c_seeder() {
     assert!(log.contains("connected (metadata)"), "{log}");
     assert_same_bytes(&data, &out.join("m3.bin"));
     eprintln!("rtc download {took:?}, test {:?}", t0.elapsed());
+}
+
+// ---------------------------------------------------------------------------
+// 4. Leechers that have only the magnet fetch the metadata from rtc
+
+/// A running rtc, killed by PID (and reaped) on drop; stderr in a file.
+struct Rtc {
+    child: Child,
+    log: PathBuf,
+    _logs: tempfile::TempDir,
+}
+
+impl Rtc {
+    fn spawn(args: &[&str]) -> Rtc {
+        let logs = tempfile::tempdir().unwrap();
+        let log = logs.path().join("rtc.log");
+        let child = Command::new(rtc_bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("run rtc");
+        Rtc {
+            child,
+            log,
+            _logs: logs,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Rtc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if thread::panicking() {
+            eprintln!("--- rtc log ---\n{}", self.log());
+        }
+    }
+}
+
+/// `rtc seed TORRENT -o DIR --port P`, returned once it accepts peers.
+fn rtc_seed(torrent: &Path, dir: &Path, port: u16) -> Rtc {
+    let mut rtc = Rtc::spawn(&[
+        "-v",
+        "seed",
+        torrent.to_str().unwrap(),
+        "-o",
+        dir.to_str().unwrap(),
+        "--port",
+        &port.to_string(),
+    ]);
+    let deadline = Instant::now() + STARTUP_TIMEOUT;
+    while !port_accepts(local(port)) {
+        if let Ok(Some(st)) = rtc.child.try_wait() {
+            panic!("rtc seed exited ({st}):\n{}", rtc.log());
+        }
+        assert!(Instant::now() < deadline, "rtc seed not listening");
+        thread::sleep(Duration::from_millis(20));
+    }
+    rtc
+}
+
+#[test]
+fn libtorrent_with_only_the_magnet_fetches_metadata_from_rtc() {
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let (data, torrent) = content(dir.path(), "m4.bin", 4, None);
+    let hash = info_hash_of(&torrent);
+    let port = free_port();
+    let _rtc = rtc_seed(&torrent, &dir.path().join("seed"), port);
+    let out = dir.path().join("out");
+    let link = bare_magnet(&hash, &[]);
+    let took = lt_leech(
+        Path::new(&link),
+        &out,
+        free_port(),
+        &[local(port)],
+        Duration::from_secs(60),
+    );
+    assert_same_bytes(&data, &out.join("m4.bin"));
+    eprintln!("libtorrent download {took:?}, test {:?}", t0.elapsed());
+}
+
+/// aria2c 1.36 ignores a magnet's `x.pe`, so it finds rtc through the
+/// magnet's tracker.
+#[test]
+fn aria2c_with_only_the_magnet_fetches_metadata_from_rtc() {
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let tracker = Tracker::start::<&str>(&[]);
+    let (data, torrent) = content(dir.path(), "m4a.bin", 5, Some(&tracker.announce_url()));
+    let hash = info_hash_of(&torrent);
+    tracker.allow(&hash);
+    let port = free_port();
+    let _rtc = rtc_seed(&torrent, &dir.path().join("seed"), port);
+    tracker.wait_for_seeders(&hash, 1, Duration::from_secs(20));
+    let out = dir.path().join("out");
+    let link = magnet_of(&torrent);
+    let start = Instant::now();
+    let o = run_bounded(
+        &mut aria2_leech_command(Path::new(&link), &out),
+        Duration::from_secs(60),
+    );
+    assert!(
+        o.status.success(),
+        "aria2c failed ({}):\n{}{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_same_bytes(&data, &out.join("m4a.bin"));
+    eprintln!(
+        "aria2c download {:?}, test {:?}",
+        start.elapsed(),
+        t0.elapsed()
+    );
 }
