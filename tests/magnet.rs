@@ -7,10 +7,14 @@
 
 mod common;
 
+use common::bencode::{decode, encode, Dict, Value};
 use common::*;
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -279,5 +283,250 @@ fn aria2c_with_only_the_magnet_fetches_metadata_from_rtc() {
         "aria2c download {:?}, test {:?}",
         start.elapsed(),
         t0.elapsed()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 5. Peers that lie about the metadata, beside an honest libtorrent seeder
+
+/// How a fake peer lies.
+#[derive(Clone, Copy, Debug)]
+enum Lie {
+    /// Claims the true size, sends other bytes of that size.
+    WrongBytes,
+    /// Claims a metadata size of 2^31.
+    AbsurdSize,
+    /// Claims the true size, rejects every request.
+    RejectAll,
+}
+
+/// Our `ut_metadata` id in the fake peers' extension handshake.
+const FAKE_UT_METADATA: u8 = 3;
+
+/// A fake peer on 127.0.0.1 that speaks the BEP 3 handshake (extension
+/// bit set), BEP 10 and BEP 9, and lies as told. Stopped on drop.
+struct Liar {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    accept: Option<thread::JoinHandle<()>>,
+}
+
+impl Liar {
+    fn start(lie: Lie, info: Arc<Vec<u8>>) -> Liar {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let accept = thread::spawn(move || {
+            for stream in listener.incoming() {
+                if flag.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                let (info, flag) = (info.clone(), flag.clone());
+                thread::spawn(move || {
+                    let _ = serve_lie(stream, lie, &info, &flag);
+                });
+            }
+        });
+        Liar {
+            addr,
+            stop,
+            accept: Some(accept),
+        }
+    }
+}
+
+impl Drop for Liar {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop; connection threads end on their read timeout.
+        let _ = TcpStream::connect(self.addr);
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One extended message: length, id 20, extended id, bencoded dict, tail.
+fn ext_message(ext_id: u8, dict: &Value<'_>, tail: &[u8]) -> Vec<u8> {
+    let body = encode(dict);
+    let len = (2 + body.len() + tail.len()) as u32;
+    let mut m = len.to_be_bytes().to_vec();
+    m.extend_from_slice(&[20, ext_id]);
+    m.extend_from_slice(&body);
+    m.extend_from_slice(tail);
+    m
+}
+
+fn serve_lie(mut s: TcpStream, lie: Lie, info: &[u8], stop: &AtomicBool) -> std::io::Result<()> {
+    s.set_read_timeout(Some(Duration::from_secs(1)))?;
+    let mut hs = [0u8; 68];
+    s.read_exact(&mut hs)?;
+    let mut reply = hs;
+    reply[20..28].copy_from_slice(&[0, 0, 0, 0, 0, 0x10, 0, 0]);
+    reply[48..68].copy_from_slice(b"-FK0001-liarliarliar");
+    s.write_all(&reply)?;
+    let size: i64 = match lie {
+        Lie::AbsurdSize => 1 << 31,
+        _ => info.len() as i64,
+    };
+    let mut m = Dict::new();
+    m.insert(b"ut_metadata", Value::Int(FAKE_UT_METADATA.into()));
+    let mut hello = Dict::new();
+    hello.insert(b"m", Value::Dict(m));
+    hello.insert(b"metadata_size", Value::Int(size));
+    s.write_all(&ext_message(0, &Value::Dict(hello), &[]))?;
+    let wrong: Vec<u8> = info.iter().map(|b| !b).collect();
+    let mut their_id = None;
+    loop {
+        if stop.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let mut len = [0u8; 4];
+        match s.read_exact(&mut len) {
+            Ok(()) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue
+            }
+            Err(e) => return Err(e),
+        }
+        let len = u32::from_be_bytes(len) as usize;
+        if len > 1 << 20 {
+            return Ok(());
+        }
+        let mut msg = vec![0u8; len];
+        s.read_exact(&mut msg)?;
+        if msg.len() < 2 || msg[0] != 20 {
+            continue;
+        }
+        let Some(Value::Dict(d)) = decode(&msg[2..]) else {
+            continue;
+        };
+        if msg[1] == 0 {
+            if let Some(Value::Dict(m)) = d.get(b"m") {
+                if let Some(Value::Int(id)) = m.get(b"ut_metadata") {
+                    their_id = Some(*id as u8);
+                }
+            }
+            continue;
+        }
+        let (Some(id), Some(Value::Int(0)), Some(Value::Int(piece))) =
+            (their_id, d.get(b"msg_type"), d.get(b"piece"))
+        else {
+            continue;
+        };
+        let piece = *piece;
+        let mut r = Dict::new();
+        r.insert(b"piece", Value::Int(piece));
+        match lie {
+            Lie::WrongBytes => {
+                let start = (piece as usize * 16384).min(wrong.len());
+                let end = (start + 16384).min(wrong.len());
+                r.insert(b"msg_type", Value::Int(1));
+                r.insert(b"total_size", Value::Int(wrong.len() as i64));
+                s.write_all(&ext_message(id, &Value::Dict(r), &wrong[start..end]))?;
+            }
+            Lie::AbsurdSize | Lie::RejectAll => {
+                r.insert(b"msg_type", Value::Int(2));
+                s.write_all(&ext_message(id, &Value::Dict(r), &[]))?;
+            }
+        }
+    }
+}
+
+/// A torrent of `data` whose info dictionary carries an extra 100 KB key,
+/// so the metadata is 7 pieces of 16 KiB and every peer gets asked.
+fn padded_torrent(data: &Path, dir: &Path) -> (PathBuf, Vec<u8>) {
+    let plain = dir.join("plain.torrent");
+    mktorrent(data, &plain, None, 15);
+    let bytes = std::fs::read(&plain).unwrap();
+    let top = decode(&bytes).unwrap();
+    let mut info = top.as_dict().unwrap().get(b"info").unwrap().clone();
+    let pad = vec![b'p'; 100_000];
+    if let Value::Dict(d) = &mut info {
+        d.insert(b"x-pad", Value::Bytes(&pad));
+    }
+    let info_bytes = encode(&info);
+    let mut t = Dict::new();
+    t.insert(b"info", info);
+    let torrent = dir.join("padded.torrent");
+    std::fs::write(&torrent, encode(&Value::Dict(t))).unwrap();
+    assert_eq!(
+        sha1_smol::Sha1::from(&info_bytes).digest().to_string(),
+        info_hash_of(&torrent)
+    );
+    (torrent, info_bytes)
+}
+
+/// Runs rtc on a magnet naming the three liars and an honest libtorrent
+/// seeder; checks the bytes and the time; returns rtc's log and the
+/// liars' addresses (wrong bytes, absurd size, rejecter).
+fn download_beside_liars() -> (String, [SocketAddr; 3]) {
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("seed/m5.bin");
+    random_file(&data, LEN, 6);
+    let (torrent, info) = padded_torrent(&data, dir.path());
+    assert!(info.len() > 6 * 16384, "{} bytes", info.len());
+    let hash = info_hash_of(&torrent);
+    let seed = Peer::libtorrent_seed(&torrent, &dir.path().join("seed"), free_port(), "127.0.0.1");
+    let info = Arc::new(info);
+    let wrong = Liar::start(Lie::WrongBytes, info.clone());
+    let absurd = Liar::start(Lie::AbsurdSize, info.clone());
+    let rejecter = Liar::start(Lie::RejectAll, info.clone());
+    let link = bare_magnet(
+        &hash,
+        &[wrong.addr, absurd.addr, rejecter.addr, seed.addr()],
+    );
+    let out = dir.path().join("out");
+    let (o, took) = rtc_get(&link, &out, &[], Duration::from_secs(60));
+    let log = ok(&o);
+    assert_same_bytes(&data, &out.join("m5.bin"));
+    assert!(took < Duration::from_secs(20), "took {took:?}:\n{log}");
+    eprintln!("rtc download {took:?}, test {:?}", t0.elapsed());
+    (log, [wrong.addr, absurd.addr, rejecter.addr])
+}
+
+#[test]
+fn liars_about_the_metadata_are_convicted_and_the_honest_seeder_serves() {
+    let (log, [wrong, absurd, _rejecter]) = download_beside_liars();
+    assert!(
+        log.contains(&format!("peer {absurd} banned: ")),
+        "{absurd} not banned:\n{log}"
+    );
+    // Convicted by the metadata fetch (banned, or convicted by the attempt
+    // that completed: see the ignored test below).
+    assert!(
+        log.contains(&format!(
+            "metadata peer {wrong}: metadata: sent bytes that fail the info hash"
+        )),
+        "{wrong} not convicted:\n{log}"
+    );
+    // BEP 9 allows rejects: the rejecter is banned only after MAX_REJECTS
+    // (8) rejects with no data, which it may not reach here; it must only
+    // not have held up the download (the bound checked above).
+}
+
+/// A peer convicted by the very attempt that completes the metadata
+/// (`Got::Complete { verdicts }` in session::fetch) is closed but the loop
+/// ends before its exit is seen: it is not banned, stays in the peers
+/// handed to the download, and rtc connects to it again.
+#[test]
+#[ignore = "rtc bug: a liar convicted as the metadata completes is not banned"]
+fn a_liar_convicted_as_the_metadata_completes_is_banned() {
+    let (log, [wrong, _, _]) = download_beside_liars();
+    assert!(
+        log.contains(&format!("peer {wrong} banned: ")),
+        "{wrong} not banned:\n{log}"
+    );
+    assert!(
+        !log.contains(&format!("peer {wrong} connected\n")),
+        "{wrong} dialled for the download:\n{log}"
     );
 }
