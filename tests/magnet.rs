@@ -530,3 +530,69 @@ fn a_liar_convicted_as_the_metadata_completes_is_banned() {
         "{wrong} dialled for the download:\n{log}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// 6. A killed magnet download resumes with the metadata from its marker
+
+#[test]
+fn a_killed_magnet_download_resumes_from_its_marker_without_asking_peers() {
+    use std::os::unix::fs::MetadataExt;
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let (data, torrent) = content(dir.path(), "m6.bin", 7, None);
+    let hash = info_hash_of(&torrent);
+    let seed_dir = dir.path().join("seed");
+    let out = dir.path().join("out");
+    let marker = out.join(format!(".rtc-{hash}"));
+    let file = out.join("m6.bin");
+    {
+        // 2 MB/s: the 33 MB download takes about 16 s.
+        let slow = Peer::libtorrent_seed_with(
+            &torrent,
+            &seed_dir,
+            free_port(),
+            "127.0.0.1",
+            &["--upload-limit", "2000000"],
+        );
+        let link = bare_magnet(&hash, &[slow.addr()]);
+        let mut rtc = Rtc::spawn(&[
+            "-v",
+            "--port",
+            &free_port().to_string(),
+            "-o",
+            out.to_str().unwrap(),
+            &link,
+        ]);
+        let written = || {
+            std::fs::metadata(&file)
+                .map(|m| m.blocks() * 512 >= 2 << 20)
+                .unwrap_or(false)
+        };
+        wait_for(
+            Duration::from_secs(30),
+            "the marker and 2 MiB of data",
+            || marker.exists() && written(),
+        );
+        assert!(
+            rtc.child.try_wait().unwrap().is_none(),
+            "rtc ended early:\n{}",
+            rtc.log()
+        );
+        rtc.child.kill().unwrap(); // SIGKILL, by PID
+        rtc.child.wait().unwrap();
+        assert!(marker.exists());
+        assert!(compare_files(&data, &file).is_err(), "not finished yet");
+    }
+    // The slow seeder is gone; a fresh one has the data.
+    let seed = Peer::libtorrent_seed(&torrent, &seed_dir, free_port(), "127.0.0.1");
+    let (o, took) = rtc_get(&bare_magnet(&hash, &[seed.addr()]), &out, &[], BOUND);
+    let log = ok(&o);
+    assert!(
+        log.contains("metadata from the unfinished download's marker"),
+        "{log}"
+    );
+    assert!(!log.contains("connected (metadata)"), "{log}");
+    assert_same_bytes(&data, &file);
+    assert!(!marker.exists(), "marker left after completion");
+    eprintln!("second run {took:?}, test {:?}", t0.elapsed());
+}
