@@ -596,3 +596,57 @@ fn a_killed_magnet_download_resumes_from_its_marker_without_asking_peers() {
     assert!(!marker.exists(), "marker left after completion");
     eprintln!("second run {took:?}, test {:?}", t0.elapsed());
 }
+
+// ---------------------------------------------------------------------------
+// 7. Peers learned through PEX
+
+/// A background process, killed by PID and reaped on drop.
+struct Bg(Child);
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn rtc_finds_a_seeder_only_through_a_leechers_pex() {
+    use std::os::unix::fs::MetadataExt;
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let (data, torrent) = content(dir.path(), "m7.bin", 8, None);
+    let hash = info_hash_of(&torrent);
+    let b = Peer::libtorrent_seed(&torrent, &dir.path().join("seed"), free_port(), "127.0.0.1");
+    // A: a libtorrent leecher kept slow (50 kB/s), connected out to B.
+    let a_port = free_port();
+    let a_out = dir.path().join("a");
+    let _a = Bg(Command::new(PYTHON)
+        .arg(lt_peer_script())
+        .arg("leech")
+        .arg(&torrent)
+        .arg(&a_out)
+        .args(["--port", &a_port.to_string(), "--timeout", "300"])
+        .args(["--download-limit", "50000"])
+        .arg("--peer")
+        .arg(b.addr().to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap());
+    wait_for(Duration::from_secs(30), "A to get data from B", || {
+        port_accepts(local(a_port))
+            && std::fs::metadata(a_out.join("m7.bin")).is_ok_and(|m| m.blocks() > 0)
+    });
+    let out = dir.path().join("out");
+    let link = bare_magnet(&hash, &[local(a_port)]);
+    let (o, took) = rtc_get(&link, &out, &[], Duration::from_secs(120));
+    let log = ok(&o);
+    assert!(
+        log.contains(&format!("peer {} connected\n", b.addr())),
+        "no connection to B:\n{log}"
+    );
+    assert_same_bytes(&data, &out.join("m7.bin"));
+    eprintln!("rtc download {took:?}, test {:?}", t0.elapsed());
+}
