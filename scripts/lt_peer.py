@@ -3,8 +3,8 @@
 
   lt_peer.py seed  TORRENT DATA_PARENT_DIR --port P [--bind ADDR] [--seed-mode]
                    [--also TORRENT]...
-  lt_peer.py leech TORRENT OUT_DIR --port P [--bind ADDR] [--peer HOST:PORT]...
-                   [--timeout SECS]
+  lt_peer.py leech TORRENT|MAGNET OUT_DIR --port P [--bind ADDR]
+                   [--peer HOST:PORT]... [--timeout SECS] [--download-limit B]
 
 seed: checks the data under DATA_PARENT_DIR, waits (briefly) for the first
 tracker reply if the torrent names a tracker, prints `READY <port>` and then
@@ -15,6 +15,8 @@ too, from the same DATA_PARENT_DIR, in the same libtorrent session (one
 port); READY comes once every torrent is seeding.
 
 leech: downloads into OUT_DIR from the torrent's trackers and every --peer,
+or, given a `magnet:` link instead of a torrent file, first fetches the
+metadata (BEP 9) from the link's trackers and peers (x.pe) and every --peer;
 prints `DONE <seconds>` once every piece is verified and exits 0. Any error,
 or no completion within --timeout seconds, exits non-zero with a message on
 stderr.
@@ -81,7 +83,7 @@ OUT_ENCRYPTION = {
 }
 
 
-def make_session(bind, port, upload_limit=0, encryption="plain"):
+def make_session(bind, port, upload_limit=0, encryption="plain", download_limit=0):
     s = {
         "listen_interfaces": listen_spec(bind, port),
         # Loopback only: nothing that looks for peers by itself.
@@ -107,7 +109,7 @@ def make_session(bind, port, upload_limit=0, encryption="plain"):
         "active_limit": -1,
         # No rate limits, every peer unchoked, deep queues: loopback speed.
         "upload_rate_limit": upload_limit,
-        "download_rate_limit": 0,
+        "download_rate_limit": download_limit,
         "unchoke_slots_limit": -1,
         "send_buffer_watermark": 16 * 1024 * 1024,
         "send_buffer_low_watermark": 1024 * 1024,
@@ -139,7 +141,7 @@ def make_session(bind, port, upload_limit=0, encryption="plain"):
     }
     s.update(OUT_ENCRYPTION[encryption])
     ses = lt.session(s)
-    if upload_limit:
+    if upload_limit or download_limit:
         # libtorrent exempts local-network peers from rate limits; put every
         # address in the global class so the limit applies on loopback.
         f = lt.ip_filter()
@@ -151,12 +153,20 @@ def make_session(bind, port, upload_limit=0, encryption="plain"):
 
 
 def add(ses, torrent, save_path, seed_mode=False):
-    try:
-        ti = lt.torrent_info(torrent)
-    except RuntimeError as e:
-        fail(f"cannot load {torrent}: {e}")
-    atp = lt.add_torrent_params()
-    atp.ti = ti
+    """Adds a torrent file, or a magnet link (then ti is None)."""
+    if torrent.startswith("magnet:"):
+        try:
+            atp = lt.parse_magnet_uri(torrent)
+        except RuntimeError as e:
+            fail(f"cannot parse {torrent}: {e}")
+        ti = None
+    else:
+        try:
+            ti = lt.torrent_info(torrent)
+        except RuntimeError as e:
+            fail(f"cannot load {torrent}: {e}")
+        atp = lt.add_torrent_params()
+        atp.ti = ti
     atp.save_path = save_path
     atp.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
     atp.flags |= lt.torrent_flags.disable_dht | lt.torrent_flags.disable_lsd
@@ -262,7 +272,9 @@ def seed(args):
 
 def leech(args):
     os.makedirs(args.out_dir, exist_ok=True)
-    ses = make_session(args.bind, args.port, encryption=args.encryption)
+    ses = make_session(
+        args.bind, args.port, encryption=args.encryption, download_limit=args.download_limit
+    )
     alerts = Alerts(ses)
     start = time.monotonic()
     h, ti = add(ses, args.torrent, args.out_dir)
@@ -313,6 +325,12 @@ def main():
         if mode == "leech":
             sp.add_argument("--peer", type=parse_peer, action="append", default=[])
             sp.add_argument("--encryption", choices=sorted(OUT_ENCRYPTION), default="plain")
+            sp.add_argument(
+                "--download-limit",
+                type=int,
+                default=0,
+                help="bytes per second (0: unlimited), to keep a leecher leeching",
+            )
         else:
             sp.add_argument(
                 "--upload-limit",
