@@ -518,7 +518,6 @@ fn liars_about_the_metadata_are_convicted_and_the_honest_seeder_serves() {
 /// ends before its exit is seen: it is not banned, stays in the peers
 /// handed to the download, and rtc connects to it again.
 #[test]
-#[ignore = "rtc bug: a liar convicted as the metadata completes is not banned"]
 fn a_liar_convicted_as_the_metadata_completes_is_banned() {
     let (log, [wrong, _, _]) = download_beside_liars();
     assert!(
@@ -644,9 +643,153 @@ fn rtc_finds_a_seeder_only_through_a_leechers_pex() {
     let (o, took) = rtc_get(&link, &out, &[], Duration::from_secs(120));
     let log = ok(&o);
     assert!(
-        log.contains(&format!("peer {} connected\n", b.addr())),
+        log.contains(&format!("peer {} connected (by PEX)", b.addr())),
         "no connection to B:\n{log}"
     );
     assert_same_bytes(&data, &out.join("m7.bin"));
     eprintln!("rtc download {took:?}, test {:?}", t0.elapsed());
+}
+
+/// A peer that only gossips: it answers the handshake (with BEP 10's
+/// bit), says it speaks `ut_pex`, and sends one PEX message naming
+/// `tell`, to id 2 (rtc's `ut_pex` id when it offers one), then idles.
+struct Gossip {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    accept: Option<thread::JoinHandle<()>>,
+}
+
+impl Gossip {
+    fn start(tell: SocketAddr) -> Gossip {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let accept = thread::spawn(move || {
+            for stream in listener.incoming() {
+                if flag.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(stream) = stream else { continue };
+                let flag = flag.clone();
+                thread::spawn(move || {
+                    let _ = gossip(stream, tell, &flag);
+                });
+            }
+        });
+        Gossip {
+            addr,
+            stop,
+            accept: Some(accept),
+        }
+    }
+}
+
+impl Drop for Gossip {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn gossip(mut s: TcpStream, tell: SocketAddr, stop: &AtomicBool) -> std::io::Result<()> {
+    s.set_read_timeout(Some(Duration::from_secs(1)))?;
+    let mut hs = [0u8; 68];
+    s.read_exact(&mut hs)?;
+    let mut reply = hs;
+    reply[20..28].copy_from_slice(&[0, 0, 0, 0, 0, 0x10, 0, 0]);
+    reply[48..68].copy_from_slice(b"-FK0001-gossipgossip");
+    s.write_all(&reply)?;
+    let mut m = Dict::new();
+    m.insert(b"ut_pex", Value::Int(1));
+    let mut hello = Dict::new();
+    hello.insert(b"m", Value::Dict(m));
+    s.write_all(&ext_message(0, &Value::Dict(hello), &[]))?;
+    let SocketAddr::V4(v4) = tell else {
+        panic!("IPv4 only")
+    };
+    let mut compact = v4.ip().octets().to_vec();
+    compact.extend_from_slice(&v4.port().to_be_bytes());
+    let mut pex = Dict::new();
+    pex.insert(b"added", Value::Bytes(&compact));
+    s.write_all(&ext_message(2, &Value::Dict(pex), &[]))?;
+    let mut sink = [0u8; 4096];
+    while !stop.load(Ordering::SeqCst) {
+        match s.read(&mut sink) {
+            Ok(0) => return Ok(()),
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// A gossiping peer names seeder B by PEX beside a slow seeder C: for a
+/// public torrent rtc connects to B (by PEX); for a private one (BEP 27)
+/// it never does, and still downloads everything from C.
+#[test]
+fn pex_is_used_for_public_torrents_and_ignored_for_private_ones() {
+    let t0 = Instant::now();
+    for private in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("seed/p.bin");
+        random_file(&data, 4 * 1024 * 1024 + 7, 91 + private as u64);
+        let torrent = dir.path().join("p.torrent");
+        let mut cmd = Command::new("mktorrent");
+        if private {
+            cmd.arg("-p");
+        }
+        let made = cmd
+            .args(["-l", "15", "-o"])
+            .arg(&torrent)
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(made.status.success(), "mktorrent");
+        let seed_dir = dir.path().join("seed");
+        let b = Peer::libtorrent_seed(&torrent, &seed_dir, free_port(), "127.0.0.1");
+        // C: slow enough (1 MB/s) that rtc is still downloading when the
+        // gossip arrives.
+        let c = Peer::libtorrent_seed_with(
+            &torrent,
+            &seed_dir,
+            free_port(),
+            "127.0.0.1",
+            &["--upload-limit", "1000000"],
+        );
+        let g = Gossip::start(b.addr());
+        let out = dir.path().join("out");
+        let (o, took) = rtc_get(
+            &torrent.to_string_lossy(),
+            &out,
+            &[
+                "--peer",
+                &c.addr().to_string(),
+                "--peer",
+                &g.addr.to_string(),
+            ],
+            BOUND,
+        );
+        let log = ok(&o);
+        let to_b = format!("peer {} connected", b.addr());
+        if private {
+            assert!(!log.contains(&to_b), "private torrent used PEX:\n{log}");
+        } else {
+            assert!(
+                log.contains(&format!("{to_b} (by PEX)")),
+                "public torrent: B not reached by PEX:\n{log}"
+            );
+        }
+        assert_same_bytes(&data, &out.join("p.bin"));
+        eprintln!("private={private}: rtc {took:?}");
+    }
+    eprintln!("test {:?}", t0.elapsed());
 }

@@ -99,15 +99,34 @@ fn every_bad_magnet_is_rejected_with_one_line_naming_the_problem() {
 }
 
 #[test]
-fn a_valid_magnet_is_not_supported_yet() {
+fn a_valid_magnet_with_nobody_to_ask_exits_4() {
     let dir = tempfile::tempdir().unwrap();
-    let link = "magnet:?xt=urn:btih:YEX6DQDLXISUVHOJ6UM3GNNKPQJWPKEK&dn=x&x.pe=[::1]:6881";
-    for (args, stdin) in [(vec![link], ""), (vec!["-"], link)] {
+    // No tracker, no peer: the metadata phase finds nobody.
+    let link = "magnet:?xt=urn:btih:YEX6DQDLXISUVHOJ6UM3GNNKPQJWPKEK&dn=x";
+    let flags = ["--timeout", "1", "--port", "0"];
+    for (arg, stdin) in [(link, ""), ("-", link)] {
+        let mut args = vec![arg];
+        args.extend(flags);
         let out = rtc(&args, stdin.as_bytes(), dir.path());
         let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{err}");
-        assert_eq!(err, "rtc: magnet links are not supported yet\n");
+        assert_eq!(out.status.code(), Some(4), "{err}");
+        assert!(err.starts_with("rtc: no peers"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
     }
+}
+
+#[test]
+fn rtc_magnet_of_a_magnet_prints_it_normalised() {
+    let dir = tempfile::tempdir().unwrap();
+    // Base32 in, hex out; the name kept, unknown parameters dropped.
+    let link = "magnet:?xt=urn:btih:YEX6DQDLXISUVHOJ6UM3GNNKPQJWPKEK&dn=x&zz=1";
+    let out = rtc(&["magnet", link], b"", dir.path());
+    assert_eq!(out.status.code(), Some(0));
+    let line = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        line.trim_end(),
+        "magnet:?xt=urn:btih:c12fe1c06bba254a9dc9f519b335aa7c1367a88a&dn=x"
+    );
 }
 
 #[test]

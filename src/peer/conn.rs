@@ -164,7 +164,7 @@ impl fmt::Display for Error {
             Error::Storage(e) => write!(f, "cannot serve: {e}"),
             Error::Mse(e) => write!(f, "{e}"),
             Error::Entropy(e) => write!(f, "{e}"),
-            Error::Extension(e) => write!(f, "extension message: {e}"),
+            Error::Extension(e) => write!(f, "{e}"),
             Error::NoExtensions => {
                 f.write_str("no extension protocol (BEP 10): cannot send metadata")
             }
