@@ -18,7 +18,7 @@ use crate::types::{EntropyError, InfoHash, PeerId, Rng};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -140,6 +140,11 @@ pub enum Command {
     Shutdown,
 }
 
+/// What the announcer thread is doing, for its `Stopper`.
+const IDLE: u8 = 0;
+const ANNOUNCING: u8 = 1;
+const COMPLETING: u8 = 2;
+
 /// Ends an announcer's network exchange in progress from another thread:
 /// an HTTP request blocked on its socket fails at once (ureq's
 /// `Agent::shutdown`), a UDP exchange within 50 ms. The session uses it so
@@ -147,15 +152,17 @@ pub enum Command {
 pub(crate) struct Stopper {
     http: ureq::Agent,
     udp: Arc<AtomicBool>,
-    /// Set while the announcer is in an ordinary round (not `stopped`).
-    busy: Arc<AtomicBool>,
+    /// `ANNOUNCING` while the announcer is in an ordinary round,
+    /// `COMPLETING` in a `completed` one, else `IDLE`.
+    busy: Arc<AtomicU8>,
 }
 
 impl Stopper {
     /// Whether an ordinary announce is in progress (worthless once the
-    /// download ends, so it is aborted at once).
+    /// download ends, so it is aborted at once; a `completed` one is let
+    /// finish, within the `stopped` announce's time).
     pub(crate) fn busy(&self) -> bool {
-        self.busy.load(Ordering::Acquire)
+        self.busy.load(Ordering::Acquire) == ANNOUNCING
     }
 
     /// Fails the exchange in progress, and every later one.
@@ -366,7 +373,7 @@ impl Announcer {
         reports: Sender<Report>,
     ) -> std::io::Result<(std::thread::JoinHandle<()>, Stopper)> {
         let clients = Clients::new();
-        let busy = Arc::new(AtomicBool::new(false));
+        let busy = Arc::new(AtomicU8::new(IDLE));
         let stopper = Stopper {
             http: clients.http.clone(),
             udp: clients.udp.stop_flag(),
@@ -459,7 +466,7 @@ impl Announcer {
     fn run(
         mut self,
         mut clients: Clients,
-        busy: &AtomicBool,
+        busy: &AtomicU8,
         commands: Receiver<Command>,
         reports: Sender<Report>,
     ) {
@@ -482,12 +489,19 @@ impl Announcer {
         let mut retry = RETRY_FIRST;
         loop {
             let started = std::time::Instant::now();
-            busy.store(true, Ordering::Release);
+            // A `completed` announce is worth finishing at shutdown (it
+            // is how a download that just ended tells the tracker).
+            let phase = if event == Some(AnnounceEvent::Completed) {
+                COMPLETING
+            } else {
+                ANNOUNCING
+            };
+            busy.store(phase, Ordering::Release);
             let outcome = match shuffle_tiers(&mut self.tiers, &mut shuffled) {
                 Ok(()) => self.round(&mut clients, event, self.timeout, &reports),
                 Err(e) => Err(e),
             };
-            busy.store(false, Ordering::Release);
+            busy.store(IDLE, Ordering::Release);
             let (wait, min_wait) = match outcome {
                 Ok(intervals) => {
                     ever_answered = true;
