@@ -291,7 +291,8 @@ impl Rtc {
             if let Ok(Some(st)) = rtc.child.try_wait() {
                 panic!("rtc exited early ({st}): {}", rtc.log_text());
             }
-            port_accepts(addr)
+            // Listening and past its check of the data on disk.
+            port_accepts(addr) && rtc.log_text().contains("resume: ")
         });
         rtc
     }

@@ -220,7 +220,8 @@ fn rtc_seed(torrent: &Path, dir: &Path, port: u16) -> Rtc {
         &port.to_string(),
     ]);
     let deadline = Instant::now() + STARTUP_TIMEOUT;
-    while !port_accepts(local(port)) {
+    // Listening and past its check of the data on disk.
+    while !(port_accepts(local(port)) && rtc.log().contains("resume: ")) {
         if let Ok(Some(st)) = rtc.child.try_wait() {
             panic!("rtc seed exited ({st}):\n{}", rtc.log());
         }

@@ -38,6 +38,8 @@ impl Rtc {
             .unwrap();
         let mut r = Rtc { child, port, log };
         let addr = r.addr();
+        // Listening, and past the check of the data on disk (the port
+        // opens before it; a Ctrl-C during the check is a cancel).
         wait_for(Duration::from_secs(30), "rtc to listen", || {
             if let Ok(Some(st)) = r.child.try_wait() {
                 panic!(
@@ -45,7 +47,7 @@ impl Rtc {
                     std::fs::read_to_string(&r.log).unwrap_or_default()
                 );
             }
-            port_accepts(addr)
+            port_accepts(addr) && r.log().contains("resume: ")
         });
         r
     }

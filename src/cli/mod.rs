@@ -637,19 +637,37 @@ fn download(
     Ok(())
 }
 
-/// Writes a new file (a torrent), never over an existing one: aside, then
-/// renamed, so it is never seen half-written.
+/// Writes a new file (a torrent), never over an existing one and never
+/// seen half-written: into a fresh hidden file beside it (`create_new`:
+/// not through a planted link), then hard-linked to its name, which fails
+/// rather than replace a file that appeared meanwhile.
 fn write_new_file(out: &Path, bytes: &[u8]) -> Result<(), Failure> {
+    let fail = |e: std::io::Error| {
+        let why = if e.kind() == std::io::ErrorKind::AlreadyExists {
+            "exists; not overwriting it".to_string()
+        } else {
+            format!("cannot write it: {e}")
+        };
+        Failure::new(exit::IO, format!("{} {why}", escaped_path(out)))
+    };
     if out.exists() {
-        return Err(Failure::new(
-            exit::IO,
-            format!("{} exists; not overwriting it", escaped_path(out)),
-        ));
+        return Err(fail(std::io::ErrorKind::AlreadyExists.into()));
     }
-    let tmp = out.with_extension("torrent.part");
-    std::fs::write(&tmp, bytes)
-        .and_then(|()| std::fs::rename(&tmp, out))
-        .map_err(|e| Failure::new(exit::IO, format!("cannot write {}: {e}", escaped_path(out))))
+    let name = out
+        .file_name()
+        .map_or_else(Default::default, |n| n.to_os_string());
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(&name);
+    tmp_name.push(format!(".rtc-part-{}", std::process::id()));
+    let tmp = out.with_file_name(tmp_name);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()));
+    let linked = written.and_then(|()| std::fs::hard_link(&tmp, out));
+    let _ = std::fs::remove_file(&tmp);
+    linked.map_err(fail)
 }
 
 fn session_failure(e: SessionError) -> Failure {

@@ -426,8 +426,15 @@ impl Conn {
             );
             if self.p.private {
                 // BEP 27: peers of a private torrent come from its
-                // trackers only.
+                // trackers only, and its metadata is not handed to whoever
+                // knows the info hash (libtorrent does the same).
                 hello.ut_pex = None;
+                hello.ut_metadata = None;
+                hello.metadata_size = None;
+            }
+            if !self.serves_metadata() {
+                hello.ut_metadata = None;
+                hello.metadata_size = None;
             }
             message::encode(
                 &Message::Extended {
@@ -734,7 +741,11 @@ impl Conn {
                 return Ok(());
             }
             self.last_pex = Some(now);
-            let pex = extension::Pex::decode(payload).map_err(Error::Extension)?;
+            // A malformed message is ignored (what it would have cost is
+            // bounded by the rate above).
+            let Ok(pex) = extension::Pex::decode(payload) else {
+                return Ok(());
+            };
             if !pex.added.is_empty() {
                 self.send_event(Event::Pex {
                     id: self.p.id,
@@ -743,13 +754,13 @@ impl Conn {
             }
             return Ok(());
         }
-        if kind != Some(ExtKind::Metadata) {
+        if kind != Some(ExtKind::Metadata) || !self.serves_metadata() {
             return Ok(());
         }
-        let Some(MetadataMsg::Request { piece }) =
-            MetadataMsg::decode(payload).map_err(Error::Extension)?
-        else {
-            return Ok(()); // data or rejects we never asked for
+        // Data or rejects we never asked for, or a malformed request:
+        // ignored.
+        let Ok(Some(MetadataMsg::Request { piece })) = MetadataMsg::decode(payload) else {
+            return Ok(());
         };
         let Some(to) = self.peer_ext.as_ref().and_then(|e| e.ut_metadata) else {
             return Ok(());
@@ -780,6 +791,12 @@ impl Conn {
             &mut self.out,
         );
         Ok(())
+    }
+
+    /// Whether this connection answers `ut_metadata`: not for a private
+    /// torrent, nor for an info dict larger than peers accept.
+    fn serves_metadata(&self) -> bool {
+        !self.p.private && self.p.info.len() <= extension::MAX_METADATA_SIZE as usize
     }
 
     fn on_message(&mut self, msg: Message<'_>) -> Result<(), Error> {

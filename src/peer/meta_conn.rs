@@ -132,10 +132,14 @@ fn run(p: &MetaParams, connected: &mut bool) -> Result<(), Error> {
         .set_read_timeout(Some(limits.poll.min(META_POLL)))
         .map_err(Error::Io)?;
 
-    // The metadata is at most a few MiB; its pieces are 16 KiB.
-    let max_frame = message::max_frame_for(0);
+    // Peers send their bitfield first: as large as the largest info dict
+    // we accept allows (a piece hash is 20 bytes); our own messages are
+    // 16 KiB metadata pieces.
+    let max_frame = message::max_frame_for(extension::MAX_METADATA_SIZE / 20);
     let mut rx = RecvBuf::new(max_frame as usize + 4);
     let mut their_id: Option<u8> = None;
+    let mut theirs_ext: Option<ExtHandshake> = None;
+    let connected_at = Instant::now();
     let mut last_recv = Instant::now();
     loop {
         while let Ok(cmd) = p.commands.try_recv() {
@@ -171,6 +175,11 @@ fn run(p: &MetaParams, connected: &mut bool) -> Result<(), Error> {
                 if last_recv.elapsed() >= limits.idle {
                     return Err(Error::Idle(limits.idle));
                 }
+                // A peer with nothing for a magnet must not hold one of
+                // the few metadata slots.
+                if theirs_ext.is_none() && connected_at.elapsed() >= limits.handshake {
+                    return Err(Error::NoExtensions);
+                }
                 continue;
             }
             Err(e) => return Err(Error::Io(e)),
@@ -178,7 +187,10 @@ fn run(p: &MetaParams, connected: &mut bool) -> Result<(), Error> {
         while let Some((msg, used)) = decode_frame(rx.data(), max_frame)? {
             match msg {
                 Message::Extended { id: 0, payload } => {
-                    let ext = ExtHandshake::decode(payload).map_err(Error::Extension)?;
+                    // BEP 10: a later handshake only changes what it names.
+                    let ext = theirs_ext.get_or_insert_with(ExtHandshake::default);
+                    ext.update(payload).map_err(Error::Extension)?;
+                    let ext = ext.clone();
                     their_id = ext.ut_metadata;
                     if p.events.send(MetaEvent::Ready { id: p.id, ext }).is_err() {
                         return Err(Error::SessionGone);

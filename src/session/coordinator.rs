@@ -39,6 +39,44 @@ const TICK: Duration = Duration::from_millis(100);
 /// Longest timeout honoured; longer ones are this (an `Instant` plus
 /// `Duration::MAX` overflows).
 const LONGEST: Duration = Duration::from_secs(365 * 86_400);
+/// New addresses a download takes from peer exchange per minute, from
+/// all peers together.
+const PEX_PER_MINUTE: usize = 100;
+
+/// Whether an address a peer told us of by PEX is one to dial: never an
+/// unspecified, multicast or broadcast address or port 0; a loopback one
+/// only from a loopback peer, a private or link-local one only from a
+/// peer on such a network (PEX must not make rtc probe its own host or
+/// LAN for a stranger).
+fn pex_worth_dialling(a: &SocketAddr, from: &SocketAddr) -> bool {
+    use std::net::IpAddr;
+    fn local(ip: &IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(v4) => v4.is_private() || v4.is_link_local(),
+            IpAddr::V6(v6) => {
+                let s = v6.segments()[0];
+                (s & 0xfe00) == 0xfc00 || (s & 0xffc0) == 0xfe80
+            }
+        }
+    }
+    let (ip, src) = (a.ip().to_canonical(), from.ip().to_canonical());
+    if a.port() == 0 || ip.is_unspecified() || ip.is_multicast() {
+        return false;
+    }
+    if let IpAddr::V4(v4) = ip {
+        if v4.is_broadcast() {
+            return false;
+        }
+    }
+    if ip.is_loopback() {
+        return src.is_loopback();
+    }
+    if local(&ip) {
+        return local(&src) || src.is_loopback();
+    }
+    true
+}
+
 /// Our peer exchange view goes out this often (BEP 11: at most once a
 /// minute).
 const PEX_EVERY: Duration = Duration::from_secs(60);
@@ -218,6 +256,9 @@ pub(super) struct Coordinator {
     /// new addresses peers told us of.
     pex_sent: std::collections::HashSet<SocketAddr>,
     last_pex: Instant,
+    /// Addresses taken from PEX in the minute since `pex_window`.
+    pex_window: Instant,
+    pex_taken: usize,
     from_pex: usize,
     /// Peers that completed a handshake, by where we heard of them.
     sources: PeerSources,
@@ -331,6 +372,8 @@ impl Coordinator {
             last_evict: None,
             pex_sent: Default::default(),
             last_pex: Instant::now(),
+            pex_window: Instant::now(),
+            pex_taken: 0,
             from_pex: 0,
             sources: PeerSources::default(),
             initial: Vec::new(),
@@ -511,13 +554,13 @@ impl Coordinator {
             }
         }
         self.pieces = Pieces::new(&have, Rng::seeded()?);
-        if have.count() > 0 {
-            log::info!(
-                "resume: {} of {} pieces already verified on disk",
-                have.count(),
-                have.len()
-            );
-        }
+        // Always said: scripts and tests know from it that the session is
+        // past its check of the disk (the port is open before it).
+        log::info!(
+            "resume: {} of {} pieces already verified on disk",
+            have.count(),
+            have.len()
+        );
         self.shared.verified_bytes.store(bytes, Ordering::Relaxed);
         self.shared
             .pieces_done
@@ -1265,14 +1308,29 @@ impl Coordinator {
                 if self.torrent.private() {
                     return;
                 }
-                let from = self.peers.get(&id).map(|p| p.addr);
+                let Some(from) = self.peers.get(&id).map(|p| p.addr) else {
+                    return;
+                };
+                // Whatever peers say, this download takes at most
+                // `PEX_PER_MINUTE` new addresses a minute from all of
+                // them together: PEX cannot flood the book (pushing out
+                // tracker addresses) or steer many of our connections.
+                if now.duration_since(self.pex_window) >= Duration::from_secs(60) {
+                    self.pex_window = now;
+                    self.pex_taken = 0;
+                }
                 let mut new = 0;
-                for a in added {
+                for a in added.into_iter().filter(|a| pex_worth_dialling(a, &from)) {
+                    if self.pex_taken >= PEX_PER_MINUTE {
+                        break;
+                    }
                     // O(1) each; the book caps and dedups.
                     if self.book.add(a, Origin::Pex) {
                         new += 1;
+                        self.pex_taken += 1;
                     }
                 }
+                let from = Some(from);
                 if let Some(from) = from {
                     log::debug!("peer {from}: {new} new peers by PEX");
                 }
@@ -1362,6 +1420,11 @@ impl Coordinator {
             // (at once if the download was resumed meanwhile).
             self.book.closed(addr, Outcome::Again, now);
         } else if error.is_none() || handle.leaving {
+            self.book.closed(addr, Outcome::Forget, now);
+        } else if self.book.origin(&addr) == Some(Origin::Pex) && !connected {
+            // Unreachable and named only by another peer: not worth a
+            // second try (PEX must not make us dial a stranger's target
+            // over and over).
             self.book.closed(addr, Outcome::Forget, now);
         } else {
             // Unreachable, or connected and then went away: retried with
@@ -1510,5 +1573,42 @@ impl Coordinator {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pex_worth_dialling;
+    use std::net::SocketAddr;
+
+    fn a(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn pex_addresses_are_filtered_by_what_they_point_at_and_who_said() {
+        let public = a("203.0.113.9:6881");
+        let lan = a("192.168.1.5:6881");
+        let lo = a("127.0.0.1:6881");
+        // From a public peer: only public addresses.
+        assert!(pex_worth_dialling(&a("198.51.100.1:51413"), &public));
+        assert!(!pex_worth_dialling(&a("10.255.255.1:9"), &public));
+        assert!(!pex_worth_dialling(&a("127.0.0.1:22"), &public));
+        assert!(!pex_worth_dialling(&a("[fe80::1]:6881"), &public));
+        // Never: unspecified, multicast, broadcast, port 0.
+        for bad in [
+            "0.0.0.0:43999",
+            "[::]:1",
+            "224.0.0.1:6881",
+            "255.255.255.255:6881",
+        ] {
+            assert!(!pex_worth_dialling(&a(bad), &lo), "{bad}");
+        }
+        assert!(!pex_worth_dialling(&a("198.51.100.1:0"), &public));
+        // A LAN peer may name LAN peers; a loopback peer, loopback ones.
+        assert!(pex_worth_dialling(&a("192.168.1.7:6881"), &lan));
+        assert!(!pex_worth_dialling(&a("127.0.0.1:6881"), &lan));
+        assert!(pex_worth_dialling(&a("127.0.0.1:6882"), &lo));
+        assert!(pex_worth_dialling(&a("[::ffff:127.0.0.1]:6882"), &lo));
     }
 }

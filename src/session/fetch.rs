@@ -18,6 +18,7 @@ use crate::peer::{Closer, ConnId};
 use crate::tracker::{self, Announcer};
 use crate::types::InfoHash;
 use crossbeam_channel::{never, select, unbounded, Sender};
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -27,6 +28,9 @@ use std::time::{Duration, Instant};
 const TICK: Duration = Duration::from_millis(100);
 /// Metadata connections open at once: a few peers suffice for a few MiB.
 const MAX_META_PEERS: usize = 8;
+/// A peer that answers none of its requests for this long is closed (two
+/// of `session::metadata`'s request timeouts).
+const STALLED: Duration = Duration::from_secs(20);
 /// Addresses handed on to the download at most.
 const MAX_LEARNED: usize = 2000;
 
@@ -47,6 +51,9 @@ struct MetaPeer {
     closer: Closer,
     ready: bool,
     banned: Option<String>,
+    /// Since when a request to it has gone unanswered (`None` when it
+    /// owes nothing); a `Cell` so that asking needs no `&mut`.
+    owing_since: Cell<Option<Instant>>,
 }
 
 pub(super) fn fetch(
@@ -143,6 +150,7 @@ pub(super) fn fetch(
                                 closer,
                                 ready: false,
                                 banned: None,
+                                owing_since: Cell::new(None),
                             },
                         );
                         next_id += 1;
@@ -152,6 +160,23 @@ pub(super) fn fetch(
                         book.closed(addr, Outcome::Retry, now);
                         break;
                     }
+                }
+            }
+            // A peer that owes answers for `STALLED` gives its slot to
+            // someone else (it may only be slow: not banned). Peers that
+            // take requests and never answer cannot hold every slot.
+            for p in conns.values_mut() {
+                let stalled = p
+                    .owing_since
+                    .get()
+                    .is_some_and(|t| now.duration_since(t) >= STALLED);
+                if stalled && p.banned.is_none() {
+                    p.owing_since.set(None);
+                    close(
+                        p,
+                        format!("metadata: no answer for {}s", STALLED.as_secs()),
+                        false,
+                    );
                 }
             }
             // Pieces whose requests timed out are asked of others.
@@ -206,6 +231,9 @@ pub(super) fn fetch(
                     }
                     MetaEvent::Data { id, piece, total_size, data } => {
                         log::trace!("metadata piece {piece} from {id} after {:?}", started.elapsed());
+                        if let Some(p) = conns.get(&id) {
+                            p.owing_since.set(None);
+                        }
                         match state.on_data(id, piece, total_size, &data) {
                             Got::Complete { info, verdicts } => {
                                 for v in verdicts {
@@ -232,6 +260,9 @@ pub(super) fn fetch(
                         }
                     }
                     MetaEvent::Reject { id, piece } => {
+                        if let Some(p) = conns.get(&id) {
+                            p.owing_since.set(None);
+                        }
                         match state.on_reject(id, piece) {
                             None => {
                                 for (&other, p) in &conns {
@@ -359,6 +390,9 @@ fn request(state: &mut MetadataFetch, id: ConnId, p: &MetaPeer, now: Instant) {
     while let Some(piece) = state.next_request(id, now) {
         if p.commands.send(MetaCommand::Request(piece)).is_err() {
             return;
+        }
+        if p.owing_since.get().is_none() {
+            p.owing_since.set(Some(now));
         }
     }
 }
