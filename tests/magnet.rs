@@ -299,6 +299,10 @@ enum Lie {
     AbsurdSize,
     /// Claims the true size, rejects every request.
     RejectAll,
+    /// Claims a size 28 bytes off and never answers a request.
+    MuteWrongSize,
+    /// Claims the true size and never answers a request.
+    Mute,
 }
 
 /// Our `ut_metadata` id in the fake peers' extension handshake.
@@ -370,6 +374,7 @@ fn serve_lie(mut s: TcpStream, lie: Lie, info: &[u8], stop: &AtomicBool) -> std:
     s.write_all(&reply)?;
     let size: i64 = match lie {
         Lie::AbsurdSize => 1 << 31,
+        Lie::MuteWrongSize => info.len() as i64 + 28,
         _ => info.len() as i64,
     };
     let mut m = Dict::new();
@@ -437,6 +442,7 @@ fn serve_lie(mut s: TcpStream, lie: Lie, info: &[u8], stop: &AtomicBool) -> std:
                 r.insert(b"msg_type", Value::Int(2));
                 s.write_all(&ext_message(id, &Value::Dict(r), &[]))?;
             }
+            Lie::Mute | Lie::MuteWrongSize => {}
         }
     }
 }
@@ -793,4 +799,44 @@ fn pex_is_used_for_public_torrents_and_ignored_for_private_ones() {
         eprintln!("private={private}: rtc {took:?}");
     }
     eprintln!("test {:?}", t0.elapsed());
+}
+
+/// Eight peers that claim the metadata and never answer (the first with a
+/// wrong size, so that its size is adopted first) take every metadata
+/// slot before the honest seeder, listed ninth: each gives its slot up
+/// after 6 s without an answer, and the download completes.
+#[test]
+fn mute_peers_cannot_hold_every_metadata_slot() {
+    let t0 = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("seed/m9.bin");
+    random_file(&data, 3 * 1024 * 1024, 19);
+    let torrent = dir.path().join("m9.torrent");
+    mktorrent(&data, &torrent, None, 15);
+    let info = {
+        let bytes = std::fs::read(&torrent).unwrap();
+        let top = decode(&bytes).unwrap();
+        encode(top.as_dict().unwrap().get(b"info").unwrap())
+    };
+    let hash = info_hash_of(&torrent);
+    let seed = Peer::libtorrent_seed(&torrent, &dir.path().join("seed"), free_port(), "127.0.0.1");
+    let info = Arc::new(info);
+    let mut mutes = vec![Liar::start(Lie::MuteWrongSize, info.clone())];
+    for _ in 0..7 {
+        mutes.push(Liar::start(Lie::Mute, info.clone()));
+    }
+    let mut peers: Vec<SocketAddr> = mutes.iter().map(|m| m.addr).collect();
+    peers.push(seed.addr());
+    let out = dir.path().join("out");
+    let (o, took) = rtc_get(
+        &bare_magnet(&hash, &peers),
+        &out,
+        &[],
+        Duration::from_secs(60),
+    );
+    let log = ok(&o);
+    assert_same_bytes(&data, &out.join("m9.bin"));
+    assert!(log.contains("metadata: no answer for 6s"), "{log}");
+    assert!(took < Duration::from_secs(40), "took {took:?}:\n{log}");
+    eprintln!("rtc download {took:?}, test {:?}", t0.elapsed());
 }

@@ -30,7 +30,10 @@ const TICK: Duration = Duration::from_millis(100);
 const MAX_META_PEERS: usize = 8;
 /// A peer that answers none of its requests for this long is closed (two
 /// of `session::metadata`'s request timeouts).
-const STALLED: Duration = Duration::from_secs(20);
+const STALLED: Duration = Duration::from_secs(6);
+/// A ready peer neither asked nor giving anything for this long gives its
+/// slot to an untried address.
+const IDLE_SLOT: Duration = Duration::from_secs(5);
 /// Addresses handed on to the download at most.
 const MAX_LEARNED: usize = 2000;
 
@@ -54,6 +57,9 @@ struct MetaPeer {
     /// Since when a request to it has gone unanswered (`None` when it
     /// owes nothing); a `Cell` so that asking needs no `&mut`.
     owing_since: Cell<Option<Instant>>,
+    /// When it became ready, and pieces it delivered.
+    ready_at: Option<Instant>,
+    delivered: u32,
 }
 
 pub(super) fn fetch(
@@ -151,6 +157,8 @@ pub(super) fn fetch(
                                 ready: false,
                                 banned: None,
                                 owing_since: Cell::new(None),
+                                ready_at: None,
+                                delivered: 0,
                             },
                         );
                         next_id += 1;
@@ -175,6 +183,27 @@ pub(super) fn fetch(
                     close(
                         p,
                         format!("metadata: no answer for {}s", STALLED.as_secs()),
+                        false,
+                    );
+                }
+            }
+            // Slots are few: while untried addresses wait, one peer that
+            // has been ready for `IDLE_SLOT` without being asked anything
+            // or delivering anything (e.g. it claims another size than
+            // the one being fetched) makes room.
+            if conns.len() >= MAX_META_PEERS.min(opts.max_peers) && book.ready_count(now) > 0 {
+                let idle = conns.values_mut().find(|p| {
+                    p.banned.is_none()
+                        && p.delivered == 0
+                        && p.owing_since.get().is_none()
+                        && p.ready_at
+                            .is_some_and(|t| now.duration_since(t) >= IDLE_SLOT)
+                });
+                if let Some(p) = idle {
+                    p.ready_at = None;
+                    close(
+                        p,
+                        "metadata: nothing asked or given; slot needed".into(),
                         false,
                     );
                 }
@@ -211,6 +240,7 @@ pub(super) fn fetch(
                             continue;
                         }
                         p.ready = true;
+                        p.ready_at.get_or_insert(now);
                         book.connected(&p.addr);
                         log::info!("peer {} connected (metadata)", p.addr);
                         let _ = ctx.events.try_send(Event::PeerConnected(p.addr));
@@ -231,8 +261,9 @@ pub(super) fn fetch(
                     }
                     MetaEvent::Data { id, piece, total_size, data } => {
                         log::trace!("metadata piece {piece} from {id} after {:?}", started.elapsed());
-                        if let Some(p) = conns.get(&id) {
+                        if let Some(p) = conns.get_mut(&id) {
                             p.owing_since.set(None);
+                            p.delivered += 1;
                         }
                         match state.on_data(id, piece, total_size, &data) {
                             Got::Complete { info, verdicts } => {

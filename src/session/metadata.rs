@@ -51,8 +51,12 @@ use std::time::{Duration, Instant};
 /// libtorrent queues what is beyond its send buffer and serves it on a
 /// one-second tick; with 4, 0.07-0.11 s, as fast as a libtorrent leecher.
 pub(crate) const MAX_OUTSTANDING: u32 = 4;
-/// A request unanswered this long is offered to other peers.
-pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// A request unanswered this long is offered to other peers. Short: a
+/// metadata piece is one 16 KiB message (answered within milliseconds
+/// on loopback and within a second or two across the internet), and a
+/// small info dict is a single piece that peers which take requests and
+/// never answer would otherwise hold for this long each.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 /// Rejects a peer may send before sending any data; at this many it is
 /// banned. BEP 9 allows rejects, but a peer that rejects everything while
 /// claiming the metadata only takes up a slot.
