@@ -378,17 +378,9 @@ impl Conn {
                 (stream, inc.accepted.handshake)
             }
             None => {
-                let mut stream = TcpStream::connect_timeout(&self.p.addr, limits.connect)
-                    .map_err(Error::Connect)?;
-                if !self.p.closer.attach(&stream) {
+                let Some(mut stream) = dial(self.p.addr, &limits, &self.p.closer)? else {
                     return Ok(()); // shut down while connecting
-                }
-                stream
-                    .set_write_timeout(Some(limits.write))
-                    .map_err(Error::Io)?;
-                stream
-                    .set_read_timeout(Some(limits.handshake))
-                    .map_err(Error::Io)?;
+                };
                 stream.write_all(&ours.encode()).map_err(Error::Io)?;
                 let theirs = read_handshake(&mut stream, limits.handshake)?;
                 (stream, Handshake::decode(&theirs, Some(self.p.info_hash))?)
@@ -924,6 +916,28 @@ impl Conn {
         }
         Ok(())
     }
+}
+
+/// Connects to `addr` within the connect timeout and hands a handle on
+/// the socket to `closer`, with the write timeout and, until the
+/// handshake is read, the handshake timeout set. `None` if the session
+/// closed the connection while it was being made.
+pub(super) fn dial(
+    addr: SocketAddr,
+    limits: &Limits,
+    closer: &super::Closer,
+) -> Result<Option<TcpStream>, Error> {
+    let stream = TcpStream::connect_timeout(&addr, limits.connect).map_err(Error::Connect)?;
+    if !closer.attach(&stream) {
+        return Ok(None);
+    }
+    stream
+        .set_write_timeout(Some(limits.write))
+        .map_err(Error::Io)?;
+    stream
+        .set_read_timeout(Some(limits.handshake))
+        .map_err(Error::Io)?;
+    Ok(Some(stream))
 }
 
 pub(super) fn read_handshake(

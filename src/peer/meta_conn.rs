@@ -7,7 +7,7 @@
 //! Once the metadata is verified the session closes these connections and
 //! dials the peers again as ordinary ones.
 
-use super::conn::{read_handshake, Error, Limits, RecvBuf};
+use super::conn::{dial, read_handshake, Error, Limits, RecvBuf};
 use super::extension::{self, ExtHandshake, MetadataMsg, UT_METADATA_ID};
 use super::message::{self, decode_frame, Handshake, Message};
 use super::{Closer, ConnId};
@@ -92,16 +92,9 @@ pub(crate) fn spawn(p: MetaParams) -> io::Result<std::thread::JoinHandle<()>> {
 
 fn run(p: &MetaParams, connected: &mut bool) -> Result<(), Error> {
     let limits = &p.limits;
-    let mut stream = TcpStream::connect_timeout(&p.addr, limits.connect).map_err(Error::Connect)?;
-    if !p.closer.attach(&stream) {
-        return Ok(());
-    }
-    stream
-        .set_write_timeout(Some(limits.write))
-        .map_err(Error::Io)?;
-    stream
-        .set_read_timeout(Some(limits.handshake))
-        .map_err(Error::Io)?;
+    let Some(mut stream) = dial(p.addr, limits, &p.closer)? else {
+        return Ok(()); // shut down while connecting
+    };
     let mut ours = Handshake::new(p.info_hash, p.peer_id);
     extension::set_extension_bit(&mut ours.reserved);
     stream.write_all(&ours.encode()).map_err(Error::Io)?;
@@ -147,16 +140,7 @@ fn run(p: &MetaParams, connected: &mut bool) -> Result<(), Error> {
                 MetaCommand::Shutdown => return Ok(()),
                 MetaCommand::Request(piece) => {
                     let Some(to) = their_id else { continue };
-                    out.clear();
-                    let body = MetadataMsg::Request { piece }.encode();
-                    message::encode(
-                        &Message::Extended {
-                            id: to,
-                            payload: &body,
-                        },
-                        &mut out,
-                    );
-                    stream.write_all(&out).map_err(Error::Io)?;
+                    send(&mut stream, &mut out, to, MetadataMsg::Request { piece })?;
                 }
             }
         }
@@ -216,16 +200,7 @@ fn run(p: &MetaParams, connected: &mut bool) -> Result<(), Error> {
                         // We have nothing to give yet.
                         MetadataMsg::Request { piece } => {
                             if let Some(to) = their_id {
-                                out.clear();
-                                let body = MetadataMsg::Reject { piece }.encode();
-                                message::encode(
-                                    &Message::Extended {
-                                        id: to,
-                                        payload: &body,
-                                    },
-                                    &mut out,
-                                );
-                                stream.write_all(&out).map_err(Error::Io)?;
+                                send(&mut stream, &mut out, to, MetadataMsg::Reject { piece })?;
                             }
                             rx.consume(used);
                             continue;
@@ -243,4 +218,23 @@ fn run(p: &MetaParams, connected: &mut bool) -> Result<(), Error> {
         }
         rx.compact();
     }
+}
+
+/// Sends one `ut_metadata` message to the peer's id `to`.
+fn send(
+    stream: &mut TcpStream,
+    out: &mut Vec<u8>,
+    to: u8,
+    msg: MetadataMsg<'_>,
+) -> Result<(), Error> {
+    out.clear();
+    let payload = msg.encode();
+    message::encode(
+        &Message::Extended {
+            id: to,
+            payload: &payload,
+        },
+        out,
+    );
+    stream.write_all(out).map_err(Error::Io)
 }
