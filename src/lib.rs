@@ -41,6 +41,7 @@
 
 pub(crate) mod bencode;
 pub(crate) mod create;
+pub(crate) mod dht;
 pub(crate) mod geometry;
 pub(crate) mod magnet;
 pub(crate) mod metainfo;
@@ -73,9 +74,16 @@ pub mod fuzzing {
     pub fn extension_payloads(data: &[u8]) {
         crate::peer::extension::fuzz(data)
     }
+
+    /// Feeds `data` to the KRPC (DHT) decoder and checks that what decodes
+    /// re-encodes to the same message; panics on a violation.
+    pub fn krpc(data: &[u8]) {
+        crate::dht::krpc::fuzz(data)
+    }
 }
 
 pub use bencode::Error as BencodeError;
+pub use dht::{DhtOptions, DhtStatus, DEFAULT_BOOTSTRAP};
 pub use magnet::{Magnet, MagnetError};
 pub use metainfo::{FileEntry, MetainfoError, Torrent};
 pub use peer::conn::Limits;

@@ -203,6 +203,34 @@ impl FileEntry {
     }
 }
 
+/// Entries of a `nodes` key kept at most.
+const MAX_DHT_NODES: usize = 64;
+
+/// BEP 5 `nodes`: `[["host", port], ...]`. Lenient (a bad entry is
+/// skipped, never fatal) and bounded; hosts are plain printable names.
+fn dht_nodes(root: &Dict<'_>) -> Vec<String> {
+    let Some(list) = root.get(b"nodes").and_then(Value::as_list) else {
+        return Vec::new();
+    };
+    list.iter()
+        .filter_map(|entry| {
+            let pair = entry.as_list()?;
+            let host = pair.first()?.as_str()?;
+            let port = u16::try_from(pair.get(1)?.as_int()?).ok()?;
+            let plain = |c: char| c.is_ascii_alphanumeric() || ".-:_".contains(c);
+            if port == 0 || host.is_empty() || host.len() > 253 || !host.chars().all(plain) {
+                return None;
+            }
+            Some(if host.parse::<std::net::Ipv6Addr>().is_ok() {
+                format!("[{host}]:{port}")
+            } else {
+                format!("{host}:{port}")
+            })
+        })
+        .take(MAX_DHT_NODES)
+        .collect()
+}
+
 /// A validated torrent. Fields are private so that nothing but `from_bytes`
 /// can create one.
 #[derive(Clone)]
@@ -218,6 +246,8 @@ pub struct Torrent {
     announce: Option<String>,
     announce_list: Vec<Vec<String>>,
     private: bool,
+    /// BEP 5 `nodes`: DHT nodes of a trackerless torrent, as `HOST:PORT`.
+    nodes: Vec<String>,
     comment: Option<String>,
     created_by: Option<String>,
     creation_date: Option<i64>,
@@ -335,6 +365,7 @@ impl Torrent {
             announce,
             announce_list,
             private: info.get(b"private").and_then(Value::as_int) == Some(1),
+            nodes: dht_nodes(root),
             comment: optional_text(root, b"comment"),
             created_by: optional_text(root, b"created by"),
             creation_date: root.get(b"creation date").and_then(Value::as_int),
@@ -430,6 +461,12 @@ impl Torrent {
     /// BEP 27: when set, peers come only from the trackers (no DHT/PEX).
     pub fn private(&self) -> bool {
         self.private
+    }
+
+    /// BEP 5: the DHT nodes a trackerless torrent names (its `nodes` key),
+    /// as `HOST:PORT` (`[v6]:PORT`); malformed entries are skipped.
+    pub fn dht_nodes(&self) -> &[String] {
+        &self.nodes
     }
 
     /// The `comment` key, if any.

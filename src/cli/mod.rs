@@ -9,7 +9,7 @@ use crate::session::{
     AddOptions, Download, Error as SessionError, SeedUntil, SessionOptions, Source,
 };
 use crate::text::{escaped_path, Escaped};
-use crate::{Magnet, Torrent};
+use crate::{DhtOptions, Magnet, Torrent};
 use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -61,7 +61,14 @@ OPTIONS:
                            arrives) to PATH as a .torrent file
         --peer HOST:PORT   also connect to this peer (repeatable)
         --port N           port to accept peers on, announced to trackers
-                           (default: 6881; a free port if it is taken)
+                           (default: 6881; a free port if it is taken); the
+                           DHT node uses the same number over UDP
+        --dht-bootstrap HOST:PORT  join the DHT through this node (repeatable;
+                           default: the public routers, e.g.
+                           router.bittorrent.com:6881)
+        --no-dht           no DHT (BEP 5); private torrents never use it.
+                           The DHT's nodes are saved between runs in
+                           $XDG_CACHE_HOME/rtc/dht.dat (else ~/.cache/rtc/)
         --seed             keep seeding after the download, until Ctrl-C
         --seed-ratio R     ... until R x the torrent's size is uploaded
         --seed-time D      ... for D (e.g. 90s, 30m, 2h)
@@ -168,6 +175,8 @@ fn run() -> Result<(), Failure> {
     let repair = args.contains("--repair");
     let comment: Option<String> = args.opt_value_from_str("--comment").map_err(usage)?;
     let save_torrent: Option<PathBuf> = args.opt_value_from_str("--save-torrent").map_err(usage)?;
+    let no_dht = args.contains("--no-dht");
+    let dht_bootstrap: Vec<String> = args.values_from_str("--dht-bootstrap").map_err(usage)?;
 
     init_logging(quiet, verbosity);
 
@@ -215,6 +224,22 @@ fn run() -> Result<(), Failure> {
     }
     if let Some(p) = port {
         session.port = p;
+    }
+    if no_dht {
+        session.dht = DhtOptions::off();
+    } else {
+        if !dht_bootstrap.is_empty() {
+            for b in &dht_bootstrap {
+                if !valid_host_port(b) {
+                    return Err(usage(format!(
+                        "--dht-bootstrap {}: expected HOST:PORT",
+                        crate::text::Escaped(b)
+                    )));
+                }
+            }
+            session.dht.bootstrap = dht_bootstrap;
+        }
+        session.dht.state_file = dht_state_file();
     }
     if let Some(n) = pipeline {
         if !(1..=1024).contains(&n) {
@@ -486,6 +511,29 @@ fn verify(torrent: &Torrent, dir: &std::path::Path) -> Result<(), Failure> {
 }
 
 /// `90`, `90s`, `30m`, `2h`, `1d`.
+/// `HOST:PORT` (or `[v6]:PORT`) with a non-zero port.
+fn valid_host_port(s: &str) -> bool {
+    match s.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0),
+        None => false,
+    }
+}
+
+/// Where the DHT's routing table is kept between runs:
+/// `$XDG_CACHE_HOME/rtc/dht.dat`, else `~/.cache/rtc/dht.dat`; none when
+/// neither variable is set to an absolute path.
+fn dht_state_file() -> Option<PathBuf> {
+    let absolute = |v: std::ffi::OsString| Some(PathBuf::from(v)).filter(|p| p.is_absolute());
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .and_then(absolute)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .and_then(absolute)
+                .map(|h| h.join(".cache"))
+        })?;
+    Some(base.join("rtc").join("dht.dat"))
+}
+
 fn parse_duration(s: &str) -> Option<Duration> {
     let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => s.split_at(i),

@@ -608,18 +608,19 @@ fn take(
     }
 }
 
-fn canonical(addr: SocketAddr) -> SocketAddr {
+/// `addr` with an IPv4-mapped IPv6 address turned back into IPv4.
+pub(crate) fn canonical(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
-fn compact_v4(a: std::net::SocketAddrV4) -> [u8; V4_LEN] {
+pub(crate) fn compact_v4(a: std::net::SocketAddrV4) -> [u8; V4_LEN] {
     let mut out = [0u8; V4_LEN];
     out[..4].copy_from_slice(&a.ip().octets());
     out[4..].copy_from_slice(&a.port().to_be_bytes());
     out
 }
 
-fn compact_v6(a: std::net::SocketAddrV6) -> [u8; V6_LEN] {
+pub(crate) fn compact_v6(a: std::net::SocketAddrV6) -> [u8; V6_LEN] {
     let mut out = [0u8; V6_LEN];
     out[..16].copy_from_slice(&a.ip().octets());
     out[16..].copy_from_slice(&a.port().to_be_bytes());

@@ -48,6 +48,8 @@ pub(crate) enum Origin {
     Manual,
     /// A magnet link's `x.pe`.
     Magnet,
+    /// A DHT lookup (BEP 5).
+    Dht,
 }
 
 /// How a connection to an address ended, as far as the book cares.

@@ -266,6 +266,9 @@ pub(super) struct Coordinator {
     initial: Vec<(SocketAddr, Origin)>,
     uploaded: u64,
     completed_at: Option<Instant>,
+    /// DHT lookups for this torrent (none for a private one, or with the
+    /// session's DHT off).
+    dht: Option<crate::dht::Registration>,
 }
 
 /// What a download's session thread is given by `Session::add`, whatever
@@ -379,6 +382,7 @@ impl Coordinator {
             initial: Vec::new(),
             uploaded: 0,
             completed_at: None,
+            dht: None,
             opts,
         })
     }
@@ -423,6 +427,13 @@ impl Coordinator {
                     .map_err(|e| Error::Thread(e.to_string()))?,
             )
         };
+        // BEP 27: a private torrent's peers come from its trackers only.
+        if !self.torrent.private() {
+            if let Some(dht) = &self.core.dht {
+                self.dht = Some(dht.register(self.torrent.info_hash(), self.core.port));
+                dht.add_nodes(self.torrent.dht_nodes().iter().map(String::as_str));
+            }
+        }
         for addr in self.opts.peers.clone() {
             self.book.add(addr, Origin::Manual);
         }
@@ -590,6 +601,7 @@ impl Coordinator {
         tracker_cmd: &Sender<tracker::Command>,
     ) -> Result<(), Error> {
         let never_pieces = never::<CompletedPiece>();
+        let dht_rx = self.dht.as_ref().map_or_else(never, |r| r.peers.clone());
         // Once the announcer has ended (it never should before we tell
         // it), its channel is replaced by one that never fires, so a
         // disconnected channel cannot make this loop spin.
@@ -637,6 +649,14 @@ impl Coordinator {
                     match r {
                         Ok(r) => self.on_tracker(r)?,
                         Err(_) => reports = never(),
+                    }
+                }
+                recv(dht_rx) -> r => {
+                    if let Ok(list) = r {
+                        log::debug!("dht returned {} peers", list.len());
+                        for addr in list {
+                            self.book.add(addr, Origin::Dht);
+                        }
                     }
                 }
                 recv(self.control) -> c => {
@@ -830,6 +850,9 @@ impl Coordinator {
         } else {
             if self.peers.is_empty() && self.book.candidates() == 0 {
                 let _ = tracker_cmd.send(tracker::Command::WantPeers);
+                if let Some(d) = &self.dht {
+                    d.want_peers();
+                }
             }
             let waited = now.duration_since(self.last_peer_seen);
             if waited >= self.opts.no_peer_timeout {
@@ -1564,7 +1587,8 @@ impl Coordinator {
                     return Ok(()); // seeding: the data is safe either way
                 }
                 let nobody = self.peers.is_empty() && self.book.candidates() == 0;
-                if first_round && nobody && self.opts.peers.is_empty() {
+                // With the DHT looking, a dead tracker is not the end.
+                if first_round && nobody && self.opts.peers.is_empty() && self.dht.is_none() {
                     return Err(Error::Tracker(error));
                 }
                 if matches!(error, tracker::Error::Refused { .. }) && nobody {

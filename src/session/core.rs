@@ -25,6 +25,8 @@ pub(crate) struct Core {
     /// The session's single writer thread (bounded: a download blocks
     /// when the disk is 8 pieces behind).
     pub(crate) writer: Sender<WriteCmd>,
+    /// The session's DHT node, shared by its public torrents.
+    pub(crate) dht: Option<crate::dht::Dht>,
 }
 
 /// A count of things in use (peer threads) against a cap, shared by the

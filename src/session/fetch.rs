@@ -109,6 +109,12 @@ pub(super) fn fetch(
         )
     };
 
+    // Whether the torrent is private is not known yet: the DHT is asked
+    // (a magnet with neither `tr` nor `x.pe` has nothing else); the
+    // download proper drops it if the metadata says private.
+    let dht = core.dht.as_ref().map(|d| d.register(info_hash, core.port));
+    let dht_rx = dht.as_ref().map_or_else(never, |r| r.peers.clone());
+
     let (meta_tx, meta_rx) = unbounded::<MetaEvent>();
     let mut conns: HashMap<ConnId, MetaPeer> = HashMap::new();
     let mut threads = Vec::new();
@@ -125,6 +131,11 @@ pub(super) fn fetch(
         let now = Instant::now();
         if now >= next_tick {
             next_tick = now + TICK;
+            if conns.is_empty() && book.candidates() == 0 {
+                if let Some(d) = &dht {
+                    d.want_peers();
+                }
+            }
             // Connect more.
             while !paused && conns.len() < MAX_META_PEERS.min(opts.max_peers) {
                 let Some(permit) = core.connections.take() else {
@@ -340,6 +351,11 @@ pub(super) fn fetch(
                 }
                 Err(_) => reports = never(),
             },
+            recv(dht_rx) -> r => {
+                for a in r.into_iter().flatten() {
+                    learn(&mut book, &mut learned, a, Origin::Dht);
+                }
+            }
             recv(ctx.peer_rx) -> ev => {
                 // Incoming peers wait for the download proper (dropped:
                 // closed); stray events of nobody are ignored.

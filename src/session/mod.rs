@@ -264,6 +264,8 @@ pub struct PeerSources {
     pub manual: u32,
     /// From a magnet link's `x.pe`.
     pub magnet: u32,
+    /// From the DHT (BEP 5).
+    pub dht: u32,
     /// Peers that connected to us.
     pub incoming: u32,
 }
@@ -276,6 +278,7 @@ impl PeerSources {
             Some(Origin::Pex) => &mut self.pex,
             Some(Origin::Manual) => &mut self.manual,
             Some(Origin::Magnet) => &mut self.magnet,
+            Some(Origin::Dht) => &mut self.dht,
             None => &mut self.incoming,
         };
         *n = n.saturating_add(1);
@@ -288,6 +291,7 @@ impl PeerSources {
             Some(Origin::Pex) => "by PEX",
             Some(Origin::Manual) => "given",
             Some(Origin::Magnet) => "from the magnet link",
+            Some(Origin::Dht) => "from the DHT",
             None => "incoming",
         }
     }
@@ -301,6 +305,7 @@ impl std::fmt::Display for PeerSources {
             (self.pex, "by PEX"),
             (self.manual, "given"),
             (self.magnet, "from the magnet link"),
+            (self.dht, "from the DHT"),
             (self.incoming, "incoming"),
         ]
         .iter()
@@ -431,6 +436,7 @@ impl Entry {
 /// Threads a session started that are not a download's.
 struct SessionThreads {
     listener: Option<(Sender<()>, JoinHandle<()>)>,
+    dht: Option<JoinHandle<()>>,
     writer: Option<JoinHandle<()>>,
     pool_threads: usize,
     pool_exits: Arc<core::Exits>,
@@ -497,6 +503,20 @@ impl Session {
             .build()
             .map_err(|e| Error::Thread(e.to_string()))?;
         let peer_id = crate::types::PeerId::generate()?;
+        // The DHT node answers on the peers' port number (over UDP), as
+        // other clients do; a session that does not listen still looks up
+        // peers, from the port it was given.
+        let (dht, dht_thread) = if options.dht.enabled {
+            match crate::dht::Dht::start(&options.dht, port.unwrap_or(options.port)) {
+                Ok((d, t)) => (Some(d), Some(t)),
+                Err(e) => {
+                    log::warn!("{e}; running without the DHT");
+                    (None, None)
+                }
+            }
+        } else {
+            (None, None)
+        };
         let (write_tx, write_rx) = crossbeam_channel::bounded(8);
         let writer = crate::storage::spawn_writer(write_rx)
             .map_err(|e| Error::Thread(format!("cannot start the writer: {e}")))?;
@@ -508,11 +528,13 @@ impl Session {
             peer_id,
             connections: core::Budget::new(options.max_connections.max(1)),
             files: crate::storage::FileCache::new(options.max_open_files),
+            dht,
         };
         Ok(Session {
             core: Some(Arc::new(core)),
             threads: Mutex::new(SessionThreads {
                 listener,
+                dht: dht_thread,
                 writer: Some(writer),
                 pool_threads: options.hash_threads.max(1),
                 pool_exits: exits,
@@ -525,6 +547,11 @@ impl Session {
     /// The port the session accepts peers on, if it listens.
     pub fn port(&self) -> Option<u16> {
         self.port
+    }
+
+    /// The session's DHT node, if it runs ([`SessionOptions::dht`]).
+    pub fn dht(&self) -> Option<crate::DhtStatus> {
+        self.core.as_ref()?.dht.as_ref().map(|d| d.status())
     }
 
     /// Peer connections (threads) open now across all downloads.
@@ -675,6 +702,13 @@ impl Session {
         };
         if let Some((stop, t)) = threads.listener.take() {
             drop(stop);
+            let _ = t.join();
+        }
+        // The node saves its table (a small file) and ends within one poll.
+        if let Some(t) = threads.dht.take() {
+            if let Some(d) = self.core.as_ref().and_then(|c| c.dht.as_ref()) {
+                d.shutdown();
+            }
             let _ = t.join();
         }
         // Handles of downloads may outlive the session; they hold no Core

@@ -2,6 +2,7 @@
 //! option structs, their defaults and builder methods. Plain data; nothing
 //! here starts a thread or touches the network.
 
+use crate::dht::DhtOptions;
 use crate::peer::conn::Limits;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,6 +38,10 @@ pub struct SessionOptions {
     pub max_open_files: usize,
     /// Bound on reading the opening of a peer that connected to us.
     pub handshake_timeout: Duration,
+    /// The session's DHT node (on by default, joining the public DHT
+    /// through [`DEFAULT_BOOTSTRAP`](crate::DEFAULT_BOOTSTRAP); nothing
+    /// saved unless [`DhtOptions::state_file`] is set).
+    pub dht: DhtOptions,
 }
 
 impl Default for SessionOptions {
@@ -48,6 +53,7 @@ impl Default for SessionOptions {
             hash_threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
             max_open_files: 64,
             handshake_timeout: Limits::default().handshake,
+            dht: DhtOptions::default(),
         }
     }
 }
@@ -71,6 +77,16 @@ impl SessionOptions {
     /// Sets [`hash_threads`](Self::hash_threads) (at least 1).
     pub fn hash_threads(mut self, n: usize) -> Self {
         self.hash_threads = n.max(1);
+        self
+    }
+    /// Sets [`dht`](Self::dht).
+    pub fn dht(mut self, dht: DhtOptions) -> Self {
+        self.dht = dht;
+        self
+    }
+    /// Turns the DHT off ([`DhtOptions::off`]).
+    pub fn no_dht(mut self) -> Self {
+        self.dht = DhtOptions::off();
         self
     }
     /// Sets [`max_open_files`](Self::max_open_files) (at least 1).
