@@ -5,7 +5,7 @@
             [--seed TORRENT --data DATA_PARENT_DIR]
             [--leech MAGNET --out OUT_DIR [--exit-when-finished]]
             [--ready-timeout SECS] [--timeout SECS] [--announce-every SECS]
-            [--dht-log]
+            [--upload-limit BYTES] [--dht-log]
 
 Runs N libtorrent sessions in this one process, each listening on its own
 port of 127.0.0.1 (TCP for peers, UDP on the same port for the DHT): ports
@@ -269,6 +269,13 @@ def main():
         default=3.0,
         help="force a DHT announce of every torrent this often, seconds, and of the seed once it seeds and at `ready` (default 3; 0: only libtorrent's own schedule)",
     )
+    p.add_argument(
+        "--upload-limit",
+        type=int,
+        default=0,
+        metavar="BYTES",
+        help="the seed's upload limit, bytes a second (default 0: none), for a download that lasts",
+    )
     p.add_argument("--dht-log", action="store_true", help="DHT events and packets on stderr")
     args = p.parse_args()
     if args.nodes < 1:
@@ -310,6 +317,8 @@ def main():
     seed = None
     if args.seed:
         seed = add_torrent(nodes[0].ses, args.seed, args.data)
+        if args.upload_limit > 0:
+            seed.set_upload_limit(args.upload_limit)
 
     contacts = list(args.bootstrap) + [(BIND, port) for port in ports]
 

@@ -268,7 +268,7 @@ impl Rtc {
     ) -> Rtc {
         let port = free_port();
         let log = log_dir.join(format!("rtc-{port}.log"));
-        let child = Command::new(rtc_bin())
+        let child = rtc_cmd()
             .arg("seed")
             .arg(torrent)
             .arg("-o")

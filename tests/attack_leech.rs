@@ -29,7 +29,7 @@ use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
@@ -274,7 +274,7 @@ impl Rtc {
         let out = s.out_dir(label);
         let _ = fs::remove_dir_all(&out);
         let log = s.dir.path().join(format!("rtc-{label}.log"));
-        let child = Command::new(rtc_bin())
+        let child = rtc_cmd()
             .arg("-v")
             .arg("-o")
             .arg(&out)

@@ -14,6 +14,7 @@ const IO: i32 = 5;
 
 fn rtc(args: &[&str], cwd: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_rtc"))
+        .arg("--no-dht")
         .args(args)
         .current_dir(cwd)
         .stdin(Stdio::null())
@@ -72,6 +73,7 @@ fn expect_rejected(bytes: &[u8], code: i32, needle: &str) {
     }
     // stdin path
     let mut child = Command::new(env!("CARGO_BIN_EXE_rtc"))
+        .arg("--no-dht")
         .args(["-o", "out", "-"])
         .current_dir(&work)
         .stdin(Stdio::piped())

@@ -64,7 +64,7 @@ impl Swarm {
 
     fn rtc(&self, extra: &[&str]) -> Output {
         let out = run_bounded(
-            Command::new(rtc_bin())
+            rtc_cmd()
                 .arg("-v")
                 .arg("-o")
                 .arg(self.out_dir())
@@ -187,7 +187,7 @@ fn torrent_on_stdin() {
     s.tracker
         .wait_for_seeders(&s.hash, 1, Duration::from_secs(10));
     let bytes = std::fs::read(&s.torrent).unwrap();
-    let mut child = Command::new(rtc_bin())
+    let mut child = rtc_cmd()
         .arg("-o")
         .arg(s.out_dir())
         .arg("-")
@@ -224,7 +224,7 @@ fn dead_tracker_fails_fast_with_its_code() {
     let url = format!("http://127.0.0.1:{}/announce", free_port());
     mktorrent(&content, &torrent, Some(&url), 15);
     let out = run_bounded(
-        Command::new(rtc_bin())
+        rtc_cmd()
             .arg("-o")
             .arg(dir.path().join("out"))
             .arg(&torrent),
@@ -245,7 +245,7 @@ fn tracker_refusal_is_reported() {
     mktorrent(&content, &torrent, Some(&tracker.announce_url()), 15);
     // Not whitelisted: opentracker answers with a failure reason.
     let out = run_bounded(
-        Command::new(rtc_bin())
+        rtc_cmd()
             .arg("-o")
             .arg(dir.path().join("out"))
             .arg(&torrent),
@@ -284,7 +284,7 @@ fn twenty_thousand_files_under_a_low_open_file_limit() {
             .arg("-c")
             .arg("ulimit -n 256 && exec \"$0\" \"$@\"")
             .arg(rtc_bin())
-            .args(["-v", "--max-open-files", "32"])
+            .args(["--no-dht", "-v", "--max-open-files", "32"])
             .arg("-o")
             .arg(s.out_dir())
             .arg(&s.torrent),

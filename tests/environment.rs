@@ -24,7 +24,7 @@ fn small_torrent(dir: &Path, announce: Option<&str>) -> PathBuf {
 
 fn rtc(args: &[&str], torrent: &Path, bound: Duration) -> (Output, Duration) {
     let t = Instant::now();
-    let out = run_bounded(Command::new(rtc_bin()).args(args).arg(torrent), bound);
+    let out = run_bounded(rtc_cmd().args(args).arg(torrent), bound);
     (out, t.elapsed())
 }
 

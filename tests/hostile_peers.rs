@@ -291,7 +291,7 @@ fn run(how: Misbehaviour, seed: u64) -> (String, usize) {
     limits.handshake = Duration::from_secs(2);
     limits.stall = Duration::from_secs(2);
     let opts = AddOptions::new(&out).peer(hostile.addr).limits(limits);
-    let dl = Download::start(torrent, opts).unwrap();
+    let dl = Download::start_with(torrent, opts, rtc::SessionOptions::default().no_dht()).unwrap();
     let mut reason = None;
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {

@@ -57,7 +57,7 @@ impl Setup {
         self.dir.path().join("seed/data.bin")
     }
     fn spawn_rtc(&self) -> Child {
-        Command::new(rtc_bin())
+        rtc_cmd()
             .args(["-v", "-o"])
             .arg(self.out())
             .arg(&self.torrent)
@@ -72,7 +72,7 @@ impl Setup {
     }
     fn run_rtc_with(&self, extra: &[&str]) -> std::process::Output {
         run_bounded(
-            Command::new(rtc_bin())
+            rtc_cmd()
                 .args(["-v", "-o"])
                 .arg(self.out())
                 .args(extra)
@@ -83,7 +83,7 @@ impl Setup {
     /// Pieces `rtc verify` finds complete on disk right now.
     fn verified_pieces(&self) -> u32 {
         let out = run_bounded(
-            Command::new(rtc_bin())
+            rtc_cmd()
                 .arg("verify")
                 .arg(&self.torrent)
                 .arg("-o")

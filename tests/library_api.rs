@@ -34,7 +34,12 @@ fn download_from_a_plain_thread_with_progress() {
     );
     let out = dir.path().join("out");
     let worker = std::thread::spawn(move || {
-        let dl = Download::start(torrent, AddOptions::new(&out)).unwrap();
+        let dl = Download::start_with(
+            torrent,
+            AddOptions::new(&out),
+            rtc::SessionOptions::default().no_dht(),
+        )
+        .unwrap();
         let deadline = Instant::now() + Duration::from_secs(120);
         let mut pieces_seen = 0;
         let mut finished = false;
@@ -90,7 +95,7 @@ fn cancel_from_another_thread() {
     // A peer that never answers: the download can only end by cancel.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let opts = AddOptions::new(dir.path().join("out")).peer(silent.local_addr().unwrap());
-    let dl = Download::start(torrent, opts).unwrap();
+    let dl = Download::start_with(torrent, opts, rtc::SessionOptions::default().no_dht()).unwrap();
     let cancel = dl.cancel_handle();
     let started = Instant::now();
     std::thread::spawn(move || cancel.cancel());
@@ -114,10 +119,14 @@ fn complete_data_finishes_without_any_peer() {
     let url = format!("http://127.0.0.1:{}/announce", free_port());
     mktorrent(&content, &torrent_path, Some(&url), 15);
     let torrent = Torrent::from_bytes(&std::fs::read(&torrent_path).unwrap()).unwrap();
-    let summary = Download::start(torrent, AddOptions::new(dir.path().join("seed")))
-        .unwrap()
-        .wait()
-        .expect("already complete");
+    let summary = Download::start_with(
+        torrent,
+        AddOptions::new(dir.path().join("seed")),
+        rtc::SessionOptions::default().no_dht(),
+    )
+    .unwrap()
+    .wait()
+    .expect("already complete");
     assert_eq!(summary.downloaded_bytes, 0);
     assert_eq!(summary.total_bytes, 300_000);
 }
@@ -148,7 +157,7 @@ fn pause_closes_every_connection_and_resume_finishes() {
     );
     let torrent = Torrent::from_bytes(&std::fs::read(&torrent_path).unwrap()).unwrap();
     let out = dir.path().join("out");
-    let session = Session::new(rtc::SessionOptions::default().port(0)).unwrap();
+    let session = Session::new(rtc::SessionOptions::default().no_dht().port(0)).unwrap();
     let dl = session
         .add(torrent, AddOptions::new(&out).peer(seed.addr()))
         .unwrap();
@@ -212,7 +221,7 @@ fn adding_is_not_held_up_by_a_wait_on_another_thread() {
     }
     let b = torrents.pop().unwrap();
     let a = torrents.pop().unwrap();
-    let session = Session::new(rtc::SessionOptions::default().port(0)).unwrap();
+    let session = Session::new(rtc::SessionOptions::default().no_dht().port(0)).unwrap();
     let opts = AddOptions::new(dir.path().join("out")).peer(silent.local_addr().unwrap());
     let first = session.add(a, opts.clone()).unwrap();
     std::thread::scope(|s| {

@@ -176,7 +176,7 @@ fn wait_cancel_drop_and_shutdown_are_prompt_and_leave_nothing() {
             .peer(peer)
             .announce_timeout(Duration::from_secs(30))
     };
-    let session_opts = || SessionOptions::default().port(0).hash_threads(1);
+    let session_opts = || SessionOptions::default().no_dht().port(0).hash_threads(1);
 
     let base = (threads(), fds());
 

@@ -36,7 +36,7 @@ fn content(dir: &Path, name: &str, seed: u64, announce: Option<&str>) -> (PathBu
 /// `rtc magnet TORRENT`, the link it prints (one line).
 fn magnet_of(torrent: &Path) -> String {
     let out = run_bounded(
-        Command::new(rtc_bin()).arg("magnet").arg(torrent),
+        rtc_cmd().arg("magnet").arg(torrent),
         Duration::from_secs(20),
     );
     assert!(
@@ -63,7 +63,7 @@ fn bare_magnet(hash: &str, peers: &[SocketAddr]) -> String {
 fn rtc_get(link: &str, out_dir: &Path, extra: &[&str], bound: Duration) -> (Output, Duration) {
     let start = Instant::now();
     let out = run_bounded(
-        Command::new(rtc_bin())
+        rtc_cmd()
             .args(["-v", "--tracker-timeout", "2", "--port"])
             .arg(free_port().to_string())
             .arg("-o")
@@ -111,10 +111,7 @@ fn magnet_with_only_a_peer_downloads_from_libtorrent_and_saves_the_torrent() {
 
     // The saved torrent has the same info hash, by rtc and by the helper.
     assert_eq!(info_hash_of(&saved), hash);
-    let info = run_bounded(
-        Command::new(rtc_bin()).arg("info").arg(&saved),
-        Duration::from_secs(20),
-    );
+    let info = run_bounded(rtc_cmd().arg("info").arg(&saved), Duration::from_secs(20));
     let text = String::from_utf8_lossy(&info.stdout);
     assert!(info.status.success(), "{text}");
     assert!(text.contains(&hash), "{text}");
@@ -179,7 +176,7 @@ impl Rtc {
     fn spawn(args: &[&str]) -> Rtc {
         let logs = tempfile::tempdir().unwrap();
         let log = logs.path().join("rtc.log");
-        let child = Command::new(rtc_bin())
+        let child = rtc_cmd()
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -7,7 +7,7 @@ mod common;
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 
 /// The words rtc's error line must contain for each kind in the corpus.
 fn fragment(kind: &str) -> &'static str {
@@ -29,7 +29,7 @@ fn fragment(kind: &str) -> &'static str {
 
 /// Runs `rtc ARGS`, with `stdin` as its standard input.
 fn rtc(args: &[&str], stdin: &[u8], dir: &Path) -> Output {
-    let mut child = Command::new(common::rtc_bin())
+    let mut child = common::rtc_cmd()
         .args(args)
         .current_dir(dir)
         .stdin(Stdio::piped())

@@ -37,7 +37,7 @@ fn make(dir: &Path, content: &Path, tiers: &[&[&str]]) -> PathBuf {
 
 fn rtc(torrent: &Path, out_dir: &Path, extra: &[&str]) -> Output {
     run_bounded(
-        Command::new(rtc_bin())
+        rtc_cmd()
             .args(["-v", "--tracker-timeout", "2", "-o"])
             .arg(out_dir)
             .args(extra)
@@ -70,12 +70,7 @@ fn udp_only_torrent() {
     ok(&rtc(&torrent, &out, &[]));
     assert_same_bytes(&data, &out.join("p.bin"));
     // The same tracker scraped over UDP counts the seeder.
-    let o = run_bounded(
-        Command::new(rtc_bin())
-            .args(["info", "--scrape"])
-            .arg(&torrent),
-        BOUND,
-    );
+    let o = run_bounded(rtc_cmd().args(["info", "--scrape"]).arg(&torrent), BOUND);
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("1 seeders"), "{text}");
     // rtc announced `completed` when its last piece verified.

@@ -27,7 +27,7 @@ impl Rtc {
     fn start(args: &[&str], torrent: &Path, log_dir: &Path) -> Rtc {
         let port = free_port();
         let log = log_dir.join(format!("rtc-{port}.log"));
-        let child = Command::new(rtc_bin())
+        let child = rtc_cmd()
             .args(["-v", "--port", &port.to_string()])
             .args(args)
             .arg(torrent)
@@ -153,7 +153,7 @@ impl Setup {
     fn rtc_leech(&self, peer: SocketAddr) {
         let out = self.dir.path().join("rtc2");
         let o = run_bounded(
-            Command::new(rtc_bin())
+            rtc_cmd()
                 .args(["--port", &free_port().to_string(), "-o"])
                 .arg(&out)
                 .args(["--peer", &peer.to_string()])
@@ -294,7 +294,7 @@ fn a_torrent_from_rtc_create_loads_in_libtorrent_and_aria2() {
     let tracker = Tracker::start::<&str>(&[]);
     let torrent = dir.path().join("made.torrent");
     let o = run_bounded(
-        Command::new(rtc_bin())
+        rtc_cmd()
             .arg("create")
             .arg(&root)
             .arg("-o")
@@ -310,7 +310,7 @@ fn a_torrent_from_rtc_create_loads_in_libtorrent_and_aria2() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // The same info hash as an independent parser computes...
     let hash = info_hash_of(&torrent);
-    let info = run_bounded(Command::new(rtc_bin()).arg("info").arg(&torrent), BOUND);
+    let info = run_bounded(rtc_cmd().arg("info").arg(&torrent), BOUND);
     assert!(String::from_utf8_lossy(&info.stdout).contains(&hash));
     tracker.allow(&hash);
     // ...and libtorrent and aria2c both verify the original data against

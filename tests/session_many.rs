@@ -339,6 +339,7 @@ fn twenty_torrents_share_one_port_and_a_bounded_set_of_threads() {
 
     let session = Session::new(
         SessionOptions::default()
+            .no_dht()
             .port(0)
             .max_connections(BUDGET)
             .hash_threads(HASH_THREADS),
@@ -447,7 +448,7 @@ fn measure_1_10_50() {
     let rss_before = vm_hwm_kib();
     sampler.reset_peaks();
     let started = Instant::now();
-    let session = Session::new(SessionOptions::default().port(0)).expect("session starts");
+    let session = Session::new(SessionOptions::default().no_dht().port(0)).expect("session starts");
     let out = dir.path().join("out");
     let downloads: Vec<Download> = torrents
         .iter()

@@ -38,6 +38,27 @@ pub fn rtc_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_rtc"))
 }
 
+/// The `rtc` command with the DHT off: a test stays on loopback (the DHT
+/// would ask the public routers) unless it turns the DHT on itself with
+/// `rtc_with_dht`.
+pub fn rtc_cmd() -> Command {
+    let mut c = Command::new(rtc_bin());
+    c.arg("--no-dht");
+    c
+}
+
+/// The `rtc` command with its DHT node joining through `bootstrap` (a
+/// loopback node) and keeping its state file under `cache` (the user's
+/// own cache is never touched).
+pub fn rtc_with_dht(bootstrap: &[SocketAddr], cache: &Path) -> Command {
+    let mut c = Command::new(rtc_bin());
+    for b in bootstrap {
+        c.arg("--dht-bootstrap").arg(b.to_string());
+    }
+    c.env("XDG_CACHE_HOME", cache);
+    c
+}
+
 /// `scripts/lt_peer.py` in this checkout.
 pub fn lt_peer_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/lt_peer.py")
@@ -1013,4 +1034,119 @@ pub fn compare_trees(expected_dir: &Path, actual_dir: &Path) -> Result<(), Strin
         compare_files(&expected_dir.join(rel), &actual_dir.join(rel))?;
     }
     Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// A loopback DHT of libtorrent sessions
+
+/// `scripts/lt_dht.py`: libtorrent sessions on 127.0.0.1 forming a DHT
+/// (see the script for its options). Killed by PID on drop.
+pub struct LtDht {
+    child: Child,
+    /// The sessions' ports (TCP and UDP alike).
+    pub ports: Vec<u16>,
+    lines: mpsc::Receiver<String>,
+    log: PathBuf,
+    _logs: TempDir,
+}
+
+impl LtDht {
+    /// Starts `lt_dht.py ARGS` and returns once it printed `ready` (every
+    /// routing table has a node; a `--seed` is seeding).
+    pub fn start(args: &[&str]) -> LtDht {
+        let logs = log_dir("rtc-lt-dht-");
+        let log = logs.path().join("lt_dht.log");
+        let mut child = Command::new(PYTHON)
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/lt_dht.py"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log_file(&log))
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {PYTHON} lt_dht.py: {e}"));
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let mut copy = log_file(&log);
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let _ = writeln!(copy, "{line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut dht = LtDht {
+            child,
+            ports: Vec::new(),
+            lines: rx,
+            log,
+            _logs: logs,
+        };
+        let ports = dht.wait_line("ports ", STARTUP_TIMEOUT);
+        dht.ports = ports
+            .split_whitespace()
+            .map(|p| p.parse().expect("a port"))
+            .collect();
+        dht.wait_line("ready", STARTUP_TIMEOUT);
+        dht
+    }
+
+    /// Session `i`'s DHT node.
+    pub fn node(&self, i: usize) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.ports[i]))
+    }
+
+    /// The rest of the first stdout line starting with `prefix`; panics
+    /// with the log after `timeout` or if the script ends first.
+    pub fn wait_line(&mut self, prefix: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.lines.recv_timeout(Duration::from_millis(50)) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix(prefix) {
+                        return rest.trim().to_string();
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    thread::sleep(Duration::from_millis(20))
+                }
+            }
+            if let Some(st) = exited(&mut self.child) {
+                panic!(
+                    "lt_dht.py exited ({st}) before {prefix:?}:\n{}",
+                    self.log_tail()
+                );
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "lt_dht.py: no {prefix:?} within {timeout:?}:\n{}",
+                    self.log_tail()
+                );
+            }
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the script (by PID) and reaps it: its nodes are gone.
+    pub fn stop(&mut self) {
+        stop(&mut self.child);
+    }
+
+    pub fn log_tail(&self) -> String {
+        file_tail(&self.log, 60)
+    }
+}
+
+impl Drop for LtDht {
+    fn drop(&mut self) {
+        stop(&mut self.child);
+        if thread::panicking() {
+            eprintln!("--- lt_dht.py (log tail) ---\n{}", self.log_tail());
+        }
+    }
 }
