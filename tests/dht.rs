@@ -387,9 +387,11 @@ fn hostile_krpc_leaves_the_node_bounded_and_the_download_on_time() {
         download_sampled(&s, &lt, "calm", free_port(), |_| Box::new(|| {}));
 
     let answers = Arc::new(AtomicU64::new(0));
+    let biggest = Arc::new(AtomicU64::new(0));
     let sent = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let flood_secs = Arc::new(AtomicU64::new(0));
+    let b2 = Arc::clone(&biggest);
     let (a2, s2, st2, f2) = (
         Arc::clone(&answers),
         Arc::clone(&sent),
@@ -399,18 +401,20 @@ fn hostile_krpc_leaves_the_node_bounded_and_the_download_on_time() {
     let (attacked, rss, threads) =
         download_sampled(&s, &lt, "attacked", free_port(), move |port| {
             let target: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-            let handle = thread::spawn(move || flood(target, &a2, &s2, &st2, &f2));
+            let handle = thread::spawn(move || flood(target, (&a2, &b2), &s2, &st2, &f2));
             Box::new(move || {
                 stop.store(true, Ordering::Relaxed);
                 handle.join().unwrap();
             })
         });
     let answers = answers.load(Ordering::Relaxed);
+    let biggest = biggest.load(Ordering::Relaxed);
     let sent = sent.load(Ordering::Relaxed);
     let secs = flood_secs.load(Ordering::Relaxed) as f64 / 1000.0;
     eprintln!(
         "calm {calm:?} ({calm_rss} KiB, {calm_threads} threads); attacked {attacked:?} \
-         ({rss} KiB, {threads} threads); flood: {sent} datagrams, {answers} answers in {secs:.1} s"
+         ({rss} KiB, {threads} threads); flood: {sent} datagrams, {answers} answers \
+         (largest {biggest} bytes) in {secs:.1} s"
     );
     assert!(sent > 1000, "the flood ran ({sent} datagrams)");
     // The honest download: near its calm time.
@@ -427,6 +431,9 @@ fn hostile_krpc_leaves_the_node_bounded_and_the_download_on_time() {
         threads <= calm_threads + 2,
         "threads {threads} vs {calm_threads}"
     );
+    // No amplification: the flood's queries are under 100 bytes;
+    // no answer is much larger (8 nodes and a token at most).
+    assert!(biggest <= 4 * 100, "an answer of {biggest} bytes");
     // Answers to one address (every flood port is 127.0.0.1): a burst of
     // 100, then 50 a second.
     let allowed = 100.0 + 50.0 * (secs + 1.0);
@@ -442,7 +449,7 @@ fn hostile_krpc_leaves_the_node_bounded_and_the_download_on_time() {
 /// to be KRPC; counts what comes back.
 fn flood(
     target: SocketAddr,
-    answers: &AtomicU64,
+    (answers, biggest): (&AtomicU64, &AtomicU64),
     sent: &AtomicU64,
     stop: &AtomicBool,
     elapsed_ms: &AtomicU64,
@@ -492,8 +499,9 @@ fn flood(
                 sent.fetch_add(1, Ordering::Relaxed);
             }
             i += 1;
-            while s.recv_from(&mut buf).is_ok() {
+            while let Ok((n, _)) = s.recv_from(&mut buf) {
                 answers.fetch_add(1, Ordering::Relaxed);
+                biggest.fetch_max(n as u64, Ordering::Relaxed);
             }
         }
         thread::sleep(Duration::from_millis(3));
@@ -501,9 +509,53 @@ fn flood(
     // Late answers count too.
     thread::sleep(Duration::from_millis(100));
     for s in &socks {
-        while s.recv_from(&mut buf).is_ok() {
+        while let Ok((n, _)) = s.recv_from(&mut buf) {
             answers.fetch_add(1, Ordering::Relaxed);
+            biggest.fetch_max(n as u64, Ordering::Relaxed);
         }
     }
     elapsed_ms.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+}
+
+/// rtc to rtc over IPv6 (BEP 32): three sessions on [::1], a plain node N,
+/// a seeder A and a leecher B that know only N. A announces to N; B's
+/// lookup gets A's IPv6 address from N's `values` and downloads.
+#[test]
+fn three_sessions_find_each_other_over_ipv6() {
+    use rtc::{AddOptions, DhtOptions, Magnet, SeedUntil, Session, SessionOptions, Torrent};
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("no IPv6 loopback here: skipped");
+        return;
+    }
+    let s = Swarm::new(1 << 20, 1207);
+    let dht = |boot: Option<u16>| {
+        let b: Vec<String> = boot.map(|p| format!("[::1]:{p}")).into_iter().collect();
+        SessionOptions::default()
+            .port(free_port())
+            .dht(DhtOptions::default().bootstrap(b))
+    };
+    let n = Session::new(dht(None)).unwrap();
+    let n_port = n.dht().expect("N runs a DHT node").port;
+    let a = Session::new(dht(Some(n_port))).unwrap();
+    let torrent = Torrent::from_bytes(&fs::read(&s.torrent).unwrap()).unwrap();
+    let _seed = a
+        .add(
+            torrent,
+            AddOptions::new(s.dir.path().join("seed")).seed(SeedUntil::Stopped),
+        )
+        .unwrap();
+    wait_for(Duration::from_secs(20), "A's announce stored at N", || {
+        n.dht().unwrap().stored_peers >= 1
+    });
+    let b = Session::new(dht(Some(n_port))).unwrap();
+    let magnet = Magnet::parse(&s.magnet()).unwrap();
+    let summary = b
+        .add(magnet, AddOptions::new(s.out("v6")))
+        .unwrap()
+        .wait()
+        .expect("B downloads through the DHT");
+    assert_same_bytes(&s.content, &s.out("v6/dht.bin"));
+    assert!(summary.peer_sources.dht >= 1, "{:?}", summary.peer_sources);
+    // B joined through N: N is in B's table.
+    assert!(b.dht().unwrap().nodes >= 1);
 }

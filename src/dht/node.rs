@@ -129,18 +129,17 @@ pub(crate) struct Node {
     commands: Receiver<Command>,
 }
 
-fn secret() -> [u8; 16] {
+/// A fresh token secret; `None` if the system's entropy failed (then the
+/// secret is not rotated: never a guessable fallback).
+fn secret() -> Option<[u8; 16]> {
     let mut s = [0u8; 16];
-    // Entropy was available when the node started; should it fail later,
-    // the old secret's bytes still make unguessable-enough tokens mixed
-    // with the clock.
-    if random_bytes(&mut s).is_err() {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        s.copy_from_slice(&t.to_le_bytes());
+    match random_bytes(&mut s) {
+        Ok(()) => Some(s),
+        Err(e) => {
+            log::warn!("dht: token secret not rotated: {e}");
+            None
+        }
     }
-    s
 }
 
 impl Node {

@@ -42,12 +42,14 @@ impl Tokens {
     }
 
     /// Replaces the secret when 5 minutes have passed; `fresh` is the new
-    /// secret's entropy.
-    pub(crate) fn rotate(&mut self, now: Instant, fresh: impl FnOnce() -> [u8; 16]) {
+    /// secret's entropy (none: keep the current one).
+    pub(crate) fn rotate(&mut self, now: Instant, fresh: impl FnOnce() -> Option<[u8; 16]>) {
         if now.saturating_duration_since(self.rotated) >= TOKEN_ROTATION {
-            self.previous = self.current;
-            self.current = fresh();
-            self.rotated = now;
+            if let Some(new) = fresh() {
+                self.previous = self.current;
+                self.current = new;
+                self.rotated = now;
+            }
         }
     }
 
@@ -193,11 +195,11 @@ mod tests {
         let tok = t.make(ip);
         assert!(t.check(ip, &tok));
         assert!(!t.check(other, &tok));
-        t.rotate(now + Duration::from_secs(10), || [2; 16]);
+        t.rotate(now + Duration::from_secs(10), || Some([2; 16]));
         assert!(t.check(ip, &tok), "no rotation before 5 minutes");
-        t.rotate(now + TOKEN_ROTATION, || [2; 16]);
+        t.rotate(now + TOKEN_ROTATION, || Some([2; 16]));
         assert!(t.check(ip, &tok), "the previous secret still counts");
-        t.rotate(now + TOKEN_ROTATION * 2, || [3; 16]);
+        t.rotate(now + TOKEN_ROTATION * 2, || Some([3; 16]));
         assert!(!t.check(ip, &tok));
     }
 
