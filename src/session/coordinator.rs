@@ -657,6 +657,10 @@ impl Coordinator {
                         for addr in list {
                             self.book.add(addr, Origin::Dht);
                         }
+                        // Dial now, not at the next tick.
+                        if !self.paused {
+                            self.connect_more(Instant::now());
+                        }
                     }
                 }
                 recv(self.control) -> c => {
@@ -1575,6 +1579,9 @@ impl Coordinator {
                 // O(1) each: a reply of any size costs linear time.
                 for addr in list {
                     self.book.add(addr, Origin::Tracker);
+                }
+                if !self.paused {
+                    self.connect_more(Instant::now());
                 }
             }
             tracker::Report::RoundFailed { error, first_round } => {

@@ -345,6 +345,7 @@ pub(super) fn fetch(
                     for a in list {
                         learn(&mut book, &mut learned, a, Origin::Tracker);
                     }
+                    next_tick = Instant::now(); // dial them now
                 }
                 Ok(tracker::Report::RoundFailed { error, .. }) => {
                     let _ = ctx.events.try_send(Event::TrackerError(error.to_string()));
@@ -355,6 +356,7 @@ pub(super) fn fetch(
                 for a in r.into_iter().flatten() {
                     learn(&mut book, &mut learned, a, Origin::Dht);
                 }
+                next_tick = Instant::now(); // dial them now
             }
             recv(ctx.peer_rx) -> ev => {
                 // Incoming peers wait for the download proper (dropped:
