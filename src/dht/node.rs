@@ -17,6 +17,7 @@ use super::store::{AnswerBudget, PeerStore, Tokens};
 use super::table::{Chore, Table, K};
 use super::{Command, Stats};
 use crate::peer::extension::canonical;
+use crate::session::addrbook::worth_dialling;
 use crate::types::{random_bytes, EntropyError, InfoHash, Rng};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use std::collections::HashMap;
@@ -493,10 +494,12 @@ impl Node {
         run.lookup.answered(from, r.id, r.token.clone(), named);
         if let What::Peers(reg) = run.what {
             let room = MAX_FOUND.saturating_sub(run.found);
+            // As for PEX: a node may not point rtc at its own host or LAN
+            // (nor at multicast, broadcast or port 0).
             let peers: Vec<SocketAddr> = r
                 .values
                 .into_iter()
-                .filter(|a| a.port() != 0)
+                .filter(|a| worth_dialling(a, &from))
                 .take(room)
                 .collect();
             if !peers.is_empty() {

@@ -284,6 +284,40 @@ impl AddressBook {
     }
 }
 
+/// Whether an address that `from` (a peer by PEX, a DHT node in its
+/// `values`) told us of is one to dial: never an unspecified, multicast or
+/// broadcast address or port 0; a loopback one only from a loopback
+/// source, a private or link-local one only from a source on such a
+/// network (no stranger may make rtc probe its own host or LAN).
+pub(crate) fn worth_dialling(a: &SocketAddr, from: &SocketAddr) -> bool {
+    use std::net::IpAddr;
+    fn local(ip: &IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(v4) => v4.is_private() || v4.is_link_local(),
+            IpAddr::V6(v6) => {
+                let s = v6.segments()[0];
+                (s & 0xfe00) == 0xfc00 || (s & 0xffc0) == 0xfe80
+            }
+        }
+    }
+    let (ip, src) = (a.ip().to_canonical(), from.ip().to_canonical());
+    if a.port() == 0 || ip.is_unspecified() || ip.is_multicast() {
+        return false;
+    }
+    if let IpAddr::V4(v4) = ip {
+        if v4.is_broadcast() {
+            return false;
+        }
+    }
+    if ip.is_loopback() {
+        return src.is_loopback();
+    }
+    if local(&ip) {
+        return local(&src) || src.is_loopback();
+    }
+    true
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -407,5 +441,33 @@ mod tests {
         assert!(entries <= MAX_CANDIDATES, "{entries} entries");
         assert!(ready <= 2 * MAX_CANDIDATES + 65, "{ready} queued");
         assert!(waiting <= 2 * MAX_CANDIDATES + 65, "{waiting} waiting");
+    }
+
+    #[test]
+    fn addresses_heard_of_are_filtered_by_what_they_point_at_and_who_said() {
+        let sa = |s: &str| -> SocketAddr { s.parse().unwrap() };
+        let public = sa("203.0.113.9:6881");
+        let lan = sa("192.168.1.5:6881");
+        let lo = sa("127.0.0.1:6881");
+        // From a public peer: only public addresses.
+        assert!(worth_dialling(&sa("198.51.100.1:51413"), &public));
+        assert!(!worth_dialling(&sa("10.255.255.1:9"), &public));
+        assert!(!worth_dialling(&sa("127.0.0.1:22"), &public));
+        assert!(!worth_dialling(&sa("[fe80::1]:6881"), &public));
+        // Never: unspecified, multicast, broadcast, port 0.
+        for bad in [
+            "0.0.0.0:43999",
+            "[::]:1",
+            "224.0.0.1:6881",
+            "255.255.255.255:6881",
+        ] {
+            assert!(!worth_dialling(&sa(bad), &lo), "{bad}");
+        }
+        assert!(!worth_dialling(&sa("198.51.100.1:0"), &public));
+        // A LAN peer may name LAN peers; a loopback peer, loopback ones.
+        assert!(worth_dialling(&sa("192.168.1.7:6881"), &lan));
+        assert!(!worth_dialling(&sa("127.0.0.1:6881"), &lan));
+        assert!(worth_dialling(&sa("127.0.0.1:6882"), &lo));
+        assert!(worth_dialling(&sa("[::ffff:127.0.0.1]:6882"), &lo));
     }
 }

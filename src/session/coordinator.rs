@@ -12,7 +12,7 @@
 //! and costs nothing until something changes for it: its bitfield or a
 //! `have`, a piece going back to the queue, endgame, or an unchoke.
 
-use super::addrbook::{AddressBook, Origin, Outcome};
+use super::addrbook::{worth_dialling, AddressBook, Origin, Outcome};
 use super::choker::{self, Candidate, Choker, RECHOKE_EVERY};
 use super::core::{Core, Permit};
 use super::pieces::{Pick, Pieces};
@@ -42,40 +42,6 @@ const LONGEST: Duration = Duration::from_secs(365 * 86_400);
 /// New addresses a download takes from peer exchange per minute, from
 /// all peers together.
 const PEX_PER_MINUTE: usize = 100;
-
-/// Whether an address a peer told us of by PEX is one to dial: never an
-/// unspecified, multicast or broadcast address or port 0; a loopback one
-/// only from a loopback peer, a private or link-local one only from a
-/// peer on such a network (PEX must not make rtc probe its own host or
-/// LAN for a stranger).
-fn pex_worth_dialling(a: &SocketAddr, from: &SocketAddr) -> bool {
-    use std::net::IpAddr;
-    fn local(ip: &IpAddr) -> bool {
-        match ip {
-            IpAddr::V4(v4) => v4.is_private() || v4.is_link_local(),
-            IpAddr::V6(v6) => {
-                let s = v6.segments()[0];
-                (s & 0xfe00) == 0xfc00 || (s & 0xffc0) == 0xfe80
-            }
-        }
-    }
-    let (ip, src) = (a.ip().to_canonical(), from.ip().to_canonical());
-    if a.port() == 0 || ip.is_unspecified() || ip.is_multicast() {
-        return false;
-    }
-    if let IpAddr::V4(v4) = ip {
-        if v4.is_broadcast() {
-            return false;
-        }
-    }
-    if ip.is_loopback() {
-        return src.is_loopback();
-    }
-    if local(&ip) {
-        return local(&src) || src.is_loopback();
-    }
-    true
-}
 
 /// Our peer exchange view goes out this often (BEP 11: at most once a
 /// minute).
@@ -1347,7 +1313,7 @@ impl Coordinator {
                     self.pex_taken = 0;
                 }
                 let mut new = 0;
-                for a in added.into_iter().filter(|a| pex_worth_dialling(a, &from)) {
+                for a in added.into_iter().filter(|a| worth_dialling(a, &from)) {
                     if self.pex_taken >= PEX_PER_MINUTE {
                         break;
                     }
@@ -1604,42 +1570,5 @@ impl Coordinator {
             }
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::pex_worth_dialling;
-    use std::net::SocketAddr;
-
-    fn a(s: &str) -> SocketAddr {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn pex_addresses_are_filtered_by_what_they_point_at_and_who_said() {
-        let public = a("203.0.113.9:6881");
-        let lan = a("192.168.1.5:6881");
-        let lo = a("127.0.0.1:6881");
-        // From a public peer: only public addresses.
-        assert!(pex_worth_dialling(&a("198.51.100.1:51413"), &public));
-        assert!(!pex_worth_dialling(&a("10.255.255.1:9"), &public));
-        assert!(!pex_worth_dialling(&a("127.0.0.1:22"), &public));
-        assert!(!pex_worth_dialling(&a("[fe80::1]:6881"), &public));
-        // Never: unspecified, multicast, broadcast, port 0.
-        for bad in [
-            "0.0.0.0:43999",
-            "[::]:1",
-            "224.0.0.1:6881",
-            "255.255.255.255:6881",
-        ] {
-            assert!(!pex_worth_dialling(&a(bad), &lo), "{bad}");
-        }
-        assert!(!pex_worth_dialling(&a("198.51.100.1:0"), &public));
-        // A LAN peer may name LAN peers; a loopback peer, loopback ones.
-        assert!(pex_worth_dialling(&a("192.168.1.7:6881"), &lan));
-        assert!(!pex_worth_dialling(&a("127.0.0.1:6881"), &lan));
-        assert!(pex_worth_dialling(&a("127.0.0.1:6882"), &lo));
-        assert!(pex_worth_dialling(&a("[::ffff:127.0.0.1]:6882"), &lo));
     }
 }

@@ -10,7 +10,7 @@
 //! them; the per-torrent session thread is `coordinator`, the shared
 //! resources `core`, the options `options`, the error `error`.
 
-mod addrbook;
+pub(crate) mod addrbook;
 mod admission;
 mod choker;
 mod coordinator;
