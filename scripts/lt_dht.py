@@ -53,6 +53,9 @@ import time
 
 import libtorrent as lt
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import lt_peer  # noqa: E402  (its settings pack)
+
 POLL = 0.05  # seconds between looks at the sessions
 BIND = "127.0.0.1"
 
@@ -88,8 +91,10 @@ def make_session(port, dht_log):
         # dht: announce/get_peers received, bootstrap, replies to a torrent;
         # dht_operation: lookups sent; dht_log: every packet (dht_pkt_alert).
         mask |= lt.alert_category.dht | lt.alert_category.dht_operation | lt.alert_category.dht_log
-    s = {
-        "listen_interfaces": f"{BIND}:{port}",
+    # lt_peer.py's loopback test peer (TCP only, no LSD/UPnP/NAT-PMP, every
+    # peer on 127.0.0.1, no queueing limits, quick retries), plus the DHT.
+    s = lt_peer.settings(BIND, port)
+    s.update({
         # Outgoing peer connections from 127.0.0.1 too: nothing leaves loopback.
         "outgoing_interfaces": BIND,
         # The DHT, on loopback only: no bootstrap routers, and none of the
@@ -108,39 +113,11 @@ def make_session(port, dht_log):
         "dht_block_ratelimit": 1_000_000,
         "dht_block_timeout": 1,
         "dht_upload_rate_limit": 10_000_000,
-        # Nothing else that looks for peers by itself.
-        "enable_lsd": False,
-        "enable_upnp": False,
-        "enable_natpmp": False,
         "enable_ip_notifier": False,
-        # TCP only for peers (the UDP socket stays, for the DHT).
-        "enable_outgoing_utp": False,
-        "enable_incoming_utp": False,
-        "enable_outgoing_tcp": True,
-        "enable_incoming_tcp": True,
-        # Every peer is 127.0.0.1.
-        "allow_multiple_connections_per_ip": True,
-        "no_connect_privileged_ports": False,
-        "in_enc_policy": int(lt.enc_policy.pe_enabled),
         "out_enc_policy": int(lt.enc_policy.pe_disabled),
-        # Torrents are not auto-managed; no queueing limits anyway.
-        "active_downloads": -1,
-        "active_seeds": -1,
-        "active_checking": -1,
-        "active_limit": -1,
-        # Loopback speed, quick retries.
-        "unchoke_slots_limit": -1,
-        "max_out_request_queue": 1500,
-        "max_allowed_in_request_queue": 4000,
-        "connections_limit": 500,
-        "min_reconnect_time": 1,
-        "peer_connect_timeout": 5,
-        "smooth_connects": False,
-        "connection_speed": 200,
-        "tick_interval": 100,
         "alert_mask": int(mask),
         "user_agent": "lt_dht.py/libtorrent-" + lt.__version__,
-    }
+    })
     return lt.session(s)
 
 

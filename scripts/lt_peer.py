@@ -83,8 +83,9 @@ OUT_ENCRYPTION = {
 }
 
 
-def make_session(bind, port, upload_limit=0, encryption="plain", download_limit=0):
-    s = {
+def settings(bind, port, upload_limit=0, download_limit=0):
+    """The settings pack of a loopback test peer (lt_dht.py builds on it)."""
+    return {
         "listen_interfaces": listen_spec(bind, port),
         # Loopback only: nothing that looks for peers by itself.
         "enable_dht": False,
@@ -139,6 +140,10 @@ def make_session(bind, port, upload_limit=0, encryption="plain", download_limit=
         ),
         "user_agent": "lt_peer.py/libtorrent-" + lt.__version__,
     }
+
+
+def make_session(bind, port, upload_limit=0, encryption="plain", download_limit=0):
+    s = settings(bind, port, upload_limit, download_limit)
     s.update(OUT_ENCRYPTION[encryption])
     ses = lt.session(s)
     if upload_limit or download_limit:

@@ -513,19 +513,7 @@ impl Peer {
             .stderr(log_file(&log))
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {PYTHON} lt_peer.py: {e}"));
-        // Copy stdout into the log, and hand the READY line over.
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        let mut copy = log_file(&log);
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = writeln!(copy, "{line}");
-                if let Some(p) = line.strip_prefix("READY ") {
-                    let _ = tx.send(p.trim().parse::<u16>().ok());
-                }
-            }
-        });
+        let lines = pipe_stdout(&mut child, &log);
         let ip: std::net::IpAddr = bind
             .parse()
             .unwrap_or_else(|_| panic!("bind wants an IP address, got {bind:?}"));
@@ -539,9 +527,12 @@ impl Peer {
         };
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
-            match rx.recv_timeout(Duration::from_millis(50)) {
-                Ok(Some(p)) if p == port => return peer,
-                Ok(other) => panic!("lt_peer.py reported port {other:?}, asked for {port}"),
+            match lines.recv_timeout(Duration::from_millis(50)) {
+                Ok(line) => match line.strip_prefix("READY ") {
+                    Some(p) if p.trim().parse::<u16>().ok() == Some(port) => return peer,
+                    Some(p) => panic!("lt_peer.py reported port {p:?}, asked for {port}"),
+                    None => {}
+                },
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 // stdout closed: the process is ending; let try_wait see it.
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -655,6 +646,24 @@ impl Drop for Peer {
             );
         }
     }
+}
+
+/// Copies a piped child's stdout into `log` on a thread, handing every
+/// line over as well.
+fn pipe_stdout(child: &mut Child, log: &Path) -> mpsc::Receiver<String> {
+    let stdout = child.stdout.take().expect("stdout piped");
+    let (tx, rx) = mpsc::channel();
+    let mut copy = log_file(log);
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = writeln!(copy, "{line}");
+            // Nobody listening any more: keep copying, so the child never
+            // blocks on a full pipe.
+            let _ = tx.send(line);
+        }
+    });
+    rx
 }
 
 fn log_dir(prefix: &str) -> TempDir {
@@ -1064,22 +1073,11 @@ impl LtDht {
             .stderr(log_file(&log))
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run {PYTHON} lt_dht.py: {e}"));
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        let mut copy = log_file(&log);
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                let _ = writeln!(copy, "{line}");
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = pipe_stdout(&mut child, &log);
         let mut dht = LtDht {
             child,
             ports: Vec::new(),
-            lines: rx,
+            lines,
             log,
             _logs: logs,
         };
