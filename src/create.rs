@@ -150,7 +150,7 @@ pub fn create(
                 {
                     return Err(CreateError::Changed(root.to_path_buf()));
                 }
-                Ok(sha1_smol::Sha1::from(&buf[..]).digest().bytes())
+                Ok(crate::hash::sha1(&buf))
             })
             .collect::<Result<_, _>>()
     })?;
@@ -257,7 +257,7 @@ mod tests {
                 vec!["udp://b:1".to_string()]
             ]
         );
-        let want = sha1_smol::Sha1::from(&[7u8; 16384][..]).digest().bytes();
+        let want = crate::hash::sha1(&[7u8; 16384]);
         assert_eq!(t.piece_hash(PieceIndex(0)), Some(&want));
 
         let root = dir.path().join("tree");

@@ -43,6 +43,7 @@ pub(crate) mod bencode;
 pub(crate) mod create;
 pub(crate) mod dht;
 pub(crate) mod geometry;
+pub(crate) mod hash;
 pub(crate) mod magnet;
 pub(crate) mod metainfo;
 pub(crate) mod peer;

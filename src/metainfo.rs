@@ -352,7 +352,7 @@ impl Torrent {
             })
             .collect();
 
-        let info_hash = InfoHash(sha1_smol::Sha1::from(info_raw).digest().bytes());
+        let info_hash = InfoHash(crate::hash::sha1(info_raw));
         Ok(Torrent {
             info_hash,
             info_bytes: info_raw.to_vec(),
@@ -894,17 +894,11 @@ mod tests {
             b"d6:pieces20:AAAAAAAAAAAAAAAAAAAA4:name1:a12:piece lengthi16384e6:lengthi5ee";
         let bytes = [&b"d8:announce5:x:y/z4:info"[..], info, b"e"].concat();
         let t = Torrent::from_bytes(&bytes).expect("valid");
-        assert_eq!(
-            t.info_hash().0,
-            sha1_smol::Sha1::from(info).digest().bytes()
-        );
+        assert_eq!(t.info_hash().0, crate::hash::sha1(info));
         assert_eq!(t.info_bytes(), info);
         let reencoded = encode(&bencode::decode(info).expect("decodes"));
         assert_ne!(reencoded, info);
-        assert_ne!(
-            t.info_hash().0,
-            sha1_smol::Sha1::from(&reencoded).digest().bytes()
-        );
+        assert_ne!(t.info_hash().0, crate::hash::sha1(&reencoded));
     }
 
     #[test]
@@ -1417,10 +1411,7 @@ mod tests {
         let trackers = vec!["http://t/a".to_string(), "udp://u:1".to_string()];
         let t = Torrent::from_info(info, &trackers).unwrap();
         assert_eq!(t.info_bytes(), &info[..]);
-        assert_eq!(
-            t.info_hash().0,
-            sha1_smol::Sha1::from(&info[..]).digest().bytes()
-        );
+        assert_eq!(t.info_hash().0, crate::hash::sha1(&info[..]));
         assert_eq!(
             t.trackers(),
             vec![

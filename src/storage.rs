@@ -628,7 +628,7 @@ impl Marker {
         if bytes.len() as u64 > max {
             return None;
         }
-        (sha1_smol::Sha1::from(&bytes).digest().bytes() == info_hash.0).then_some(bytes)
+        (crate::hash::sha1(&bytes) == info_hash.0).then_some(bytes)
     }
 
     pub fn exists(&self) -> bool {

@@ -31,7 +31,7 @@ pub fn check(
                 }
                 let ok = torrent
                     .piece_hash(piece)
-                    .is_some_and(|h| sha1_smol::Sha1::from(&buf[..]).digest().bytes() == *h);
+                    .is_some_and(|h| crate::hash::sha1(&buf) == *h);
                 Ok(ok.then_some(i))
             })
             .filter_map(|r| r.transpose())

@@ -5,7 +5,6 @@
 //! an argument.
 
 use crate::types::InfoHash;
-use sha1_smol::Sha1;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -54,13 +53,10 @@ impl Tokens {
     }
 
     fn make_with(secret: &[u8; 16], ip: IpAddr) -> [u8; 8] {
-        let mut h = Sha1::new();
-        h.update(secret);
-        match ip {
-            IpAddr::V4(v4) => h.update(&v4.octets()),
-            IpAddr::V6(v6) => h.update(&v6.octets()),
-        }
-        let d = h.digest().bytes();
+        let d = match ip {
+            IpAddr::V4(v4) => crate::hash::sha1_parts(&[secret, &v4.octets()]),
+            IpAddr::V6(v6) => crate::hash::sha1_parts(&[secret, &v6.octets()]),
+        };
         let mut t = [0u8; 8];
         t.copy_from_slice(&d[..8]);
         t

@@ -316,11 +316,7 @@ pub struct Cipher {
 }
 
 fn hash(parts: &[&[u8]]) -> [u8; 20] {
-    let mut h = sha1_smol::Sha1::new();
-    for p in parts {
-        h.update(p);
-    }
-    h.digest().bytes()
+    crate::hash::sha1_parts(parts)
 }
 
 /// Our side of the exchange, from a random 160-bit private key.

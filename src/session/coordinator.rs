@@ -1457,7 +1457,7 @@ impl Coordinator {
             .expect("piece index comes from this torrent");
         let tx = self.hashed_tx.clone();
         self.core.pool.spawn(move || {
-            let ok = sha1_smol::Sha1::from(&cp.data).digest().bytes() == expected;
+            let ok = crate::hash::sha1(&cp.data) == expected;
             let _ = tx.send(Hashed {
                 from: cp.from,
                 piece: cp.piece,

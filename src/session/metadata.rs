@@ -236,7 +236,7 @@ pub(crate) struct MetadataFetch {
 }
 
 fn sha1(bytes: &[u8]) -> [u8; 20] {
-    sha1_smol::Sha1::from(bytes).digest().bytes()
+    crate::hash::sha1(bytes)
 }
 
 /// Piece `i` of the assembled bytes.
