@@ -150,7 +150,7 @@ pub fn create(
                 {
                     return Err(CreateError::Changed(root.to_path_buf()));
                 }
-                Ok(crate::hash::sha1(&buf))
+                Ok(crate::hash::sha1(buf))
             })
             .collect::<Result<_, _>>()
     })?;

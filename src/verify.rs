@@ -31,7 +31,7 @@ pub fn check(
                 }
                 let ok = torrent
                     .piece_hash(piece)
-                    .is_some_and(|h| crate::hash::sha1(&buf) == *h);
+                    .is_some_and(|h| crate::hash::sha1(buf) == *h);
                 Ok(ok.then_some(i))
             })
             .filter_map(|r| r.transpose())
