@@ -7,14 +7,18 @@
             [--ready-timeout SECS] [--timeout SECS] [--announce-every SECS]
             [--upload-limit BYTES] [--dht-log]
 
-Runs N libtorrent sessions in this one process, each listening on its own
-port of 127.0.0.1 (TCP for peers, UDP on the same port for the DHT): ports
-P, P+1, ... with --base-port P, else ports the system picks. Every session
-adds every --bootstrap node and every other session of this process as DHT
-nodes, so one process forms a DHT by itself, and a second one joins it with
---bootstrap 127.0.0.1:<a port of the first>. The sessions never contact the
-internet: no bootstrap routers, LSD, UPnP or NAT-PMP, every socket bound to
-127.0.0.1, TCP only for peers (no uTP).
+Runs N libtorrent sessions in this one process, each on its own loopback
+address 127.A.B.i (A, B random per process, i = 1..N; Linux routes all of
+127/8 to lo) and port (TCP for peers, UDP on the same port for the DHT):
+ports P, P+1, ... with --base-port P, else ports the system picks. Own
+addresses make them distinct hosts, as DHT nodes on the internet are: a
+node that keeps one routing-table entry per IP (rtc, libtorrent by
+default) sees each of them. Every session adds every --bootstrap node and
+every other session of this process as DHT nodes, so one process forms a
+DHT by itself, and a second one joins it with --bootstrap <a node of the
+first>. The sessions never contact the internet: no bootstrap routers,
+LSD, UPnP or NAT-PMP, every socket bound to its loopback address, TCP only
+for peers (no uTP).
 
 --seed: session 0 seeds TORRENT from DATA_PARENT_DIR (checked first) and
 announces it to the DHT; no tracker is needed.
@@ -24,6 +28,7 @@ metadata through the DHT, and downloads.
 
 Stdout protocol, one line each, flushed:
   ports P0 P1 ...      every session listens (TCP and UDP), in session order
+  nodes IP:P0 ...      the same, with each session's address
   ready                every session's routing table holds >= 1 node (and
                        the --seed torrent is seeding); after --ready-timeout
                        it comes anyway, with a warning on stderr
@@ -46,6 +51,7 @@ python3-libtorrent (2.0.x).
 """
 
 import argparse
+import random
 import os
 import signal
 import sys
@@ -57,7 +63,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lt_peer  # noqa: E402  (its settings pack)
 
 POLL = 0.05  # seconds between looks at the sessions
-BIND = "127.0.0.1"
+# This process's loopback network: 127.A.B.0/24, session i on 127.A.B.(i+1).
+NET = f"127.{random.randint(1, 254)}.{random.randint(0, 255)}"
 
 
 def fail(msg, code=2):
@@ -85,7 +92,7 @@ def parse_node(text):
     return host, int(port)
 
 
-def make_session(port, dht_log):
+def make_session(ip, port, dht_log):
     mask = lt.alert_category.error | lt.alert_category.status | lt.alert_category.storage
     if dht_log:
         # dht: announce/get_peers received, bootstrap, replies to a torrent;
@@ -93,10 +100,10 @@ def make_session(port, dht_log):
         mask |= lt.alert_category.dht | lt.alert_category.dht_operation | lt.alert_category.dht_log
     # lt_peer.py's loopback test peer (TCP only, no LSD/UPnP/NAT-PMP, every
     # peer on 127.0.0.1, no queueing limits, quick retries), plus the DHT.
-    s = lt_peer.settings(BIND, port)
+    s = lt_peer.settings(ip, port)
     s.update({
-        # Outgoing peer connections from 127.0.0.1 too: nothing leaves loopback.
-        "outgoing_interfaces": BIND,
+        # Outgoing connections from the same address: nothing leaves loopback.
+        "outgoing_interfaces": ip,
         # The DHT, on loopback only: no bootstrap routers, and none of the
         # filters that drop or thin out nodes on private addresses.
         "enable_dht": True,
@@ -274,7 +281,7 @@ def main():
     nodes = []
     for i in range(args.nodes):
         port = args.base_port + i if args.base_port else 0
-        nodes.append(Node(i, make_session(port, args.dht_log)))
+        nodes.append(Node(i, make_session(f"{NET}.{i + 1}", port, args.dht_log)))
 
     def pump():
         for n in nodes:
@@ -288,7 +295,9 @@ def main():
             fail("sessions did not start listening within 10 s")
         time.sleep(0.01)
     ports = [n.ses.listen_port() for n in nodes]
+    ips = [f"{NET}.{i + 1}" for i in range(len(nodes))]
     out("ports " + " ".join(str(port) for port in ports))
+    out("nodes " + " ".join(f"{ip}:{port}" for ip, port in zip(ips, ports)))
 
     # 2. The seed starts checking while the DHT forms.
     seed = None
@@ -297,12 +306,12 @@ def main():
         if args.upload_limit > 0:
             seed.set_upload_limit(args.upload_limit)
 
-    contacts = list(args.bootstrap) + [(BIND, port) for port in ports]
+    contacts = list(args.bootstrap) + list(zip(ips, ports))
 
     def introduce(n):
         own = ports[n.index]
         for host, port in contacts:
-            if not (host == BIND and port == own):
+            if not (host == ips[n.index] and port == own):
                 n.ses.add_dht_node((host, port))
 
     for n in nodes:

@@ -168,11 +168,12 @@ fn a_trackerless_torrent_joins_through_its_nodes_key() {
     // The torrent names one live node; the only bootstrap given is dead.
     let bytes = fs::read(&s.torrent).unwrap();
     let mut root = decode(&bytes).unwrap().as_dict().unwrap().clone();
-    let port = i64::from(lt.ports[2]);
+    let port = i64::from(lt.node(2).port());
+    let host = lt.node(2).ip().to_string();
     root.insert(
         b"nodes",
         Value::List(vec![Value::List(vec![
-            Value::Bytes(b"127.0.0.1"),
+            Value::Bytes(host.as_bytes()),
             Value::Int(port),
         ])]),
     );
@@ -222,14 +223,17 @@ fn a_second_run_bootstraps_from_the_saved_table_without_the_bootstrap_node() {
         "{}",
         nodes.len()
     );
-    let saved_ports: Vec<u16> = nodes
+    let saved_nodes: Vec<SocketAddr> = nodes
         .chunks(26)
-        .map(|c| u16::from_be_bytes([c[24], c[25]]))
+        .map(|c| {
+            let ip = [c[20], c[21], c[22], c[23]];
+            SocketAddr::from((ip, u16::from_be_bytes([c[24], c[25]])))
+        })
         .collect();
     assert!(
-        lt.ports.iter().any(|p| saved_ports.contains(p)),
-        "saved {saved_ports:?}, swarm {:?}",
-        lt.ports
+        lt.nodes.iter().any(|n| saved_nodes.contains(n)),
+        "saved {saved_nodes:?}, swarm {:?}",
+        lt.nodes
     );
     // The door closes; the second run is told only of it.
     door.stop();
@@ -560,4 +564,110 @@ fn three_sessions_find_each_other_over_ipv6() {
     assert!(summary.peer_sources.dht >= 1, "{:?}", summary.peer_sources);
     // B joined through N: N is in B's table.
     assert!(b.dht().unwrap().nodes >= 1);
+}
+
+/// An entry node that answers from 40 ports of one address, each answer
+/// naming 8 of its own ports with ids ever closer to the target (never a
+/// peer), plus one honest libtorrent node far from it: a host trying to
+/// eclipse the lookup. rtc, given only this entry, still finds the seeder,
+/// because a lookup keeps one candidate per host.
+#[test]
+fn a_host_answering_from_many_ports_cannot_eclipse_a_lookup() {
+    let s = Swarm::new(1 << 20, 1208);
+    let lt = s.lt_seeding(5, None);
+    let honest = lt.node(3);
+    let socks: Vec<UdpSocket> = (0..40)
+        .map(|_| {
+            let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+            u.set_nonblocking(true).unwrap();
+            u
+        })
+        .collect();
+    let ports: Vec<u16> = socks
+        .iter()
+        .map(|u| u.local_addr().unwrap().port())
+        .collect();
+    let entry = socks[0].local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = Arc::clone(&stop);
+    let answered = Arc::new(AtomicU64::new(0));
+    let answered2 = Arc::clone(&answered);
+    let liar = thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        let mut closer = 0u8;
+        while !stop2.load(Ordering::Relaxed) {
+            let mut idle = true;
+            for (i, u) in socks.iter().enumerate() {
+                let Ok((n, from)) = u.recv_from(&mut buf) else {
+                    continue;
+                };
+                idle = false;
+                let Some(Value::Dict(q)) = decode(&buf[..n]) else {
+                    continue;
+                };
+                let (Some(Value::Bytes(tid)), Some(Value::Dict(a))) = (q.get(b"t"), q.get(b"a"))
+                else {
+                    continue;
+                };
+                let target = match (a.get(b"target"), a.get(b"info_hash")) {
+                    (Some(Value::Bytes(t)), _) | (None, Some(Value::Bytes(t))) => t.to_vec(),
+                    _ => vec![0; 20],
+                };
+                let mut nodes = Vec::new();
+                for k in 0..8 {
+                    closer = closer.wrapping_add(1);
+                    let mut id = target.clone();
+                    id[19] ^= closer | 1;
+                    nodes.extend_from_slice(&id);
+                    nodes.extend_from_slice(&[127, 0, 0, 1]);
+                    nodes.extend_from_slice(&ports[(i + k + 1) % ports.len()].to_be_bytes());
+                }
+                nodes.extend_from_slice(&[0xee; 20]);
+                let SocketAddr::V4(h) = honest else {
+                    unreachable!()
+                };
+                nodes.extend_from_slice(&h.ip().octets());
+                nodes.extend_from_slice(&h.port().to_be_bytes());
+                let mut own = target.clone();
+                own[19] ^= 0x80;
+                let mut r = common::bencode::Dict::new();
+                r.insert(b"id", Value::Bytes(&own));
+                r.insert(b"nodes", Value::Bytes(&nodes));
+                r.insert(b"token", Value::Bytes(b"tk"));
+                let mut m = common::bencode::Dict::new();
+                m.insert(b"t", Value::Bytes(tid));
+                m.insert(b"y", Value::Bytes(b"r"));
+                m.insert(b"r", Value::Dict(r));
+                let _ = u.send_to(&encode(&Value::Dict(m)), from);
+                answered2.fetch_add(1, Ordering::Relaxed);
+            }
+            if idle {
+                thread::sleep(Duration::from_millis(2));
+            }
+        }
+    });
+    let t = Instant::now();
+    let out = run_bounded(
+        rtc_with_dht(&[entry], &s.cache())
+            .args([
+                "-v",
+                "--timeout",
+                "30",
+                "--port",
+                &free_port().to_string(),
+                "-o",
+            ])
+            .arg(s.out("out"))
+            .arg(s.magnet()),
+        BOUND,
+    );
+    let took = t.elapsed();
+    stop.store(true, Ordering::Relaxed);
+    liar.join().unwrap();
+    let stderr = ok(&out, "rtc through a hostile entry node");
+    assert_same_bytes(&s.content, &s.out("out/dht.bin"));
+    assert!(answered.load(Ordering::Relaxed) > 0, "the liar was asked");
+    assert!(stderr.contains("from the DHT"), "{stderr}");
+    // Calm, this takes a fraction of a second.
+    assert!(took < Duration::from_secs(10), "{took:?}");
 }

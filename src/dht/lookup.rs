@@ -65,10 +65,12 @@ impl Lookup {
         k
     }
 
-    /// Adds a candidate (ignored if its address is known already). The
-    /// list stays sorted and bounded.
+    /// Adds a candidate, unless its IP address is a candidate already:
+    /// one per host, so a host answering from many ports with ids ever
+    /// closer to the target cannot crowd out everyone else (an eclipse).
+    /// The list stays sorted and bounded.
     pub(crate) fn add(&mut self, id: Option<NodeId>, addr: SocketAddr) {
-        if self.cands.iter().any(|c| c.addr == addr) {
+        if self.cands.iter().any(|c| c.addr.ip() == addr.ip()) {
             return;
         }
         let c = Candidate {
@@ -199,6 +201,22 @@ mod tests {
 
     fn a(i: u8) -> SocketAddr {
         SocketAddr::from(([10, 0, 0, i], 6881))
+    }
+
+    #[test]
+    fn one_candidate_per_host() {
+        let now = Instant::now();
+        let mut l = Lookup::new(id(0));
+        l.add(None, a(200));
+        let entry = l.next(now)[0];
+        // The entry names 8 of its own ports, each closer, and one other
+        // host: the other host is asked, the ports are not.
+        let mut named: Vec<_> = (1..=8)
+            .map(|i| (id(i), SocketAddr::new(entry.ip(), 7000 + u16::from(i))))
+            .collect();
+        named.push((id(50), a(9)));
+        l.answered(entry, id(100), None, named);
+        assert_eq!(l.next(now), vec![a(9)]);
     }
 
     fn id(b: u8) -> NodeId {

@@ -122,7 +122,7 @@ pub(crate) enum Command {
         peers: Sender<Vec<SocketAddr>>,
     },
     Unregister(u64),
-    /// The download is short of peers: look again soon (at most every 30
+    /// The download is short of peers: look again soon (at most every 10
     /// seconds).
     WantPeers(u64),
     /// Nodes to try (a torrent's `nodes`, resolved bootstrap names).

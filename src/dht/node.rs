@@ -43,7 +43,7 @@ const LOOKUP_DEADLINE: Duration = Duration::from_secs(30);
 /// last about 10 minutes; libtorrent re-announces every 15).
 const REANNOUNCE: Duration = Duration::from_secs(15 * 60);
 /// ... and at most this often when the download asks for peers.
-const WANT_SPACING: Duration = Duration::from_secs(30);
+const WANT_SPACING: Duration = Duration::from_secs(10);
 /// A lookup that reached nobody (the table was empty) is retried after
 /// this long.
 const RETRY_EMPTY: Duration = Duration::from_secs(5);
@@ -109,8 +109,7 @@ pub(crate) struct Node {
     own: NodeId,
     table4: Table,
     table6: Table,
-    pending: HashMap<u16, Pending>,
-    next_tid: u16,
+    pending: HashMap<u32, Pending>,
     lookups: Vec<Running>,
     next_lookup: u64,
     torrents: HashMap<u64, Registered>,
@@ -172,7 +171,6 @@ impl Node {
             table4: Table::new(own, now),
             table6: Table::new(own, now),
             pending: HashMap::new(),
-            next_tid: crate::types::random_u64()? as u16,
             lookups: Vec::new(),
             next_lookup: 1,
             torrents: HashMap::new(),
@@ -305,15 +303,26 @@ impl Node {
         }
     }
 
+    fn random_tid(&mut self) -> u32 {
+        let mut b = [0u8; 4];
+        match random_bytes(&mut b) {
+            Ok(()) => u32::from_ne_bytes(b),
+            // The OS gave entropy at start; should it fail now, the
+            // generator seeded from it still spreads ids.
+            Err(_) => self.rng.next_u64() as u32,
+        }
+    }
+
     fn query(&mut self, addr: SocketAddr, query: Query, purpose: Purpose, now: Instant) -> bool {
         if self.pending.len() >= MAX_PENDING {
             return false;
         }
-        let mut tid = self.next_tid;
+        // Unpredictable transaction ids: with the source address check, a
+        // forged answer must guess 32 random bits.
+        let mut tid = self.random_tid();
         while self.pending.contains_key(&tid) {
-            tid = tid.wrapping_add(1);
+            tid = self.random_tid();
         }
-        self.next_tid = tid.wrapping_add(1);
         let msg = Msg {
             tid: tid.to_be_bytes().to_vec(),
             body: Body::Query {
@@ -370,7 +379,7 @@ impl Node {
 
     /// The pending query `tid` names, if it went to `from`.
     fn take_pending(&mut self, tid: &[u8], from: SocketAddr) -> Option<Pending> {
-        let tid = u16::from_be_bytes(<[u8; 2]>::try_from(tid).ok()?);
+        let tid = u32::from_be_bytes(<[u8; 4]>::try_from(tid).ok()?);
         if self.pending.get(&tid)?.addr != from {
             return None;
         }
@@ -558,7 +567,7 @@ impl Node {
 
     fn tick(&mut self, now: Instant) {
         // Timeouts.
-        let expired: Vec<u16> = self
+        let expired: Vec<u32> = self
             .pending
             .iter()
             .filter(|(_, p)| now.saturating_duration_since(p.sent) >= TIMEOUT)

@@ -15,7 +15,7 @@ pub(crate) const MAX_SAVED: usize = 200;
 /// A state file longer than this is not ours.
 const MAX_FILE: u64 = 64 * 1024;
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct Saved {
     pub(crate) id: NodeId,
     pub(crate) nodes: Vec<NodeAddr>,
@@ -74,24 +74,34 @@ pub(crate) fn decode(data: &[u8]) -> Result<Saved, String> {
     })
 }
 
+/// Reads the state file: a regular file (not a link, device or pipe,
+/// which could block the open or never end), at most `MAX_FILE` bytes.
+fn read_bounded(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    // O_NONBLOCK: opening a FIFO does not wait for a writer.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut data = Vec::new();
+    file.take(MAX_FILE + 1).read_to_end(&mut data)?;
+    if data.len() as u64 > MAX_FILE {
+        return Err(std::io::Error::other("too long"));
+    }
+    Ok(data)
+}
+
 /// The saved state, or `None` (with a warning unless the file is simply
 /// not there yet).
 pub(crate) fn load(path: &Path) -> Option<Saved> {
     let shown = crate::text::escaped_path(path);
-    let data = match std::fs::metadata(path) {
+    let data = match read_bounded(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-        Err(e) => {
-            log::warn!("dht: ignoring state file {shown}: {e}");
-            return None;
-        }
-        Ok(m) if m.len() > MAX_FILE => {
-            log::warn!(
-                "dht: ignoring state file {shown}: {} bytes is too long",
-                m.len()
-            );
-            return None;
-        }
-        Ok(_) => std::fs::read(path),
+        other => other,
     };
     match data.map_err(|e| e.to_string()).and_then(|d| decode(&d)) {
         Ok(s) => Some(s),
@@ -108,10 +118,24 @@ pub(crate) fn save(path: &Path, saved: &Saved) -> std::io::Result<()> {
             std::fs::create_dir_all(dir)?;
         }
     }
+    // A fresh name, created (never opened through a link planted there),
+    // then renamed over the old file (or over a link planted as it).
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    std::fs::write(&tmp, encode(saved))?;
-    std::fs::rename(&tmp, path)
+    let suffix = crate::types::random_u64().map_err(std::io::Error::other)?;
+    tmp.push(format!(".{suffix:016x}.tmp"));
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(&encode(saved)));
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -142,8 +166,30 @@ mod tests {
         let path = dir.path().join("sub/dht.dat");
         assert_eq!(load(&path), None);
         save(&path, &saved).unwrap();
-        assert_eq!(load(&path), Some(saved));
+        assert_eq!(load(&path), Some(saved.clone()));
         std::fs::write(&path, b"d4:spam4:eggse").unwrap();
         assert_eq!(load(&path), None);
+        // Hostile files: a FIFO (would block), a link to a device (endless),
+        // a directory, a long file: ignored at once.
+        let fifo = dir.path().join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.unwrap().success());
+        assert_eq!(load(&fifo), None);
+        let link = dir.path().join("zero");
+        std::os::unix::fs::symlink("/dev/zero", &link).unwrap();
+        assert_eq!(load(&link), None);
+        assert_eq!(load(dir.path()), None);
+        let long = dir.path().join("long");
+        std::fs::write(&long, vec![b'x'; MAX_FILE as usize + 1]).unwrap();
+        assert_eq!(load(&long), None);
+        // A link planted as the state file is replaced, its target left
+        // alone.
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"mine").unwrap();
+        let state = dir.path().join("state.dat");
+        std::os::unix::fs::symlink(&victim, &state).unwrap();
+        save(&state, &saved).unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"mine");
+        assert_eq!(load(&state), Some(saved));
     }
 }

@@ -7,6 +7,8 @@
 //! Only nodes that answered one of our queries enter the table; a node
 //! that merely queried us is never added (anyone can send a query from
 //! any number of ports), though a known node that queries us stays good.
+//! One node per IP address (libtorrent's default too): a host answering
+//! from many ports cannot fill the table.
 
 use super::id::NodeId;
 use std::net::SocketAddr;
@@ -139,6 +141,15 @@ impl Table {
                 self.buckets[i].changed = now;
             }
             return;
+        }
+        let ip = addr.ip();
+        if self
+            .buckets
+            .iter()
+            .flat_map(|b| b.nodes.iter().chain(&b.spares))
+            .any(|n| n.addr.ip() == ip)
+        {
+            return; // that host has its place already
         }
         loop {
             let i = self.index(&id);
@@ -367,7 +378,14 @@ mod tests {
         // A node that queries us after having answered stays good.
         t.queried_by(ids[1], addr(1), later);
         assert_eq!(t.buckets[far].nodes[1].status(later), Status::Good);
-        // An address cannot change its id.
+        // An address cannot change its id, and a host with a place gets no
+        // second one from another port.
+        let other_port = SocketAddr::new(addr(3).ip(), 9999);
+        t.responded(own.random_in_bucket(1, &mut rng), other_port, later);
+        assert!(t
+            .closest(&own, 200, later)
+            .iter()
+            .all(|(_, a)| *a != other_port));
         t.responded(NodeId([0xee; 20]), addr(2), later);
         assert!(t
             .closest(&NodeId([0xee; 20]), 100, later)

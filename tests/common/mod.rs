@@ -1048,12 +1048,15 @@ pub fn compare_trees(expected_dir: &Path, actual_dir: &Path) -> Result<(), Strin
 // ---------------------------------------------------------------------------
 // A loopback DHT of libtorrent sessions
 
-/// `scripts/lt_dht.py`: libtorrent sessions on 127.0.0.1 forming a DHT
-/// (see the script for its options). Killed by PID on drop.
+/// `scripts/lt_dht.py`: libtorrent sessions forming a DHT, each on its own
+/// loopback address (see the script for its options). Killed by PID on
+/// drop.
 pub struct LtDht {
     child: Child,
     /// The sessions' ports (TCP and UDP alike).
     pub ports: Vec<u16>,
+    /// The sessions' addresses (127.A.B.i:port).
+    pub nodes: Vec<SocketAddr>,
     lines: mpsc::Receiver<String>,
     log: PathBuf,
     _logs: TempDir,
@@ -1077,6 +1080,7 @@ impl LtDht {
         let mut dht = LtDht {
             child,
             ports: Vec::new(),
+            nodes: Vec::new(),
             lines,
             log,
             _logs: logs,
@@ -1086,13 +1090,18 @@ impl LtDht {
             .split_whitespace()
             .map(|p| p.parse().expect("a port"))
             .collect();
+        let nodes = dht.wait_line("nodes ", STARTUP_TIMEOUT);
+        dht.nodes = nodes
+            .split_whitespace()
+            .map(|a| a.parse().expect("IP:PORT"))
+            .collect();
         dht.wait_line("ready", STARTUP_TIMEOUT);
         dht
     }
 
     /// Session `i`'s DHT node.
     pub fn node(&self, i: usize) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.ports[i]))
+        self.nodes[i]
     }
 
     /// The rest of the first stdout line starting with `prefix`; panics
