@@ -118,9 +118,11 @@ fn dead_first_tier_then_working_second_tier() {
     let out = dir.path().join("out");
     let started = Instant::now();
     ok(&rtc(&torrent, &out, &[]));
-    // Two dead trackers at 2 s each, plus the download.
+    // Tier 1 takes about 4 s to fail (two dead trackers at 2 s each), but
+    // tier 2 is asked after 1 s beside it: the download is done in about
+    // 1 s, and the round still in progress is aborted at the end.
     assert!(
-        started.elapsed() < Duration::from_secs(20),
+        started.elapsed() < Duration::from_secs(3),
         "{:?}",
         started.elapsed()
     );

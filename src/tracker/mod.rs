@@ -18,7 +18,7 @@ use crate::types::{EntropyError, InfoHash, PeerId, Rng};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -223,6 +223,14 @@ pub fn announce_http(
 
 /// Stop consulting further tiers once this many peers are known.
 const ENOUGH_PEERS: usize = 50;
+/// A tier is asked once the tier before it has finished, or this long
+/// after that one started, whichever comes first: a black-holed or
+/// refusing first tier costs about this much before a later tier's peers
+/// are in use, while a tracker that answers at once still decides alone
+/// (BEP 12's order).
+const TIER_GRACE: Duration = Duration::from_secs(1);
+/// Tiers asked at once at most (a magnet's trackers are a tier each).
+const MAX_PARALLEL_TIERS: usize = 8;
 /// When a tracker gives no `min interval`, early re-announces wait this long.
 const DEFAULT_MIN_INTERVAL: Duration = Duration::from_secs(30);
 
@@ -233,6 +241,9 @@ pub struct Clients {
     pub http: ureq::Agent,
     /// For `udp://` trackers.
     pub udp: UdpTrackers,
+    /// One UDP client per tier asked concurrently (slot 0 is `udp`),
+    /// sharing its stop flag.
+    tier_udp: Vec<UdpTrackers>,
 }
 
 impl Clients {
@@ -241,27 +252,72 @@ impl Clients {
         Clients {
             http: agent(),
             udp: UdpTrackers::default(),
+            tier_udp: Vec::new(),
         }
     }
+}
 
-    /// Whether the announcer's [`Stopper`] has aborted these clients.
-    pub(crate) fn stopped(&self) -> bool {
-        self.udp.stop_flag().load(Ordering::Acquire)
+fn announce_with(
+    http: &ureq::Agent,
+    udp: &mut UdpTrackers,
+    url: &str,
+    req: &AnnounceRequest,
+    timeout: Duration,
+) -> Result<AnnounceResponse, Error> {
+    if url.starts_with("udp://") {
+        udp.announce(url, req, timeout)
+    } else {
+        announce_http(http, url, req, timeout)
     }
+}
 
-    /// One announce to `url`, by its scheme.
-    pub fn announce(
-        &mut self,
-        url: &str,
-        req: &AnnounceRequest,
-        timeout: Duration,
-    ) -> Result<AnnounceResponse, Error> {
-        if url.starts_with("udp://") {
-            self.udp.announce(url, req, timeout)
-        } else {
-            announce_http(&self.http, url, req, timeout)
+/// What asking one tier came to.
+#[derive(Default)]
+struct TierOutcome {
+    /// Which of its trackers answered, and the intervals it asked for.
+    hit: Option<(usize, (Duration, Duration))>,
+    last_error: Option<Error>,
+}
+
+/// Asks one tier's trackers in order until one answers (BEP 12); reports
+/// its peers at once.
+fn ask_tier(
+    tier: &[String],
+    http: &ureq::Agent,
+    udp: &mut UdpTrackers,
+    req: &AnnounceRequest,
+    timeout: Duration,
+    reports: &Sender<Report>,
+    peers: &AtomicUsize,
+) -> TierOutcome {
+    let mut out = TierOutcome::default();
+    for (i, url) in tier.iter().enumerate() {
+        if udp.stop_flag().load(Ordering::Acquire) {
+            break; // aborted: no further tracker is asked (or resolved)
+        }
+        match announce_with(http, udp, url, req, timeout) {
+            Ok(resp) => {
+                if let Some(w) = &resp.warning {
+                    log::warn!("tracker {url}: {w}");
+                }
+                log::debug!(
+                    "tracker {url}: {} peers, interval {:?}",
+                    resp.peers.len(),
+                    resp.interval
+                );
+                let min = resp.min_interval.unwrap_or(DEFAULT_MIN_INTERVAL);
+                peers.fetch_add(resp.peers.len(), Ordering::Relaxed);
+                let _ = reports.send(Report::Peers(resp.peers));
+                out.hit = Some((i, (resp.interval, min)));
+                return out;
+            }
+            Err(e) => {
+                log::info!("{e}");
+                out.last_error = Some(e);
+            }
         }
     }
+    out
 }
 
 impl Default for Clients {
@@ -398,12 +454,15 @@ impl Announcer {
         }
     }
 
-    /// One round (BEP 12): tiers in order, trackers within a tier in
-    /// (shuffled) order until one answers, which moves to the front of its
-    /// tier. Unlike plain BEP 12, later tiers are consulted too until
-    /// `ENOUGH_PEERS` are known, so backup trackers add to a thin swarm.
-    /// Peers are reported as each tracker answers. Returns the smallest
-    /// interval any tracker asked for, or the last error if none answered.
+    /// One round (BEP 12): each tier's trackers in (shuffled) order until
+    /// one answers, which moves to the front of its tier. Tiers run on
+    /// threads of their own, each starting when the one before it has
+    /// finished or `TIER_GRACE` after it started, so a dead tier delays
+    /// the next by about a second, not by its timeouts. Unlike plain BEP
+    /// 12, later tiers are consulted until `ENOUGH_PEERS` are known, so
+    /// backup trackers add to a thin swarm. Peers are reported as each
+    /// tracker answers. Returns the smallest intervals any tracker asked
+    /// for, or the last error if none answered.
     fn round(
         &mut self,
         clients: &mut Clients,
@@ -412,46 +471,69 @@ impl Announcer {
         reports: &Sender<Report>,
     ) -> Result<(Duration, Duration), Error> {
         let req = self.request(event);
-        let mut last = None;
-        let mut answered: Option<(Duration, Duration)> = None;
-        let mut peers = 0;
-        for t in 0..self.tiers.len() {
-            for i in 0..self.tiers[t].len() {
-                if clients.stopped() {
-                    // Aborted: no further tracker is asked (or resolved).
-                    return Err(last.unwrap_or(Error::UnsupportedScheme { url: String::new() }));
+        let peers = AtomicUsize::new(0);
+        let Clients {
+            http,
+            udp,
+            tier_udp,
+        } = clients;
+        while tier_udp.len() + 1 < self.tiers.len() {
+            tier_udp.push(udp.sharing_stop());
+        }
+        let udps = std::iter::once(&mut *udp).chain(tier_udp.iter_mut());
+        let outcomes: Vec<(usize, TierOutcome)> = std::thread::scope(|s| {
+            let mut running: Vec<(usize, std::thread::ScopedJoinHandle<'_, TierOutcome>)> =
+                Vec::new();
+            let mut done = Vec::new();
+            for (t, (tier, udp)) in self.tiers.iter().zip(udps).enumerate() {
+                if peers.load(Ordering::Relaxed) >= ENOUGH_PEERS
+                    || udp.stop_flag().load(Ordering::Acquire)
+                {
+                    break;
                 }
-                let url = self.tiers[t][i].clone();
-                match clients.announce(&url, &req, timeout) {
-                    Ok(resp) => {
-                        let tier = &mut self.tiers[t];
-                        let hit = tier.remove(i);
-                        tier.insert(0, hit);
-                        if let Some(w) = &resp.warning {
-                            log::warn!("tracker {url}: {w}");
-                        }
-                        log::debug!(
-                            "tracker {url}: {} peers, interval {:?}",
-                            resp.peers.len(),
-                            resp.interval
-                        );
-                        let min = resp.min_interval.unwrap_or(DEFAULT_MIN_INTERVAL);
-                        answered = Some(match answered {
-                            None => (resp.interval, min),
-                            Some((a, b)) => (a.min(resp.interval), b.min(min)),
-                        });
-                        peers += resp.peers.len();
-                        let _ = reports.send(Report::Peers(resp.peers));
-                        break;
+                // At most MAX_PARALLEL_TIERS at once: wait for the oldest.
+                if running.len() >= MAX_PARALLEL_TIERS {
+                    let (t0, h) = running.remove(0);
+                    done.push((t0, h.join().unwrap_or_default()));
+                }
+                let (finished_tx, finished_rx) = crossbeam_channel::bounded::<()>(0);
+                let (http, req, peers) = (&*http, &req, &peers);
+                let spawned = std::thread::Builder::new()
+                    .name("rtc-tracker-tier".into())
+                    .spawn_scoped(s, move || {
+                        let _finished = finished_tx; // dropped when done
+                        ask_tier(tier, http, udp, req, timeout, reports, peers)
+                    });
+                match spawned {
+                    Ok(h) => {
+                        running.push((t, h));
+                        // The next tier waits for this one, or the grace.
+                        let _ = finished_rx.recv_timeout(TIER_GRACE);
                     }
                     Err(e) => {
-                        log::info!("{e}");
-                        last = Some(e);
+                        log::warn!("tracker: cannot start a thread for tier {t}: {e}");
+                        break;
                     }
                 }
             }
-            if peers >= ENOUGH_PEERS {
-                break;
+            for (t, h) in running {
+                done.push((t, h.join().unwrap_or_default()));
+            }
+            done
+        });
+        let mut answered: Option<(Duration, Duration)> = None;
+        let mut last = None;
+        for (t, o) in outcomes {
+            if let Some((i, (interval, min))) = o.hit {
+                let hit = self.tiers[t].remove(i);
+                self.tiers[t].insert(0, hit);
+                answered = Some(match answered {
+                    None => (interval, min),
+                    Some((a, b)) => (a.min(interval), b.min(min)),
+                });
+            }
+            if o.last_error.is_some() {
+                last = o.last_error;
             }
         }
         answered.ok_or(last.unwrap_or(Error::UnsupportedScheme { url: String::new() }))

@@ -53,6 +53,14 @@ impl UdpTrackers {
         Arc::clone(&self.stop)
     }
 
+    /// Another client (its own connection ids) stopped by the same flag.
+    pub(crate) fn sharing_stop(&self) -> UdpTrackers {
+        UdpTrackers {
+            connections: HashMap::new(),
+            stop: self.stop_flag(),
+        }
+    }
+
     /// Announces to one `udp://` tracker (BEP 15), bounded by `timeout`.
     pub fn announce(
         &mut self,
