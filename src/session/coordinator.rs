@@ -48,9 +48,12 @@ const PEX_PER_MINUTE: usize = 100;
 const PEX_EVERY: Duration = Duration::from_secs(60);
 /// Rates shown in progress are averaged over this long.
 const RATE_WINDOW: Duration = Duration::from_secs(5);
-/// Bytes of pieces allowed between "assembled" and "written". Bounds memory
-/// independently of torrent size; 16 MiB keeps both hash threads busy.
-const PIPELINE_BYTES: u64 = 16 * 1024 * 1024;
+/// Bytes of one download's pieces allowed between "assembled" and
+/// "written" (the session's total is `core::PIPELINE_BYTES`). Bounds
+/// memory independently of torrent size. 6 MiB keeps the hashing threads
+/// and the writer busy at loopback speed (1 GiB: the same 340-390 MiB/s
+/// as 16 MiB, peak RSS 16 MiB instead of 23; md/benchmarks.md).
+const PIPELINE_BYTES: u64 = 6 * 1024 * 1024;
 /// A peer that sent this many pieces failing their hash is dropped and its
 /// address never tried again.
 const MAX_HASH_FAILS: u32 = 2;
@@ -588,7 +591,13 @@ impl Coordinator {
             if self.completed_at.is_some() && self.seeding_done() {
                 return Ok(());
             }
-            let room = self.pipeline_bytes < PIPELINE_BYTES;
+            // A download's own cap, and the session's across downloads; a
+            // download with nothing in flight may always take one piece,
+            // so none waits on another forever.
+            let session_room =
+                self.core.pipeline.load(Ordering::Relaxed) < super::core::PIPELINE_BYTES;
+            let room =
+                self.pipeline_bytes == 0 || (self.pipeline_bytes < PIPELINE_BYTES && session_room);
             let pieces_rx = if room { &self.piece_rx } else { &never_pieces };
             let timeout = next_tick.saturating_duration_since(Instant::now());
             select! {
@@ -1451,6 +1460,7 @@ impl Coordinator {
         }
         let len = cp.data.len() as u64;
         self.pipeline_bytes += len;
+        self.core.pipeline.fetch_add(len, Ordering::Relaxed);
         let expected = *self
             .torrent
             .piece_hash(cp.piece)
@@ -1487,6 +1497,7 @@ impl Coordinator {
             return Ok(());
         }
         self.pipeline_bytes -= len;
+        self.core.pipeline.fetch_sub(len, Ordering::Relaxed);
         log::warn!("piece {} failed its hash check", h.piece);
         if self.pieces.is_queued(h.piece) {
             self.feed_hungry(Some(h.piece), now);
@@ -1513,6 +1524,7 @@ impl Coordinator {
         result.map_err(Error::Storage)?;
         let len = self.layout.piece_len(piece) as u64;
         self.pipeline_bytes -= len;
+        self.core.pipeline.fetch_sub(len, Ordering::Relaxed);
         self.pieces.written(piece);
         self.have.set(piece);
         let verified = self.shared.verified_bytes.fetch_add(len, Ordering::Relaxed) + len;
@@ -1570,5 +1582,15 @@ impl Coordinator {
             }
         }
         Ok(())
+    }
+}
+
+/// Pieces still between "assembled" and "written" when a download ends
+/// (cancelled, failed) give their bytes back to the session's budget.
+impl Drop for Coordinator {
+    fn drop(&mut self) {
+        self.core
+            .pipeline
+            .fetch_sub(self.pipeline_bytes, Ordering::Relaxed);
     }
 }

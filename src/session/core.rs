@@ -8,7 +8,7 @@ use super::listener::Router;
 use crate::storage::{FileCache, WriteCmd};
 use crate::types::PeerId;
 use crossbeam_channel::Sender;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -27,7 +27,15 @@ pub(crate) struct Core {
     pub(crate) writer: Sender<WriteCmd>,
     /// The session's DHT node, shared by its public torrents.
     pub(crate) dht: Option<crate::dht::Dht>,
+    /// Bytes of pieces assembled but not yet written, across downloads
+    /// (each download adds and subtracts its own; see `PIPELINE_BYTES`).
+    pub(crate) pipeline: AtomicU64,
 }
+
+/// Bytes of pieces between "assembled" and "written" across the session's
+/// downloads: a session of many busy downloads stays within this (plus at
+/// most one piece each), not within N times a download's share.
+pub(crate) const PIPELINE_BYTES: u64 = 16 * 1024 * 1024;
 
 /// A count of things in use (peer threads) against a cap, shared by the
 /// session threads of all torrents. Taking is a compare-and-swap; a

@@ -529,6 +529,7 @@ impl Session {
             connections: core::Budget::new(options.max_connections.max(1)),
             files: crate::storage::FileCache::new(options.max_open_files),
             dht,
+            pipeline: std::sync::atomic::AtomicU64::new(0),
         };
         Ok(Session {
             core: Some(Arc::new(core)),
