@@ -379,10 +379,9 @@ fn twenty_torrents_share_one_port_and_a_bounded_set_of_threads() {
     let peak_threads = sampler.peak_threads();
     let at_peak = sampler.at_peak();
     // Everything the session is documented to start, at most. (A peer
-    // thread returns its unit of the budget just before it ends, so in
-    // principle another download's new thread could overlap its last
-    // instructions; new connections are made on a 100 ms tick, and no run
-    // has shown it.)
+    // thread's unit of the budget returns only once its download's session
+    // thread has joined it, so a new connection never overlaps the end of
+    // an old one.)
     let allowed = 1 // rtc-listener
         + 1 // rtc-writer
         + HASH_THREADS // rtc-hash-N

@@ -185,7 +185,10 @@ pub(super) struct Coordinator {
     starved: bool,
     rng: Rng,
     /// Every connection thread started and not yet joined.
-    threads: Vec<std::thread::JoinHandle<()>>,
+    /// Each connection thread with its unit of the session's connection
+    /// budget, given back only once the thread is joined: a new
+    /// connection never overlaps the end of an old one's thread.
+    threads: Vec<(std::thread::JoinHandle<()>, Permit)>,
 
     peer_tx: Sender<peer::Event>,
     peer_rx: Receiver<peer::Event>,
@@ -461,7 +464,7 @@ impl Coordinator {
         // over a piece (a bounded channel) must not wait for us forever.
         let threads = std::mem::take(&mut self.threads);
         loop {
-            let running = threads.iter().any(|t| !t.is_finished());
+            let running = threads.iter().any(|(t, _)| !t.is_finished());
             select! {
                 recv(self.piece_rx) -> _ => {}
                 recv(self.peer_rx) -> ev => match ev {
@@ -477,8 +480,9 @@ impl Coordinator {
                 }
             }
         }
-        for t in threads {
+        for (t, permit) in threads {
             let _ = t.join();
+            drop(permit);
         }
     }
 
@@ -801,7 +805,16 @@ impl Coordinator {
                 let _ = p.commands.send(peer::Command::Have(Arc::clone(&batch)));
             }
         }
-        self.threads.retain(|t| !t.is_finished());
+        // Ended connection threads are joined, then their budget unit
+        // returns (see `threads`).
+        let (ended, running): (Vec<_>, Vec<_>) = std::mem::take(&mut self.threads)
+            .into_iter()
+            .partition(|(t, _)| t.is_finished());
+        self.threads = running;
+        for (t, permit) in ended {
+            let _ = t.join();
+            drop(permit);
+        }
         if !self.torrent.private() && now.duration_since(self.last_pex) >= PEX_EVERY {
             self.last_pex = now;
             self.send_pex();
@@ -1075,14 +1088,15 @@ impl Coordinator {
             storage: Arc::clone(storage),
             incoming,
             closer: closer.clone(),
-            hold: Box::new(permit),
+            // The permit stays here, with the thread's handle.
+            hold: Box::new(()),
             info: Arc::clone(&self.info),
             listen_port: self.core.port,
             private: self.torrent.private(),
         };
         match conn::spawn(params) {
             Ok(thread) => {
-                self.threads.push(thread);
+                self.threads.push((thread, permit));
                 let now = Instant::now();
                 self.peers.insert(
                     id,
