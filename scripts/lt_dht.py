@@ -130,29 +130,8 @@ def make_session(ip, port, dht_log):
 
 def add_torrent(ses, source, save_path):
     """A .torrent file or a magnet link, started, not auto-managed, DHT on."""
-    if source.startswith("magnet:"):
-        try:
-            atp = lt.parse_magnet_uri(source)
-        except RuntimeError as e:
-            fail(f"cannot parse {source}: {e}")
-    else:
-        try:
-            ti = lt.torrent_info(source)
-        except RuntimeError as e:
-            fail(f"cannot load {source}: {e}")
-        atp = lt.add_torrent_params()
-        atp.ti = ti
-    atp.save_path = save_path
-    atp.flags &= ~(
-        lt.torrent_flags.auto_managed
-        | lt.torrent_flags.paused
-        | lt.torrent_flags.disable_dht
-    )
-    atp.flags |= lt.torrent_flags.disable_lsd
-    try:
-        return ses.add_torrent(atp)
-    except RuntimeError as e:
-        fail(f"cannot add {source}: {e}")
+    handle, _ = lt_peer.add(ses, source, save_path, dht=True)
+    return handle
 
 
 class Node:

@@ -157,8 +157,9 @@ def make_session(bind, port, upload_limit=0, encryption="plain", download_limit=
     return ses
 
 
-def add(ses, torrent, save_path, seed_mode=False):
-    """Adds a torrent file, or a magnet link (then ti is None)."""
+def add(ses, torrent, save_path, seed_mode=False, dht=False):
+    """Adds a torrent file, or a magnet link (then ti is None), started and
+    not auto-managed; it uses the DHT only with `dht` (lt_dht.py)."""
     if torrent.startswith("magnet:"):
         try:
             atp = lt.parse_magnet_uri(torrent)
@@ -174,7 +175,11 @@ def add(ses, torrent, save_path, seed_mode=False):
         atp.ti = ti
     atp.save_path = save_path
     atp.flags &= ~(lt.torrent_flags.auto_managed | lt.torrent_flags.paused)
-    atp.flags |= lt.torrent_flags.disable_dht | lt.torrent_flags.disable_lsd
+    atp.flags |= lt.torrent_flags.disable_lsd
+    if dht:
+        atp.flags &= ~lt.torrent_flags.disable_dht
+    else:
+        atp.flags |= lt.torrent_flags.disable_dht
     if seed_mode:
         atp.flags |= lt.torrent_flags.seed_mode
     try:
