@@ -305,16 +305,16 @@ enum Lie {
 /// Our `ut_metadata` id in the fake peers' extension handshake.
 const FAKE_UT_METADATA: u8 = 3;
 
-/// A fake peer on 127.0.0.1 that speaks the BEP 3 handshake (extension
-/// bit set), BEP 10 and BEP 9, and lies as told. Stopped on drop.
-struct Liar {
+/// A fake peer on 127.0.0.1: each connection is handed to `serve` on a
+/// thread of its own, with the stop flag. Stopped on drop.
+struct FakePeer {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
     accept: Option<thread::JoinHandle<()>>,
 }
 
-impl Liar {
-    fn start(lie: Lie, info: Arc<Vec<u8>>) -> Liar {
+impl FakePeer {
+    fn start(serve: impl Fn(TcpStream, &AtomicBool) + Clone + Send + 'static) -> FakePeer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
@@ -325,13 +325,11 @@ impl Liar {
                     break;
                 }
                 let Ok(stream) = stream else { continue };
-                let (info, flag) = (info.clone(), flag.clone());
-                thread::spawn(move || {
-                    let _ = serve_lie(stream, lie, &info, &flag);
-                });
+                let (serve, flag) = (serve.clone(), flag.clone());
+                thread::spawn(move || serve(stream, &flag));
             }
         });
-        Liar {
+        FakePeer {
             addr,
             stop,
             accept: Some(accept),
@@ -339,7 +337,7 @@ impl Liar {
     }
 }
 
-impl Drop for Liar {
+impl Drop for FakePeer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         // Wake the accept loop; connection threads end on their read timeout.
@@ -348,6 +346,14 @@ impl Drop for Liar {
             let _ = t.join();
         }
     }
+}
+
+/// A fake peer that speaks the BEP 3 handshake (extension bit set), BEP 10
+/// and BEP 9, and lies as told.
+fn liar(lie: Lie, info: Arc<Vec<u8>>) -> FakePeer {
+    FakePeer::start(move |stream, flag| {
+        let _ = serve_lie(stream, lie, &info, flag);
+    })
 }
 
 /// One extended message: length, id 20, extended id, bencoded dict, tail.
@@ -481,9 +487,9 @@ fn download_beside_liars() -> (String, [SocketAddr; 3]) {
     let hash = info_hash_of(&torrent);
     let seed = Peer::libtorrent_seed(&torrent, &dir.path().join("seed"), free_port(), "127.0.0.1");
     let info = Arc::new(info);
-    let wrong = Liar::start(Lie::WrongBytes, info.clone());
-    let absurd = Liar::start(Lie::AbsurdSize, info.clone());
-    let rejecter = Liar::start(Lie::RejectAll, info.clone());
+    let wrong = liar(Lie::WrongBytes, info.clone());
+    let absurd = liar(Lie::AbsurdSize, info.clone());
+    let rejecter = liar(Lie::RejectAll, info.clone());
     let link = bare_magnet(
         &hash,
         &[wrong.addr, absurd.addr, rejecter.addr, seed.addr()],
@@ -663,46 +669,10 @@ fn rtc_finds_a_seeder_only_through_a_leechers_pex() {
 /// A peer that only gossips: it answers the handshake (with BEP 10's
 /// bit), says it speaks `ut_pex`, and sends one PEX message naming
 /// `tell`, to id 2 (rtc's `ut_pex` id when it offers one), then idles.
-struct Gossip {
-    addr: SocketAddr,
-    stop: Arc<AtomicBool>,
-    accept: Option<thread::JoinHandle<()>>,
-}
-
-impl Gossip {
-    fn start(tell: SocketAddr) -> Gossip {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let accept = thread::spawn(move || {
-            for stream in listener.incoming() {
-                if flag.load(Ordering::SeqCst) {
-                    break;
-                }
-                let Ok(stream) = stream else { continue };
-                let flag = flag.clone();
-                thread::spawn(move || {
-                    let _ = gossip(stream, tell, &flag);
-                });
-            }
-        });
-        Gossip {
-            addr,
-            stop,
-            accept: Some(accept),
-        }
-    }
-}
-
-impl Drop for Gossip {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(self.addr);
-        if let Some(t) = self.accept.take() {
-            let _ = t.join();
-        }
-    }
+fn gossiper(tell: SocketAddr) -> FakePeer {
+    FakePeer::start(move |stream, flag| {
+        let _ = gossip(stream, tell, flag);
+    })
 }
 
 fn gossip(mut s: TcpStream, tell: SocketAddr, stop: &AtomicBool) -> std::io::Result<()> {
@@ -775,7 +745,7 @@ fn pex_is_used_for_public_torrents_and_ignored_for_private_ones() {
             "127.0.0.1",
             &["--upload-limit", "1000000"],
         );
-        let g = Gossip::start(b.addr());
+        let g = gossiper(b.addr());
         let out = dir.path().join("out");
         let (o, took) = rtc_get(
             &torrent.to_string_lossy(),
@@ -824,9 +794,9 @@ fn mute_peers_cannot_hold_every_metadata_slot() {
     let hash = info_hash_of(&torrent);
     let seed = Peer::libtorrent_seed(&torrent, &dir.path().join("seed"), free_port(), "127.0.0.1");
     let info = Arc::new(info);
-    let mut mutes = vec![Liar::start(Lie::MuteWrongSize, info.clone())];
+    let mut mutes = vec![liar(Lie::MuteWrongSize, info.clone())];
     for _ in 0..7 {
-        mutes.push(Liar::start(Lie::Mute, info.clone()));
+        mutes.push(liar(Lie::Mute, info.clone()));
     }
     let mut peers: Vec<SocketAddr> = mutes.iter().map(|m| m.addr).collect();
     peers.push(seed.addr());
