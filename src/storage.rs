@@ -653,28 +653,27 @@ impl Marker {
     }
 }
 
-/// The answer to one written piece.
-pub(crate) type Written = (PieceIndex, Result<(), Error>);
+/// The writer's answer to one batch: each piece and how its write went,
+/// in the order they were given.
+pub(crate) type Written = Vec<(PieceIndex, Result<(), Error>)>;
 
 /// Commands to the writer thread.
 pub(crate) enum WriteCmd {
-    /// Write a verified piece of `storage`; the thread answers on `done`.
-    Piece {
+    /// Write verified pieces of `storage`; the thread answers once, on
+    /// `done`, after the last of them (an empty batch is answered too:
+    /// the answer is how a hash job's end reaches its download).
+    Pieces {
         storage: Arc<Storage>,
-        piece: PieceIndex,
-        data: Vec<u8>,
+        pieces: Vec<(PieceIndex, Vec<u8>)>,
         done: Sender<Written>,
     },
-    /// Answered once every command sent before it is done (a download
-    /// ending waits for its queued writes this way).
-    Barrier(Sender<()>),
     /// Finish queued writes and end the thread.
     Shutdown,
 }
 
 /// Runs the single writer thread of a session: it writes the pieces of
-/// every torrent in the order they arrive, answering each on its `done`.
-/// Ends on `Shutdown` or when every sender is gone.
+/// every torrent in the order they arrive, answering each batch on its
+/// `done`. Ends on `Shutdown` or when every sender is gone.
 pub(crate) fn spawn_writer(
     commands: Receiver<WriteCmd>,
 ) -> io::Result<std::thread::JoinHandle<()>> {
@@ -683,18 +682,17 @@ pub(crate) fn spawn_writer(
         .spawn(move || {
             for cmd in commands {
                 match cmd {
-                    WriteCmd::Piece {
+                    WriteCmd::Pieces {
                         storage,
-                        piece,
-                        data,
+                        pieces,
                         done,
                     } => {
-                        let result = storage.write_piece(piece, &data);
-                        drop((data, storage));
-                        let _ = done.send((piece, result));
-                    }
-                    WriteCmd::Barrier(reply) => {
-                        let _ = reply.send(());
+                        let mut answer = Vec::with_capacity(pieces.len());
+                        for (piece, data) in pieces {
+                            answer.push((piece, storage.write_piece(piece, &data)));
+                        }
+                        drop(storage);
+                        let _ = done.send(answer);
                     }
                     WriteCmd::Shutdown => return,
                 }

@@ -213,7 +213,10 @@ pub struct Params {
     /// assigns here (see `peer::Event` for how each is answered).
     pub work: Receiver<PieceIndex>,
     pub events: Sender<Event>,
-    pub pieces: Sender<CompletedPiece>,
+    /// Whole pieces, handed over in batches: every piece completed by one
+    /// read goes in one message, so small pieces cost one wake-up of the
+    /// session per read rather than one each.
+    pub pieces: Sender<Vec<CompletedPiece>>,
     pub commands: Receiver<Command>,
     pub limits: Limits,
     /// Verified pieces are read from here to serve requests.
@@ -300,6 +303,8 @@ struct Conn {
     peer_ext: Option<ExtHandshake>,
     /// When the peer's last PEX message was taken.
     last_pex: Option<Instant>,
+    /// Pieces completed by the frames being handled, sent as one batch.
+    finished: Vec<CompletedPiece>,
 }
 
 /// Bytes of queued output beyond which `ut_metadata` requests are
@@ -351,6 +356,7 @@ impl Conn {
             cipher: None,
             peer_ext: None,
             last_pex: None,
+            finished: Vec::new(),
         }
     }
 
@@ -572,8 +578,24 @@ impl Conn {
         }
     }
 
-    /// Handles every whole frame in `rx`, keeping a partial one.
+    /// Handles every whole frame in `rx`, keeping a partial one, then
+    /// hands the pieces they completed to the session.
+    /// Pieces completed before a frame that ends the connection are still
+    /// handed over: they are whole, and the hash check judges them.
     fn handle_frames(&mut self, rx: &mut RecvBuf, max_frame: u32) -> Result<(), Error> {
+        let handled = self.decode_all(rx, max_frame);
+        if !self.finished.is_empty() {
+            let batch = std::mem::take(&mut self.finished);
+            // Blocks when the verify/write pipeline is full: backpressure
+            // reaches the peer through TCP instead of growing our memory.
+            self.p.pieces.send(batch).map_err(|_| Error::SessionGone)?;
+            // Time spent waiting on our own pipeline is not the peer stalling.
+            self.last_block = Instant::now();
+        }
+        handled
+    }
+
+    fn decode_all(&mut self, rx: &mut RecvBuf, max_frame: u32) -> Result<(), Error> {
         while let Some((msg, used)) = decode_frame(rx.data(), max_frame)? {
             self.on_message(msg)?;
             rx.consume(used);
@@ -894,16 +916,12 @@ impl Conn {
             Ok(Received::Ignored) => {}
             Ok(Received::Stored) => self.last_block = Instant::now(),
             Ok(Received::Complete(data)) => {
-                let done = CompletedPiece {
+                self.last_block = Instant::now();
+                self.finished.push(CompletedPiece {
                     from: self.p.id,
                     piece,
                     data,
-                };
-                // Blocks when the verify/write pipeline is full: backpressure
-                // reaches the peer through TCP instead of growing our memory.
-                self.p.pieces.send(done).map_err(|_| Error::SessionGone)?;
-                // Time spent waiting on our own pipeline is not the peer stalling.
-                self.last_block = Instant::now();
+                });
             }
             Err(BlockError::Unrequested) => return Err(Error::Unrequested { piece: piece.0 }),
             Err(BlockError::OutOfRange) => {

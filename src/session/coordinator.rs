@@ -57,6 +57,12 @@ const PIPELINE_BYTES: u64 = 6 * 1024 * 1024;
 /// A peer that sent this many pieces failing their hash is dropped and its
 /// address never tried again.
 const MAX_HASH_FAILS: u32 = 2;
+/// Bytes of small pieces hashed by one pool job: a 16 KiB piece alone is
+/// a job of about 10 µs, less than waking a pool thread costs.
+const HASH_JOB_BYTES: u64 = 256 * 1024;
+/// How long an ending download waits for its hash jobs' writes (the
+/// writer answers in milliseconds unless the disk hangs).
+const JOBS_GRACE: Duration = Duration::from_secs(30);
 /// A peer holding pieces that completes none for this long is snubbed: it
 /// keeps one piece at a time, and endgame copies what it holds.
 const SNUB_AFTER: Duration = Duration::from_secs(60);
@@ -156,11 +162,17 @@ impl PeerHandle {
     }
 }
 
-struct Hashed {
-    from: ConnId,
-    piece: PieceIndex,
-    data: Vec<u8>,
-    ok: bool,
+/// A hash job's word to its download besides the pieces it passed: those
+/// go straight to the writer, whose answer ends the job.
+enum HashNote {
+    /// `piece`, from `from`, failed its check; its `len` bytes are freed.
+    Failed {
+        from: ConnId,
+        piece: PieceIndex,
+        len: u64,
+    },
+    /// The writer is gone: the job ended without writing.
+    WriterGone,
 }
 
 pub(super) struct Coordinator {
@@ -192,10 +204,12 @@ pub(super) struct Coordinator {
 
     peer_tx: Sender<peer::Event>,
     peer_rx: Receiver<peer::Event>,
-    piece_tx: Sender<CompletedPiece>,
-    piece_rx: Receiver<CompletedPiece>,
-    hashed_tx: Sender<Hashed>,
-    hashed_rx: Receiver<Hashed>,
+    piece_tx: Sender<Vec<CompletedPiece>>,
+    piece_rx: Receiver<Vec<CompletedPiece>>,
+    hashed_tx: Sender<HashNote>,
+    hashed_rx: Receiver<HashNote>,
+    /// Hash jobs not yet answered by the writer (or by `WriterGone`).
+    jobs: usize,
     written_tx: Sender<storage::Written>,
     written_rx: Receiver<storage::Written>,
 
@@ -325,6 +339,7 @@ impl Coordinator {
             piece_rx,
             hashed_tx,
             hashed_rx,
+            jobs: 0,
             written_tx,
             written_rx,
             peers: HashMap::new(),
@@ -432,11 +447,8 @@ impl Coordinator {
             }
         }
         self.close_all_peers();
-        // Queued verified pieces are written before the download ends.
-        let (barrier_tx, barrier_rx) = bounded(1);
-        if write_tx.send(WriteCmd::Barrier(barrier_tx)).is_ok() {
-            let _ = barrier_rx.recv();
-        }
+        // Pieces being verified are written before the download ends.
+        self.finish_jobs(&counters);
         if let Some((t, stopper)) = announcer {
             // The `stopped` announce gets its short timeout, no more.
             let deadline = Instant::now() + tracker::STOPPED_TIMEOUT + Duration::from_millis(200);
@@ -573,7 +585,7 @@ impl Coordinator {
         counters: &tracker::Counters,
         tracker_cmd: &Sender<tracker::Command>,
     ) -> Result<(), Error> {
-        let never_pieces = never::<CompletedPiece>();
+        let never_pieces = never::<Vec<CompletedPiece>>();
         let dht_rx = self.dht.as_ref().map_or_else(never, |r| r.peers.clone());
         // Once the announcer has ended (it never should before we tell
         // it), its channel is replaced by one that never fires, so a
@@ -608,15 +620,18 @@ impl Coordinator {
                 recv(self.peer_rx) -> ev => {
                     if let Ok(ev) = ev { self.on_peer_event(ev); }
                 }
-                recv(pieces_rx) -> cp => {
-                    if let Ok(cp) = cp { self.on_completed(cp); }
+                recv(pieces_rx) -> batch => {
+                    if let Ok(batch) = batch { self.on_completed(batch, write_tx); }
                 }
                 recv(self.hashed_rx) -> h => {
-                    if let Ok(h) = h { self.on_hashed(h, write_tx)?; }
+                    if let Ok(h) = h { self.on_hash_note(h)?; }
                 }
                 recv(written_rx) -> w => {
-                    if let Ok((piece, result)) = w {
-                        self.on_written(piece, result, counters)?;
+                    if let Ok(batch) = w {
+                        self.jobs -= 1;
+                        for (piece, result) in batch {
+                            self.on_written(piece, result, counters)?;
+                        }
                         // `completed` only for a download finished in this
                         // run (BEP 3), never for data that was already here.
                         if self.pieces.is_complete() {
@@ -1449,8 +1464,40 @@ impl Coordinator {
         }
     }
 
-    fn on_completed(&mut self, cp: CompletedPiece) {
+    /// A batch of whole pieces from one connection: each is checked off,
+    /// and those to verify go to the hash pool in jobs of about
+    /// `HASH_JOB_BYTES` (one job per piece when pieces are that big, so
+    /// large pieces still hash on every core).
+    fn on_completed(&mut self, batch: Vec<CompletedPiece>, write_tx: &Sender<WriteCmd>) {
         let now = Instant::now();
+        let Some(from) = batch.first().map(|cp| cp.from) else {
+            return;
+        };
+        let mut job = Vec::new();
+        let mut job_bytes = 0;
+        for cp in batch {
+            if !self.check_off(&cp, now) {
+                continue; // an endgame duplicate that lost the race
+            }
+            let len = cp.data.len() as u64;
+            self.pipeline_bytes += len;
+            self.core.pipeline.fetch_add(len, Ordering::Relaxed);
+            job_bytes += len;
+            job.push(cp);
+            if job_bytes >= HASH_JOB_BYTES {
+                self.spawn_hash_job(std::mem::take(&mut job), write_tx);
+                job_bytes = 0;
+            }
+        }
+        if !job.is_empty() {
+            self.spawn_hash_job(job, write_tx);
+        }
+        self.feed(from, now);
+    }
+
+    /// Records a whole piece from a connection; false if it needs no
+    /// check (another copy is already verified or written).
+    fn check_off(&mut self, cp: &CompletedPiece, now: Instant) -> bool {
         // `Some(strong)` if the sender still held the piece.
         let holder = match self.peers.get_mut(&cp.from) {
             Some(p) => match p.assigned.iter().position(|&x| x == cp.piece) {
@@ -1467,56 +1514,65 @@ impl Coordinator {
             },
             None => None,
         };
-        let verify = self.pieces.completed(cp.piece, holder);
-        self.feed(cp.from, now);
-        if !verify {
-            return; // an endgame duplicate that lost the race
-        }
-        let len = cp.data.len() as u64;
-        self.pipeline_bytes += len;
-        self.core.pipeline.fetch_add(len, Ordering::Relaxed);
-        let expected = *self
-            .torrent
-            .piece_hash(cp.piece)
-            .expect("piece index comes from this torrent");
-        let tx = self.hashed_tx.clone();
+        self.pieces.completed(cp.piece, holder)
+    }
+
+    /// Hashes `job` on the pool. Pieces that pass go from there straight
+    /// to the writer, whose one answer (on `written_tx`) ends the job;
+    /// failures come back as notes first.
+    fn spawn_hash_job(&mut self, job: Vec<CompletedPiece>, write_tx: &Sender<WriteCmd>) {
+        self.jobs += 1;
+        let torrent = Arc::clone(&self.torrent);
+        let storage = Arc::clone(self.storage.as_ref().expect("set while downloading"));
+        let notes = self.hashed_tx.clone();
+        let done = self.written_tx.clone();
+        let write_tx = write_tx.clone();
         self.core.pool.spawn(move || {
-            let ok = crate::hash::sha1(&cp.data) == expected;
-            let _ = tx.send(Hashed {
-                from: cp.from,
-                piece: cp.piece,
-                data: cp.data,
-                ok,
-            });
+            let mut passed = Vec::with_capacity(job.len());
+            for cp in job {
+                let expected = torrent
+                    .piece_hash(cp.piece)
+                    .expect("piece index comes from this torrent");
+                if crate::hash::sha1(&cp.data) == *expected {
+                    passed.push((cp.piece, cp.data));
+                } else {
+                    let _ = notes.send(HashNote::Failed {
+                        from: cp.from,
+                        piece: cp.piece,
+                        len: cp.data.len() as u64,
+                    });
+                }
+            }
+            // Blocks when the writer is 8 batches behind; the writer never
+            // waits on the pool, so this cannot deadlock.
+            let cmd = WriteCmd::Pieces {
+                storage,
+                pieces: passed,
+                done,
+            };
+            if write_tx.send(cmd).is_err() {
+                let _ = notes.send(HashNote::WriterGone);
+            }
         });
     }
 
-    fn on_hashed(&mut self, h: Hashed, write_tx: &Sender<WriteCmd>) -> Result<(), Error> {
-        let len = h.data.len() as u64;
+    fn on_hash_note(&mut self, note: HashNote) -> Result<(), Error> {
+        let (from, piece, len) = match note {
+            HashNote::Failed { from, piece, len } => (from, piece, len),
+            HashNote::WriterGone => {
+                self.jobs -= 1;
+                return Err(Error::Thread("writer thread ended".into()));
+            }
+        };
         let now = Instant::now();
-        self.pieces.hashed(h.piece, h.ok, now);
-        if h.ok {
-            self.downloaded += len;
-            // Blocks when the writer is 8 pieces behind; the writer never
-            // waits on us, so this cannot deadlock.
-            let storage = Arc::clone(self.storage.as_ref().expect("set while downloading"));
-            write_tx
-                .send(WriteCmd::Piece {
-                    storage,
-                    piece: h.piece,
-                    data: h.data,
-                    done: self.written_tx.clone(),
-                })
-                .map_err(|_| Error::Thread("writer thread ended".into()))?;
-            return Ok(());
-        }
+        self.pieces.hashed(piece, false, now);
         self.pipeline_bytes -= len;
         self.core.pipeline.fetch_sub(len, Ordering::Relaxed);
-        log::warn!("piece {} failed its hash check", h.piece);
-        if self.pieces.is_queued(h.piece) {
-            self.feed_hungry(Some(h.piece), now);
+        log::warn!("piece {piece} failed its hash check");
+        if self.pieces.is_queued(piece) {
+            self.feed_hungry(Some(piece), now);
         }
-        if let Some(peer) = self.peers.get_mut(&h.from) {
+        if let Some(peer) = self.peers.get_mut(&from) {
             peer.hash_fails += 1;
             if peer.hash_fails >= MAX_HASH_FAILS && peer.banned.is_none() {
                 let why = format!("sent {} pieces that failed the hash check", peer.hash_fails);
@@ -1529,6 +1585,38 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Waits (bounded) for every hash job still running, so pieces already
+    /// verified are on disk, and counted, when the download ends.
+    fn finish_jobs(&mut self, counters: &tracker::Counters) {
+        let deadline = Instant::now() + JOBS_GRACE;
+        while self.jobs > 0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            select! {
+                recv(self.written_rx) -> w => {
+                    if let Ok(batch) = w {
+                        self.jobs -= 1;
+                        for (piece, result) in batch {
+                            // The download already ends with an error,
+                            // reported once by the caller.
+                            if let Err(e) = self.on_written(piece, result, counters) {
+                                log::debug!("{e}");
+                            }
+                        }
+                    }
+                }
+                recv(self.hashed_rx) -> h => {
+                    if let Ok(h) = h {
+                        let _ = self.on_hash_note(h);
+                    }
+                }
+                default(left) => {
+                    log::warn!("{} hash jobs still unanswered; not waiting", self.jobs);
+                    return;
+                }
+            }
+        }
+    }
+
     fn on_written(
         &mut self,
         piece: PieceIndex,
@@ -1539,6 +1627,9 @@ impl Coordinator {
         let len = self.layout.piece_len(piece) as u64;
         self.pipeline_bytes -= len;
         self.core.pipeline.fetch_sub(len, Ordering::Relaxed);
+        // Passed its check (failures come as notes) and is now on disk.
+        self.downloaded += len;
+        self.pieces.hashed(piece, true, Instant::now());
         self.pieces.written(piece);
         self.have.set(piece);
         let verified = self.shared.verified_bytes.fetch_add(len, Ordering::Relaxed) + len;
