@@ -170,7 +170,9 @@ impl Fetcher {
         debug_assert!(blocks > 0, "piece {piece:?} is not in the torrent");
         self.active.push(Active {
             piece,
-            data: vec![0; layout.piece_len(piece) as usize],
+            // Filled as blocks arrive, not zeroed first: blocks come in
+            // order from nearly every peer, and each is then one append.
+            data: Vec::with_capacity(layout.piece_len(piece) as usize),
             blocks: vec![BlockState::Needed; blocks],
             next: 0,
             received: 0,
@@ -215,11 +217,21 @@ impl Fetcher {
         a.received += 1;
         self.downloaded += data.len() as u64;
         let start = offset as usize;
-        a.data[start..start + data.len()].copy_from_slice(data);
+        // Blocks are aligned, so the filled length is always a block
+        // boundary: a block lies wholly before it (a gap being filled) or
+        // at or after it (zeros stand in for any gap left behind).
+        if start < a.data.len() {
+            a.data[start..start + data.len()].copy_from_slice(data);
+        } else {
+            a.data.resize(start, 0);
+            a.data.extend_from_slice(data);
+        }
         if a.received < a.blocks.len() {
             return Ok(Received::Stored);
         }
-        Ok(Received::Complete(self.active.remove(ai).data))
+        let whole = self.active.remove(ai).data;
+        debug_assert_eq!(whole.len() as u64, layout.piece_len(piece) as u64);
+        Ok(Received::Complete(whole))
     }
 
     /// The peer choked us, and with that discarded our requests (BEP 3).
