@@ -13,6 +13,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::bencode::{self, Dict, Value};
 use crate::geometry::Layout;
@@ -236,10 +237,14 @@ fn dht_nodes(root: &Dict<'_>) -> Vec<String> {
 #[derive(Clone)]
 pub struct Torrent {
     info_hash: InfoHash,
-    info_bytes: Vec<u8>,
+    /// Shared: a torrent of 262,144 pieces carries 5 MiB of hashes, and
+    /// clones (the session's, the handle's) must not copy them.
+    info_bytes: Arc<[u8]>,
     name: String,
     piece_length: u32,
-    piece_hashes: Vec<[u8; 20]>,
+    /// Where `pieces` (the concatenated SHA-1s) starts in `info_bytes`:
+    /// hashes are read from there, not kept twice.
+    pieces_at: usize,
     files: Vec<FileEntry>,
     layout: Layout,
     multi_file: bool,
@@ -333,10 +338,13 @@ impl Torrent {
                 value: expected,
                 max: u64::from(u32::MAX),
             })?;
-        let piece_hashes = pieces
-            .chunks_exact(20)
-            .filter_map(|chunk| <[u8; 20]>::try_from(chunk).ok())
-            .collect();
+        // `pieces` borrows from the info dict's bytes; its offset there is
+        // the distance between the two (checked, so a decoder change that
+        // broke the borrow would be an error, not a wrong hash).
+        let pieces_at = (pieces.as_ptr() as usize)
+            .checked_sub(info_raw.as_ptr() as usize)
+            .filter(|&at| info_raw.get(at..at + pieces.len()) == Some(pieces))
+            .ok_or_else(|| MetainfoError::MissingField("info.pieces".into()))?;
 
         let files = raw_files
             .into_iter()
@@ -355,10 +363,10 @@ impl Torrent {
         let info_hash = InfoHash(crate::hash::sha1(info_raw));
         Ok(Torrent {
             info_hash,
-            info_bytes: info_raw.to_vec(),
+            info_bytes: Arc::from(info_raw),
             name,
             piece_length,
-            piece_hashes,
+            pieces_at,
             files,
             layout,
             multi_file,
@@ -417,7 +425,16 @@ impl Torrent {
 
     /// Expected SHA-1 of `piece`, or `None` if out of range.
     pub(crate) fn piece_hash(&self, piece: PieceIndex) -> Option<&[u8; 20]> {
-        self.piece_hashes.get(piece.as_usize())
+        if piece.0 >= self.piece_count() {
+            return None;
+        }
+        let at = self.pieces_at + 20 * piece.as_usize();
+        self.info_bytes.get(at..at + 20)?.try_into().ok()
+    }
+
+    /// The info dict's bytes, shared rather than copied.
+    pub(crate) fn info_shared(&self) -> Arc<[u8]> {
+        Arc::clone(&self.info_bytes)
     }
 
     /// Bytes of all files together.

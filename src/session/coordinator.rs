@@ -308,7 +308,8 @@ impl Coordinator {
             .total_bytes
             .store(torrent.total_length(), Ordering::Relaxed);
         shared.pieces_total.store(n, Ordering::Relaxed);
-        let _ = shared.torrent.set(Arc::new(torrent.clone()));
+        let torrent = Arc::new(torrent);
+        let _ = shared.torrent.set(Arc::clone(&torrent));
         let layout = Arc::new(torrent.layout().clone());
         let (piece_tx, piece_rx) = bounded(2);
         let (hashed_tx, hashed_rx) = unbounded();
@@ -317,8 +318,8 @@ impl Coordinator {
         // channel so it never idles while the session refills it.
         let max_quota = layout.pieces_for_pipeline(opts.limits.pipeline) + SPARE_PIECES;
         Ok(Coordinator {
-            info: Arc::from(torrent.info_bytes()),
-            torrent: Arc::new(torrent),
+            info: torrent.info_shared(),
+            torrent,
             layout,
             peer_id: core.peer_id,
             core,
