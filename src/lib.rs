@@ -50,6 +50,7 @@ pub(crate) mod peer;
 pub(crate) mod session;
 pub(crate) mod storage;
 pub(crate) mod text;
+pub(crate) mod throttle;
 pub(crate) mod tracker;
 pub(crate) mod types;
 pub(crate) mod verify;

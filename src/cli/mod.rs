@@ -16,6 +16,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 /// Exit codes (also in README.md).
+mod events;
+mod json;
+
 mod exit {
     pub const OK: u8 = 0;
     pub const INTERNAL: u8 = 1;
@@ -71,12 +74,17 @@ OPTIONS:
                            $XDG_CACHE_HOME/rtc/dht.dat (else ~/.cache/rtc/)
         --seed             keep seeding after the download, until Ctrl-C
         --seed-ratio R     ... until R x the torrent's size is uploaded
-        --seed-time D      ... for D (e.g. 90s, 30m, 2h)
+        --seed-time D      ... for D (e.g. 90s, 30m, 2h; 0: stop at completion)
         --timeout SECS     give up when no peer is connected for SECS (default: 60)
         --tracker-timeout SECS  bound on one tracker request (default: 15)
         --pipeline N       16 KiB requests in flight per peer (default: 128)
+        --max-download-rate R  most bytes/s received, all peers together
+                           (e.g. 500K, 2M, 1.5MiB; K = 1024)
+        --max-upload-rate R    most bytes/s sent, all peers together
         --repair           rewrite pieces that fail verification in existing
                            files of the torrent's size that rtc did not create
+        --json             NDJSON events on stdout, one object per line
+                           (schema: md/json.md); human text stays on stderr
     -q, --quiet            print nothing but errors
     -v, --verbose          log more (-v info, -vv debug); RUST_LOG also works
     -h, --help             print this help
@@ -120,6 +128,12 @@ pub fn main() -> ExitCode {
                 })
                 .collect();
             eprintln!("rtc: {line}");
+            if json::on() {
+                json::emit(
+                    "error",
+                    serde_json::json!({ "code": f.code, "message": line }),
+                );
+            }
             ExitCode::from(f.code)
         }
     }
@@ -150,6 +164,7 @@ fn run() -> Result<(), Failure> {
         return Ok(());
     }
     let quiet = args.contains(["-q", "--quiet"]);
+    json::enable(args.contains("--json"));
     let scrape = args.contains("--scrape");
     let mut verbosity = 0;
     while args.contains(["-v", "--verbose"]) {
@@ -177,6 +192,27 @@ fn run() -> Result<(), Failure> {
     let save_torrent: Option<PathBuf> = args.opt_value_from_str("--save-torrent").map_err(usage)?;
     let no_dht = args.contains("--no-dht");
     let dht_bootstrap: Vec<String> = args.values_from_str("--dht-bootstrap").map_err(usage)?;
+    let rate = |flag: &'static str, v: Option<String>| -> Result<Option<u64>, Failure> {
+        v.map(|t| {
+            crate::throttle::parse_rate(&t).ok_or_else(|| {
+                usage(format!(
+                    "{flag} {}: expected bytes per second, e.g. 500K, 2M, 1.5MiB",
+                    crate::text::Escaped(&t)
+                ))
+            })
+        })
+        .transpose()
+    };
+    let max_down = rate(
+        "--max-download-rate",
+        args.opt_value_from_str("--max-download-rate")
+            .map_err(usage)?,
+    )?;
+    let max_up = rate(
+        "--max-upload-rate",
+        args.opt_value_from_str("--max-upload-rate")
+            .map_err(usage)?,
+    )?;
 
     init_logging(quiet, verbosity);
 
@@ -225,6 +261,8 @@ fn run() -> Result<(), Failure> {
     if let Some(p) = port {
         session.port = p;
     }
+    session.max_download_rate = max_down;
+    session.max_upload_rate = max_up;
     if no_dht {
         session.dht = DhtOptions::off();
     } else {
@@ -252,10 +290,16 @@ fn run() -> Result<(), Failure> {
         (Some(_), Some(_)) => return Err(usage("give --seed-ratio or --seed-time, not both")),
         (Some(r), None) if r.is_finite() && r > 0.0 => SeedUntil::Ratio(r),
         (Some(_), None) => return Err(usage("--seed-ratio must be a positive number")),
-        (None, Some(t)) => SeedUntil::Time(
-            parse_duration(&t)
-                .ok_or_else(|| usage(format!("--seed-time {t}: expected e.g. 90, 90s, 30m, 2h")))?,
-        ),
+        (None, Some(t)) => {
+            let d = parse_duration(&t)
+                .ok_or_else(|| usage(format!("--seed-time {t}: expected e.g. 90, 90s, 30m, 2h")))?;
+            // `--seed-time 0`: stop at completion, as scripts expect.
+            if d.is_zero() {
+                SeedUntil::Never
+            } else {
+                SeedUntil::Time(d)
+            }
+        }
         (None, None) if seed_flag || command == "seed" => SeedUntil::Stopped,
         (None, None) => SeedUntil::Never,
     };
@@ -282,7 +326,11 @@ fn run() -> Result<(), Failure> {
             Source::Magnet(m) => m.to_uri(),
             Source::Torrent(t) => Magnet::from_torrent(t).to_uri(),
         };
-        outln!("{link}");
+        if json::on() {
+            json::emit("magnet", serde_json::json!({ "uri": link }));
+        } else {
+            outln!("{link}");
+        }
         return Ok(());
     }
     if command == "info" || command == "verify" {
@@ -291,12 +339,28 @@ fn run() -> Result<(), Failure> {
             Source::Magnet(m) => fetch_metadata(m, opts, session, quiet)?,
         };
         return if command == "info" {
+            let timeout =
+                tracker_timeout.map_or(crate::tracker::ANNOUNCE_TIMEOUT, Duration::from_secs);
+            if json::on() {
+                let mut line = json::torrent(&torrent);
+                if scrape {
+                    line["scrape"] = scrape_all(&torrent, timeout)
+                        .into_iter()
+                        .map(|(url, r)| match r {
+                            Ok((seeders, completed, leechers)) => serde_json::json!({
+                                "tracker": url, "seeders": seeders,
+                                "leechers": leechers, "completed": completed,
+                            }),
+                            Err(e) => serde_json::json!({ "tracker": url, "error": e }),
+                        })
+                        .collect();
+                }
+                json::emit("info", line);
+                return Ok(());
+            }
             print_info(&torrent);
             if scrape {
-                print_scrape(
-                    &torrent,
-                    tracker_timeout.map_or(crate::tracker::ANNOUNCE_TIMEOUT, Duration::from_secs),
-                );
+                print_scrape(&torrent, timeout);
             }
             Ok(())
         } else {
@@ -475,25 +539,58 @@ fn verify(torrent: &Torrent, dir: &std::path::Path) -> Result<(), Failure> {
         .filter(|&p| have.has(p))
         .map(|p| layout.piece_len(p) as u64)
         .sum();
-    outln!(
-        "{}: {}/{} pieces verified ({} of {})",
-        Escaped(torrent.name()),
-        have.count(),
-        have.len(),
-        human(bytes),
-        human(torrent.total_length())
-    );
-    for (f, st) in torrent
-        .files()
-        .iter()
-        .zip(crate::verify::file_status(torrent, &storage, &have))
-    {
-        let st = match st {
-            FileStatus::Complete => "complete".to_string(),
-            FileStatus::Missing => "missing".to_string(),
-            FileStatus::Partial { pieces, of } => format!("partial {pieces}/{of}"),
-        };
-        outln!("  {st:<16} {}", escaped_path(f.path()));
+    let statuses = crate::verify::file_status(torrent, &storage, &have);
+    if json::on() {
+        let files: Vec<serde_json::Value> = torrent
+            .files()
+            .iter()
+            .zip(&statuses)
+            .enumerate()
+            .map(|(i, (f, st))| {
+                let (status, ok, of) = match *st {
+                    FileStatus::Complete => {
+                        let n = layout.pieces_of_file(i).len() as u32;
+                        ("complete", n, n)
+                    }
+                    FileStatus::Missing => ("missing", 0, layout.pieces_of_file(i).len() as u32),
+                    FileStatus::Partial { pieces, of } => ("partial", pieces, of),
+                };
+                serde_json::json!({
+                    "index": i, "path": json::path(f.path()), "length": f.length(),
+                    "status": status, "pieces_ok": ok, "pieces": of,
+                })
+            })
+            .collect();
+        json::emit(
+            "verify",
+            serde_json::json!({
+                "info_hash": torrent.info_hash().to_string(),
+                "name": torrent.name(),
+                "pieces_ok": have.count(),
+                "pieces_total": have.len(),
+                "verified_bytes": bytes,
+                "total_bytes": torrent.total_length(),
+                "files": files,
+                "missing": json::ranges(have.len(), |p| !have.has(crate::types::PieceIndex(p))),
+            }),
+        );
+    } else {
+        outln!(
+            "{}: {}/{} pieces verified ({} of {})",
+            Escaped(torrent.name()),
+            have.count(),
+            have.len(),
+            human(bytes),
+            human(torrent.total_length())
+        );
+        for (f, st) in torrent.files().iter().zip(&statuses) {
+            let st = match *st {
+                FileStatus::Complete => "complete".to_string(),
+                FileStatus::Missing => "missing".to_string(),
+                FileStatus::Partial { pieces, of } => format!("partial {pieces}/{of}"),
+            };
+            outln!("  {st:<16} {}", escaped_path(f.path()));
+        }
     }
     if have.is_full() {
         Ok(())
@@ -574,6 +671,20 @@ fn create(
         Failure::new(code, e.to_string())
     })?;
     write_new_file(out, &bytes)?;
+    if json::on() {
+        json::emit(
+            "created",
+            serde_json::json!({
+                "path": json::path(out),
+                "info_hash": torrent.info_hash().to_string(),
+                "name": torrent.name(),
+                "size": torrent.total_length(),
+                "piece_length": torrent.piece_length(),
+                "pieces": torrent.piece_count(),
+                "files": json::files(&torrent),
+            }),
+        );
+    }
     if !quiet {
         eprintln!(
             "rtc: created {}: {} ({}, {} pieces of {}), info hash {}",
@@ -588,18 +699,33 @@ fn create(
     Ok(())
 }
 
-fn print_scrape(t: &Torrent, timeout: Duration) {
+/// Each tracker's scrape: (seeders, completed, leechers) or the error.
+type ScrapeResult = (String, Result<(u64, u64, u64), String>);
+
+fn scrape_all(t: &Torrent, timeout: Duration) -> Vec<ScrapeResult> {
     let mut clients = crate::tracker::Clients::new();
+    t.trackers()
+        .iter()
+        .flatten()
+        .map(|url| {
+            let r = crate::tracker::scrape(&mut clients, url, &t.info_hash(), timeout)
+                .map_err(|e| e.to_string());
+            (url.clone(), r)
+        })
+        .collect()
+}
+
+fn print_scrape(t: &Torrent, timeout: Duration) {
     outln!("scrape:");
-    for url in t.trackers().iter().flatten() {
-        match crate::tracker::scrape(&mut clients, url, &t.info_hash(), timeout) {
+    for (url, r) in scrape_all(t, timeout) {
+        match r {
             Ok((seeders, completed, leechers)) => {
                 outln!(
                     "  {}: {seeders} seeders, {leechers} leechers, {completed} completed",
-                    Escaped(url)
+                    Escaped(&url)
                 )
             }
-            Err(e) => outln!("  {}: error: {e}", Escaped(url)),
+            Err(e) => outln!("  {}: error: {e}", Escaped(&url)),
         }
     }
 }
@@ -611,6 +737,13 @@ fn download(
     save: Option<&Path>,
     quiet: bool,
 ) -> Result<(), Failure> {
+    let seeding = opts.seed != SeedUntil::Never;
+    // Known now for a .torrent (the download's own copy appears only once
+    // its thread runs); a magnet's comes with its metadata.
+    let known = match &source {
+        Source::Torrent(t) => Some(t.clone()),
+        Source::Magnet(_) => None,
+    };
     let dl = Download::start_with(source, opts, session).map_err(session_failure)?;
     let mut saved = save.is_none();
     // Ctrl-C / SIGTERM cancel the download cleanly: peers are closed, queued
@@ -619,13 +752,24 @@ fn download(
     if let Err(e) = ctrlc::set_handler(move || cancel.cancel()) {
         log::warn!("cannot install the Ctrl-C handler: {e}");
     }
+    let mut lines = json::on().then(|| events::Lines::new(&dl, known.as_ref(), seeding));
     let show = !quiet && std::io::stderr().is_terminal();
     let mut drew = false;
     while !dl.is_finished() {
         // Wake on any event or every 200 ms to redraw; drain the rest so
         // the bounded channel never holds stale events.
-        let _ = dl.events().recv_timeout(Duration::from_millis(200));
-        while dl.events().try_recv().is_ok() {}
+        let first = dl.events().recv_timeout(Duration::from_millis(200)).ok();
+        for ev in first
+            .into_iter()
+            .chain(std::iter::from_fn(|| dl.events().try_recv().ok()))
+        {
+            if let Some(l) = lines.as_mut() {
+                l.on_event(&dl, &ev);
+            }
+        }
+        if let Some(l) = lines.as_mut() {
+            l.tick(&dl);
+        }
         if !saved {
             if let (Some(t), Some(path)) = (dl.torrent(), save) {
                 // As soon as the torrent is known (a magnet's metadata):
@@ -635,30 +779,7 @@ fn download(
             }
         }
         if show {
-            let p = dl.progress();
-            if p.total_bytes == 0 {
-                draw_metadata(&p);
-            } else if p.verified_bytes == p.total_bytes {
-                eprint!(
-                    "\r\x1b[2Kseeding  up {}/s  ratio {:.2}  {} peers",
-                    human(p.upload_rate),
-                    p.uploaded_bytes as f64 / p.total_bytes.max(1) as f64,
-                    p.peers
-                );
-            } else {
-                let eta = (p.total_bytes - p.verified_bytes)
-                    .checked_div(p.rate)
-                    .map_or_else(|| "--:--".into(), |s| fmt_duration(Duration::from_secs(s)));
-                eprint!(
-                    "\r\x1b[2K{:5.1}%  down {}/s  up {}/s  {} peers  ETA {}",
-                    p.fraction() * 100.0,
-                    human(p.rate),
-                    human(p.upload_rate),
-                    p.peers,
-                    eta
-                );
-            }
-            let _ = std::io::stderr().flush();
+            draw_progress(&dl.progress());
             drew = true;
         }
     }
@@ -669,7 +790,12 @@ fn download(
         || dl.info_hash().to_string(),
         |t| crate::text::escaped(t.name()),
     );
+    let ih = dl.info_hash();
+    let last = dl.file_progress();
     let summary = dl.wait().map_err(session_failure)?;
+    if let Some(l) = lines.as_mut() {
+        l.finish(ih, &last, &summary);
+    }
     if !quiet {
         let secs = summary.elapsed.as_secs_f64().max(0.001);
         eprintln!(
@@ -683,6 +809,33 @@ fn download(
         );
     }
     Ok(())
+}
+
+fn draw_progress(p: &crate::Progress) {
+    if p.total_bytes == 0 {
+        draw_metadata(p);
+        return;
+    } else if p.verified_bytes == p.total_bytes {
+        eprint!(
+            "\r\x1b[2Kseeding  up {}/s  ratio {:.2}  {} peers",
+            human(p.upload_rate),
+            p.uploaded_bytes as f64 / p.total_bytes.max(1) as f64,
+            p.peers
+        );
+    } else {
+        let eta = (p.total_bytes - p.verified_bytes)
+            .checked_div(p.rate)
+            .map_or_else(|| "--:--".into(), |s| fmt_duration(Duration::from_secs(s)));
+        eprint!(
+            "\r\x1b[2K{:5.1}%  down {}/s  up {}/s  {} peers  ETA {}",
+            p.fraction() * 100.0,
+            human(p.rate),
+            human(p.upload_rate),
+            p.peers,
+            eta
+        );
+    }
+    let _ = std::io::stderr().flush();
 }
 
 /// Writes a new file (a torrent), never over an existing one and never

@@ -232,6 +232,8 @@ pub struct Params {
     /// Where the thread puts a handle on its socket, so the session can
     /// close it however the thread is blocked.
     pub closer: super::Closer,
+    /// The session's rate limits, shared by all its connections.
+    pub throttle: Arc<crate::throttle::Throttle>,
     /// Dropped when the thread ends: the session's connection permit.
     #[allow(dead_code)] // held, never read
     pub hold: Box<dyn Send>,
@@ -503,9 +505,15 @@ impl Conn {
                 self.fill_pipeline()?;
             }
             if self.upload.has_work() {
+                let budget = self.p.throttle.send_chunk().unwrap_or(SERVE_BUDGET);
+                let before = self.out.len();
                 self.upload
-                    .serve(&self.p.storage, &mut self.out, SERVE_BUDGET)
+                    .serve(&self.p.storage, &mut self.out, budget)
                     .map_err(|e| Error::Storage(e.to_string()))?;
+                // Under an upload limit, the bytes queued wait their turn
+                // here, before they are sent.
+                let wait = self.p.throttle.sending(self.out.len() - before);
+                self.wait_off(wait);
             }
             let want = if self.upload.has_work() {
                 SERVING_POLL
@@ -542,7 +550,12 @@ impl Conn {
                 self.last_send = now;
             }
 
-            match stream.read(rx.space()) {
+            // Under a download limit, reads are small so one never buys a
+            // long wait.
+            let chunk = self.p.throttle.read_chunk().unwrap_or(usize::MAX);
+            let space = rx.space();
+            let take = space.len().min(chunk);
+            match stream.read(&mut space[..take]) {
                 Ok(0) => return Err(Error::Closed),
                 Ok(n) => {
                     if let Some(c) = self.cipher.as_mut() {
@@ -551,6 +564,13 @@ impl Conn {
                     rx.filled(n);
                     self.last_recv = Instant::now();
                     self.handle_frames(&mut rx, max_frame)?;
+                    let wait = self.p.throttle.received(n);
+                    if !wait.is_zero() {
+                        self.wait_off(wait);
+                        // Time spent under our own limit is not the peer
+                        // stalling.
+                        self.last_block = Instant::now();
+                    }
                 }
                 Err(e)
                     if matches!(
@@ -613,6 +633,20 @@ impl Conn {
             peer_interested: self.upload.peer_interested,
             am_interested: self.am_interested,
             requests: std::mem::take(&mut self.requests),
+        }
+    }
+
+    /// Blocks for `d` (a rate limit's wait) in slices, returning early
+    /// when the session sends a command, so a shutdown is never held up
+    /// by a slow limit; what is left of the debt stays in the bucket.
+    fn wait_off(&self, d: Duration) {
+        let end = Instant::now() + d;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() || !self.p.commands.is_empty() {
+                return;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(50)));
         }
     }
 

@@ -308,6 +308,7 @@ impl Coordinator {
             .total_bytes
             .store(torrent.total_length(), Ordering::Relaxed);
         shared.pieces_total.store(n, Ordering::Relaxed);
+        shared.init_have(n);
         let torrent = Arc::new(torrent);
         let _ = shared.torrent.set(Arc::clone(&torrent));
         let layout = Arc::new(torrent.layout().clone());
@@ -566,6 +567,9 @@ impl Coordinator {
             pieces_ok: have.count(),
             pieces_total: have.len(),
         });
+        for piece in (0..have.len()).filter(|&p| have.has(PieceIndex(p))) {
+            self.shared.set_have(piece);
+        }
         self.have = have;
         if self.pieces.is_complete() {
             marker.remove();
@@ -1106,6 +1110,7 @@ impl Coordinator {
             closer: closer.clone(),
             // The permit stays here, with the thread's handle.
             hold: Box::new(()),
+            throttle: Arc::clone(&self.core.throttle),
             info: Arc::clone(&self.info),
             listen_port: self.core.port,
             private: self.torrent.private(),
@@ -1633,6 +1638,7 @@ impl Coordinator {
         self.pieces.hashed(piece, true, Instant::now());
         self.pieces.written(piece);
         self.have.set(piece);
+        self.shared.set_have(piece.0);
         let verified = self.shared.verified_bytes.fetch_add(len, Ordering::Relaxed) + len;
         self.shared.pieces_done.fetch_add(1, Ordering::Relaxed);
         counters

@@ -30,6 +30,9 @@ pub(crate) struct Core {
     /// Bytes of pieces assembled but not yet written, across downloads
     /// (each download adds and subtracts its own; see `PIPELINE_BYTES`).
     pub(crate) pipeline: AtomicU64,
+    /// The session's download and upload rate limits, charged by every
+    /// peer thread.
+    pub(crate) throttle: Arc<crate::throttle::Throttle>,
 }
 
 /// Bytes of pieces between "assembled" and "written" across the session's

@@ -341,9 +341,36 @@ struct Shared {
     metadata_size: AtomicU64,
     /// The torrent, once known.
     torrent: OnceLock<Arc<Torrent>>,
+    /// Verified pieces, one bit each (bit `i % 64` of word `i / 64`), once
+    /// the torrent is known: read by [`Download::file_progress`] without
+    /// asking the session thread.
+    have: OnceLock<Box<[AtomicU64]>>,
 }
 
 impl Shared {
+    /// Sizes the piece bits for `pieces` pieces (once).
+    fn init_have(&self, pieces: u32) {
+        let _ = self.have.set(
+            (0..pieces.div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+        );
+    }
+
+    /// Records `piece` as verified and written.
+    fn set_have(&self, piece: u32) {
+        if let Some(word) = self.have.get().and_then(|w| w.get(piece as usize / 64)) {
+            word.fetch_or(1 << (piece % 64), Ordering::Relaxed);
+        }
+    }
+
+    fn has(&self, piece: u32) -> bool {
+        self.have
+            .get()
+            .and_then(|w| w.get(piece as usize / 64))
+            .is_some_and(|w| w.load(Ordering::Relaxed) & (1 << (piece % 64)) != 0)
+    }
+
     fn snapshot(&self, elapsed: Duration) -> Progress {
         let pieces_total = self.pieces_total.load(Ordering::Relaxed);
         Progress {
@@ -530,6 +557,10 @@ impl Session {
             files: crate::storage::FileCache::new(options.max_open_files),
             dht,
             pipeline: std::sync::atomic::AtomicU64::new(0),
+            throttle: Arc::new(crate::throttle::Throttle::new(
+                options.max_download_rate,
+                options.max_upload_rate,
+            )),
         };
         Ok(Session {
             core: Some(Arc::new(core)),
@@ -810,6 +841,25 @@ impl Download {
     /// A snapshot of the download's progress.
     pub fn progress(&self) -> Progress {
         self.shared.snapshot(self.started.elapsed())
+    }
+
+    /// Verified bytes of each file of the torrent, in the torrent's file
+    /// order (a file is complete when its entry equals its length); empty
+    /// until the torrent is known. Costs time linear in the piece count.
+    pub fn file_progress(&self) -> Vec<u64> {
+        let Some(t) = self.shared.torrent.get() else {
+            return Vec::new();
+        };
+        let layout = t.layout();
+        let mut bytes = vec![0u64; t.files().len()];
+        for piece in 0..t.piece_count() {
+            if self.shared.has(piece) {
+                for span in layout.spans(crate::types::PieceIndex(piece)) {
+                    bytes[span.file] += u64::from(span.len);
+                }
+            }
+        }
+        bytes
     }
 
     /// Events as they happen. The buffer is bounded: a program that never

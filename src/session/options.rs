@@ -42,6 +42,13 @@ pub struct SessionOptions {
     /// through [`DEFAULT_BOOTSTRAP`](crate::DEFAULT_BOOTSTRAP); nothing
     /// saved unless [`DhtOptions::state_file`] is set).
     pub dht: DhtOptions,
+    /// Most bytes per second received from peers, all torrents together;
+    /// `None` (the default) is no limit. Connections that would exceed it
+    /// wait (they block; nothing spins) and TCP slows the senders.
+    pub max_download_rate: Option<u64>,
+    /// Most bytes per second sent to peers, all torrents together; `None`
+    /// (the default) is no limit.
+    pub max_upload_rate: Option<u64>,
 }
 
 impl Default for SessionOptions {
@@ -54,6 +61,8 @@ impl Default for SessionOptions {
             max_open_files: 64,
             handshake_timeout: Limits::default().handshake,
             dht: DhtOptions::default(),
+            max_download_rate: None,
+            max_upload_rate: None,
         }
     }
 }
@@ -87,6 +96,18 @@ impl SessionOptions {
     /// Turns the DHT off ([`DhtOptions::off`]).
     pub fn no_dht(mut self) -> Self {
         self.dht = DhtOptions::off();
+        self
+    }
+    /// Sets [`max_download_rate`](Self::max_download_rate) in bytes per
+    /// second (at least 1).
+    pub fn max_download_rate(mut self, bytes_per_sec: u64) -> Self {
+        self.max_download_rate = Some(bytes_per_sec.max(1));
+        self
+    }
+    /// Sets [`max_upload_rate`](Self::max_upload_rate) in bytes per second
+    /// (at least 1).
+    pub fn max_upload_rate(mut self, bytes_per_sec: u64) -> Self {
+        self.max_upload_rate = Some(bytes_per_sec.max(1));
         self
     }
     /// Sets [`max_open_files`](Self::max_open_files) (at least 1).

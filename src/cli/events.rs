@@ -1,0 +1,179 @@
+//! The NDJSON event sequence of one download (`rtc --json`): turns the
+//! library's events and snapshots into `start`, `metadata`, `checked`,
+//! `peer`, `tracker_error`, `progress`, `file_done`, `done`, `seeding` and
+//! `stopped` lines, keeping the order md/json.md promises (`start` first;
+//! every `file_done` before `done`; `done` last unless seeding follows,
+//! then `stopped` last). `error` lines are written by `cli::main`. Owns no
+//! thread: the download loop calls it.
+
+use super::json;
+use crate::{Download, Event, InfoHash, Summary};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+/// At most one `progress` line per this long.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+pub(super) struct Lines {
+    ih: InfoHash,
+    seeding: bool,
+    /// `metadata` written (or not needed: a .torrent).
+    have_torrent: bool,
+    /// Per file: `file_done` written.
+    files_done: Vec<bool>,
+    lengths: Vec<u64>,
+    /// Each file's path, as `start` (or `metadata`) wrote it.
+    paths: Vec<serde_json::Value>,
+    last_progress: Option<Instant>,
+    /// `done` (and `seeding`) written while the download goes on seeding.
+    done: bool,
+}
+
+impl Lines {
+    /// Writes `start`: the whole torrent if it is known (a .torrent), else
+    /// the info hash and the magnet's name.
+    pub(super) fn new(dl: &Download, known: Option<&crate::Torrent>, seeding: bool) -> Lines {
+        let ih = dl.info_hash();
+        let mut l = Lines {
+            ih,
+            seeding,
+            have_torrent: false,
+            files_done: Vec::new(),
+            lengths: Vec::new(),
+            paths: Vec::new(),
+            last_progress: None,
+            done: false,
+        };
+        match known {
+            Some(t) => {
+                let mut line = json::torrent(t);
+                line["selection"] = (0..t.files().len()).collect();
+                line["metadata"] = true.into();
+                json::emit("start", line);
+                l.know(t);
+            }
+            None => json::emit(
+                "start",
+                json!({ "info_hash": ih.to_string(), "metadata": false }),
+            ),
+        }
+        l
+    }
+
+    fn know(&mut self, t: &crate::Torrent) {
+        self.have_torrent = true;
+        self.lengths = t.files().iter().map(|f| f.length()).collect();
+        self.files_done = vec![false; self.lengths.len()];
+        self.paths = t.files().iter().map(|f| json::path(f.path())).collect();
+    }
+
+    pub(super) fn on_event(&mut self, dl: &Download, ev: &Event) {
+        let ih = self.ih.to_string();
+        match ev {
+            Event::Metadata { .. } => self.metadata(dl),
+            Event::Checked {
+                pieces_ok,
+                pieces_total,
+            } => json::emit(
+                "checked",
+                json!({ "info_hash": ih, "pieces_ok": pieces_ok, "pieces_total": pieces_total }),
+            ),
+            Event::PeerConnected(addr) => json::emit(
+                "peer",
+                json!({
+                    "info_hash": ih, "action": "connected", "addr": addr.to_string(),
+                    "peers": dl.progress().peers,
+                }),
+            ),
+            Event::PeerDropped { addr, reason } => json::emit(
+                "peer",
+                json!({
+                    "info_hash": ih, "action": "dropped", "addr": addr.to_string(),
+                    "reason": reason, "peers": dl.progress().peers,
+                }),
+            ),
+            Event::TrackerError(message) => json::emit(
+                "tracker_error",
+                json!({ "info_hash": ih, "message": message }),
+            ),
+            _ => {}
+        }
+    }
+
+    /// A magnet's metadata: the whole torrent, once.
+    fn metadata(&mut self, dl: &Download) {
+        if self.have_torrent {
+            return;
+        }
+        if let Some(t) = dl.torrent() {
+            let mut line = json::torrent(&t);
+            line["selection"] = (0..t.files().len()).collect();
+            json::emit("metadata", line);
+            self.know(&t);
+        }
+    }
+
+    /// `file_done` for files that completed, in index order.
+    fn files(&mut self, progress: &[u64]) {
+        for (i, (&got, &len)) in progress.iter().zip(&self.lengths).enumerate() {
+            if !self.files_done[i] && got >= len {
+                self.files_done[i] = true;
+                let path = self.paths[i].clone();
+                json::emit(
+                    "file_done",
+                    json!({ "info_hash": self.ih.to_string(), "index": i, "path": path, "length": len }),
+                );
+            }
+        }
+    }
+
+    /// Called every turn of the download loop (at least every 200 ms).
+    pub(super) fn tick(&mut self, dl: &Download) {
+        if !self.have_torrent {
+            self.metadata(dl);
+        }
+        if self.have_torrent {
+            self.files(&dl.file_progress());
+        }
+        let p = dl.progress();
+        let now = Instant::now();
+        if self
+            .last_progress
+            .is_none_or(|t| now.duration_since(t) >= PROGRESS_EVERY)
+        {
+            self.last_progress = Some(now);
+            json::emit("progress", json::progress(self.ih, &p));
+        }
+        let complete = self.have_torrent && self.files_done.iter().all(|&d| d);
+        if self.seeding && complete && !self.done {
+            self.done = true;
+            json::emit(
+                "done",
+                json!({
+                    "info_hash": self.ih.to_string(), "total_bytes": p.total_bytes,
+                    "uploaded_bytes": p.uploaded_bytes, "elapsed_secs": p.elapsed.as_secs_f64(),
+                }),
+            );
+            json::emit("seeding", json!({ "info_hash": self.ih.to_string() }));
+        }
+    }
+
+    /// The download ended well: the last `file_done` lines, then `done`
+    /// (or, after seeding, `stopped`) with the summary.
+    pub(super) fn finish(&mut self, ih: InfoHash, progress: &[u64], summary: &Summary) {
+        if self.have_torrent {
+            self.files(progress);
+        }
+        if self.seeding {
+            if !self.done {
+                self.done = true;
+                let mut line = json::summary(ih, summary);
+                line["seeded"] = false.into();
+                json::emit("done", line);
+            }
+            json::emit("stopped", json::summary(ih, summary));
+        } else {
+            json::emit("done", json::summary(ih, summary));
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! `--json`: one JSON object per line on stdout (NDJSON), the schema in
+//! md/json.md. Owns the line format (every object carries `"v": 1` and
+//! `"event"`), how torrents, files and paths are written, and the rule
+//! that stdout holds nothing else. Does not decide when events happen: the
+//! commands in `cli` do.
+
+use crate::{InfoHash, PeerSources, Progress, Summary, Torrent};
+use serde_json::{json, Map, Value};
+use std::io::Write;
+use std::path::Path;
+use std::sync::OnceLock;
+
+/// The schema's version, in every line.
+pub(super) const VERSION: u64 = 1;
+
+static ON: OnceLock<bool> = OnceLock::new();
+
+/// Turns JSON output on for the rest of the process (set once, by `run`).
+pub(super) fn enable(on: bool) {
+    let _ = ON.set(on);
+}
+
+/// Whether `--json` was given.
+pub(super) fn on() -> bool {
+    ON.get().copied().unwrap_or(false)
+}
+
+/// Writes one event line; `fields` must be an object (or null). A reader
+/// that went away ends rtc quietly, as for human output.
+pub(super) fn emit(event: &str, fields: Value) {
+    let mut line = Map::new();
+    line.insert("v".into(), VERSION.into());
+    line.insert("event".into(), event.into());
+    if let Value::Object(rest) = fields {
+        line.extend(rest);
+    }
+    let mut text = Value::Object(line).to_string();
+    text.push('\n');
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+    }
+}
+
+/// A path on this machine: a string when it is UTF-8; otherwise an
+/// object `{"lossy": ..., "hex": ...}` holding the raw bytes in hex, so
+/// nothing is lost (md/json.md, "Paths").
+pub(super) fn path(p: &Path) -> Value {
+    match p.to_str() {
+        Some(s) => s.into(),
+        None => {
+            use std::os::unix::ffi::OsStrExt;
+            let hex: String = p
+                .as_os_str()
+                .as_bytes()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            json!({ "lossy": p.to_string_lossy(), "hex": hex })
+        }
+    }
+}
+
+/// The files of `t`, with their index (what `--files` takes), path
+/// inside the torrent and length.
+pub(super) fn files(t: &Torrent) -> Value {
+    t.files()
+        .iter()
+        .enumerate()
+        .map(|(i, f)| json!({ "index": i, "path": path(f.path()), "length": f.length() }))
+        .collect()
+}
+
+/// What `start` and `rtc info` say about a torrent.
+pub(super) fn torrent(t: &Torrent) -> Value {
+    json!({
+        "info_hash": t.info_hash().to_string(),
+        "name": t.name(),
+        "size": t.total_length(),
+        "piece_length": t.piece_length(),
+        "pieces": t.piece_count(),
+        "private": t.private(),
+        "files": files(t),
+        "trackers": t.trackers(),
+        "comment": t.comment(),
+    })
+}
+
+/// A `progress` line's fields.
+pub(super) fn progress(ih: InfoHash, p: &Progress) -> Value {
+    let left = p.total_bytes.saturating_sub(p.verified_bytes);
+    let eta = if p.total_bytes == 0 {
+        Value::Null
+    } else if left == 0 {
+        0.into()
+    } else {
+        left.checked_div(p.rate).map_or(Value::Null, Value::from)
+    };
+    json!({
+        "info_hash": ih.to_string(),
+        "verified_bytes": p.verified_bytes,
+        "total_bytes": p.total_bytes,
+        "pieces_done": p.pieces_done,
+        "pieces_total": p.pieces_total,
+        "download_rate": p.rate,
+        "uploaded_bytes": p.uploaded_bytes,
+        "upload_rate": p.upload_rate,
+        "peers": p.peers,
+        "eta_secs": eta,
+        "elapsed_secs": p.elapsed.as_secs_f64(),
+        "metadata_bytes": p.metadata_bytes,
+    })
+}
+
+fn sources(s: &PeerSources) -> Value {
+    json!({
+        "tracker": s.tracker,
+        "dht": s.dht,
+        "pex": s.pex,
+        "magnet": s.magnet,
+        "manual": s.manual,
+        "incoming": s.incoming,
+    })
+}
+
+/// The fields of `done` (not seeding) and `stopped` (after seeding).
+pub(super) fn summary(ih: InfoHash, s: &Summary) -> Value {
+    json!({
+        "info_hash": ih.to_string(),
+        "total_bytes": s.total_bytes,
+        "downloaded_bytes": s.downloaded_bytes,
+        "uploaded_bytes": s.uploaded_bytes,
+        "elapsed_secs": s.elapsed.as_secs_f64(),
+        "peer_sources": sources(&s.peer_sources),
+    })
+}
+
+/// Runs of consecutive piece indices for which `f` holds, as `[first,
+/// last]` pairs (inclusive): a torrent of a million pieces missing a few
+/// ranges is a short line.
+pub(super) fn ranges(n: u32, f: impl Fn(u32) -> bool) -> Value {
+    let mut out = Vec::new();
+    let mut start = None;
+    for i in 0..n {
+        match (f(i), start) {
+            (true, None) => start = Some(i),
+            (false, Some(s)) => {
+                out.push(json!([s, i - 1]));
+                start = None;
+            }
+            _ => {}
+        }
+    }
+    if let Some(s) = start {
+        out.push(json!([s, n - 1]));
+    }
+    Value::Array(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_are_inclusive_runs() {
+        let set = [1u32, 2, 3, 7, 9, 10];
+        assert_eq!(
+            ranges(11, |i| set.contains(&i)),
+            json!([[1, 3], [7, 7], [9, 10]])
+        );
+        assert_eq!(ranges(3, |_| true), json!([[0, 2]]));
+        assert_eq!(ranges(3, |_| false), json!([]));
+        assert_eq!(ranges(0, |_| true), json!([]));
+    }
+
+    #[test]
+    fn paths_that_are_not_utf8_keep_their_bytes() {
+        use std::os::unix::ffi::OsStrExt;
+        assert_eq!(path(Path::new("a/b.bin")), json!("a/b.bin"));
+        let raw = Path::new(std::ffi::OsStr::from_bytes(b"x\xffy"));
+        assert_eq!(path(raw), json!({ "lossy": "x\u{fffd}y", "hex": "78ff79" }));
+    }
+}
