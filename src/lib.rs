@@ -40,6 +40,7 @@
 #![cfg_attr(not(feature = "cli"), allow(dead_code))]
 
 pub(crate) mod bencode;
+pub(crate) mod buffers;
 pub(crate) mod create;
 pub(crate) mod dht;
 pub(crate) mod geometry;

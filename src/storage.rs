@@ -676,6 +676,7 @@ pub(crate) enum WriteCmd {
 /// `done`. Ends on `Shutdown` or when every sender is gone.
 pub(crate) fn spawn_writer(
     commands: Receiver<WriteCmd>,
+    spare: crate::buffers::Buffers,
 ) -> io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("rtc-writer".into())
@@ -690,6 +691,7 @@ pub(crate) fn spawn_writer(
                         let mut answer = Vec::with_capacity(pieces.len());
                         for (piece, data) in pieces {
                             answer.push((piece, storage.write_piece(piece, &data)));
+                            spare.give(data);
                         }
                         drop(storage);
                         let _ = done.send(answer);

@@ -13,6 +13,9 @@ use std::time::{Duration, Instant};
 
 /// At most one `progress` line per this long.
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// How often files are checked for completion: the check costs time
+/// linear in the piece count, and the loop turns on every event.
+const FILES_EVERY: Duration = Duration::from_millis(250);
 
 pub(super) struct Lines {
     ih: InfoHash,
@@ -25,6 +28,7 @@ pub(super) struct Lines {
     /// Each file's path, as `start` (or `metadata`) wrote it.
     paths: Vec<serde_json::Value>,
     last_progress: Option<Instant>,
+    last_files: Option<Instant>,
     /// `done` (and `seeding`) written while the download goes on seeding.
     done: bool,
 }
@@ -42,6 +46,7 @@ impl Lines {
             lengths: Vec::new(),
             paths: Vec::new(),
             last_progress: None,
+            last_files: None,
             done: false,
         };
         match known {
@@ -132,11 +137,16 @@ impl Lines {
         if !self.have_torrent {
             self.metadata(dl);
         }
-        if self.have_torrent {
+        let now = Instant::now();
+        if self.have_torrent
+            && self
+                .last_files
+                .is_none_or(|t| now.duration_since(t) >= FILES_EVERY)
+        {
+            self.last_files = Some(now);
             self.files(&dl.file_progress());
         }
         let p = dl.progress();
-        let now = Instant::now();
         if self
             .last_progress
             .is_none_or(|t| now.duration_since(t) >= PROGRESS_EVERY)

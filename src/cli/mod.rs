@@ -18,6 +18,7 @@ use std::time::Duration;
 /// Exit codes (also in README.md).
 mod events;
 mod json;
+mod many;
 
 mod exit {
     pub const OK: u8 = 0;
@@ -49,6 +50,9 @@ rtc - download a torrent, verifying every byte
 USAGE:
     rtc [OPTIONS] <FILE.torrent | MAGNET | ->   download (- reads a torrent or a magnet
                                          link from stdin)
+    rtc [OPTIONS] A.torrent B.torrent MAGNET...  download them together (one port,
+                                         one peer budget); exit code: the worst one
+    rtc [OPTIONS] -i LIST                the same for a list, one per line (- for stdin)
     rtc info [--scrape] <FILE.torrent | MAGNET | ->   print what a torrent contains
                                          (--scrape: ask each tracker for swarm counts)
     rtc verify <FILE.torrent | -> [-o DIR]   check data on disk, piece by piece
@@ -192,6 +196,7 @@ fn run() -> Result<(), Failure> {
     let save_torrent: Option<PathBuf> = args.opt_value_from_str("--save-torrent").map_err(usage)?;
     let no_dht = args.contains("--no-dht");
     let dht_bootstrap: Vec<String> = args.values_from_str("--dht-bootstrap").map_err(usage)?;
+    let input_list: Option<String> = args.opt_value_from_str(["-i", "--input"]).map_err(usage)?;
     let rate = |flag: &'static str, v: Option<String>| -> Result<Option<u64>, Failure> {
         v.map(|t| {
             crate::throttle::parse_rate(&t).ok_or_else(|| {
@@ -224,13 +229,22 @@ fn run() -> Result<(), Failure> {
     if let Some(flag) = rest.iter().find(|a| a.starts_with('-') && a.len() > 1) {
         return Err(usage(format!("unknown option {flag}")));
     }
-    let (command, source) = match rest.as_slice() {
-        [cmd, src] if ["info", "verify", "seed", "create", "magnet"].contains(&cmd.as_str()) => {
-            (cmd.as_str(), src.clone())
+    const ONE_ONLY: [&str; 4] = ["info", "verify", "create", "magnet"];
+    let (command, mut sources): (&str, Vec<String>) = match rest.as_slice() {
+        [cmd, src] if ONE_ONLY.contains(&cmd.as_str()) => (cmd.as_str(), vec![src.clone()]),
+        [cmd, ..] if ONE_ONLY.contains(&cmd.as_str()) => {
+            return Err(usage(format!("unexpected arguments: {}", rest.join(" "))))
         }
-        [src] => ("download", src.clone()),
+        [cmd, srcs @ ..] if cmd == "seed" => ("seed", srcs.to_vec()),
+        srcs => ("download", srcs.to_vec()),
+    };
+    if let Some(list) = &input_list {
+        sources.extend(many::read_list(list)?);
+    }
+    let source = match sources.as_slice() {
         [] => return Err(usage("missing torrent file")),
-        _ => return Err(usage(format!("unexpected arguments: {}", rest.join(" ")))),
+        [one] if input_list.is_none() => one.clone(),
+        _ => String::new(), // several: see `many` below
     };
 
     if command == "create" {
@@ -318,6 +332,14 @@ fn run() -> Result<(), Failure> {
             .to_socket_addrs()
             .map_err(|e| usage(format!("--peer {p}: {e}")))?;
         opts.peers.extend(addrs);
+    }
+    if source.is_empty() {
+        if save_torrent.is_some() {
+            return Err(usage(
+                "--save-torrent names one torrent's file; give one torrent",
+            ));
+        }
+        return many::download_many(sources, opts, session, quiet);
     }
     let source = load_source(&source)?;
     if command == "magnet" {

@@ -232,6 +232,8 @@ pub struct Params {
     /// Where the thread puts a handle on its socket, so the session can
     /// close it however the thread is blocked.
     pub closer: super::Closer,
+    /// Spare piece buffers, refilled by the writer.
+    pub buffers: crate::buffers::Buffers,
     /// The session's rate limits, shared by all its connections.
     pub throttle: Arc<crate::throttle::Throttle>,
     /// Dropped when the thread ends: the session's connection permit.
@@ -742,7 +744,10 @@ impl Conn {
                     }
                 }
                 Next::Piece => match self.take_piece()? {
-                    Some(piece) => self.download.start(piece, &self.p.layout),
+                    Some(piece) => {
+                        let buf = self.p.buffers.take(self.p.layout.piece_len(piece) as usize);
+                        self.download.start(piece, &self.p.layout, buf);
+                    }
                     None => break,
                 },
                 Next::Wait => break,

@@ -164,7 +164,8 @@ impl Fetcher {
 
     /// Starts assembling `piece`: one the session assigned us, that the
     /// peer has and that we neither have nor hold (the caller checks).
-    pub(crate) fn start(&mut self, piece: PieceIndex, layout: &Layout) {
+    /// `buf` (empty, with room for the piece) receives its bytes.
+    pub(crate) fn start(&mut self, piece: PieceIndex, layout: &Layout, buf: Vec<u8>) {
         debug_assert!(!self.holds(piece), "piece {piece:?} started twice");
         let blocks = layout.block_count(piece) as usize;
         debug_assert!(blocks > 0, "piece {piece:?} is not in the torrent");
@@ -172,7 +173,7 @@ impl Fetcher {
             piece,
             // Filled as blocks arrive, not zeroed first: blocks come in
             // order from nearly every peer, and each is then one append.
-            data: Vec::with_capacity(layout.piece_len(piece) as usize),
+            data: buf,
             blocks: vec![BlockState::Needed; blocks],
             next: 0,
             received: 0,
@@ -316,7 +317,7 @@ mod tests {
             match d.next(layout) {
                 Next::Request(b) => sent.push(b),
                 Next::Piece => match work.pop_front() {
-                    Some(piece) => d.start(piece, layout),
+                    Some(piece) => d.start(piece, layout, Vec::new()),
                     None => break,
                 },
                 Next::Wait => break,

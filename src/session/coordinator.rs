@@ -1111,6 +1111,7 @@ impl Coordinator {
             // The permit stays here, with the thread's handle.
             hold: Box::new(()),
             throttle: Arc::clone(&self.core.throttle),
+            buffers: self.core.buffers.clone(),
             info: Arc::clone(&self.info),
             listen_port: self.core.port,
             private: self.torrent.private(),

@@ -33,6 +33,8 @@ pub(crate) struct Core {
     /// The session's download and upload rate limits, charged by every
     /// peer thread.
     pub(crate) throttle: Arc<crate::throttle::Throttle>,
+    /// Spare piece buffers: the writer gives, peer threads take.
+    pub(crate) buffers: crate::buffers::Buffers,
 }
 
 /// Bytes of pieces between "assembled" and "written" across the session's

@@ -137,6 +137,10 @@ fn from_magnet(
     c.run()
 }
 
+/// Piece buffers the writer keeps for peer threads to reuse (see
+/// `buffers`): with 1 MiB pieces, 4 MiB at most.
+const SPARE_BUFFERS: usize = 4;
+
 /// Events a download buffers for a reader that is behind; beyond this,
 /// new events are dropped (never memory), except [`Event::Ended`].
 const EVENT_BUFFER: usize = 1024;
@@ -545,7 +549,8 @@ impl Session {
             (None, None)
         };
         let (write_tx, write_rx) = crossbeam_channel::bounded(8);
-        let writer = crate::storage::spawn_writer(write_rx)
+        let buffers = crate::buffers::Buffers::new(SPARE_BUFFERS);
+        let writer = crate::storage::spawn_writer(write_rx, buffers.clone())
             .map_err(|e| Error::Thread(format!("cannot start the writer: {e}")))?;
         let core = core::Core {
             writer: write_tx,
@@ -557,6 +562,7 @@ impl Session {
             files: crate::storage::FileCache::new(options.max_open_files),
             dht,
             pipeline: std::sync::atomic::AtomicU64::new(0),
+            buffers,
             throttle: Arc::new(crate::throttle::Throttle::new(
                 options.max_download_rate,
                 options.max_upload_rate,

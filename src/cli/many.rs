@@ -1,0 +1,222 @@
+//! `rtc A.torrent B.torrent MAGNET...` and `rtc -i LIST`: several
+//! downloads at once through one `Session` (one port, one peer budget, one
+//! DHT node, one rate limit). Owns the loop over them and the rule for the
+//! exit code: each failure is named on stderr (and, under `--json`, is an
+//! `error` line with the torrent's `source`), and rtc exits with the worst
+//! (highest) code among them after every other download has ended.
+
+use super::{events, exit, json, load_source, session_failure, Failure};
+use crate::session::{AddOptions, Download, SeedUntil, Session, SessionOptions, Source};
+use crate::text::Escaped;
+use std::io::{IsTerminal, Read, Write};
+use std::time::Duration;
+
+/// Lines of a `-i` list, and its size, beyond which it is refused.
+const MAX_LIST_LINES: usize = 10_000;
+const MAX_LIST_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Reads `-i FILE` (`-` for stdin): one torrent path or magnet link per
+/// line; blank lines and lines starting with `#` are skipped.
+pub(super) fn read_list(file: &str) -> Result<Vec<String>, Failure> {
+    let mut bytes = Vec::new();
+    let read = if file == "-" {
+        std::io::stdin()
+            .lock()
+            .take(MAX_LIST_BYTES + 1)
+            .read_to_end(&mut bytes)
+    } else {
+        std::fs::File::open(file).and_then(|f| f.take(MAX_LIST_BYTES + 1).read_to_end(&mut bytes))
+    };
+    let name = if file == "-" { "<stdin>" } else { file };
+    read.map_err(|e| Failure::new(exit::IO, format!("cannot read {}: {e}", Escaped(name))))?;
+    if bytes.len() as u64 > MAX_LIST_BYTES {
+        return Err(Failure::new(
+            exit::USAGE,
+            format!("{}: list larger than 16 MiB", Escaped(name)),
+        ));
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let lines: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect();
+    if lines.len() > MAX_LIST_LINES {
+        return Err(Failure::new(
+            exit::USAGE,
+            format!("{}: more than {MAX_LIST_LINES} torrents", Escaped(name)),
+        ));
+    }
+    if lines.is_empty() {
+        return Err(Failure::new(
+            exit::USAGE,
+            format!("{}: no torrents listed", Escaped(name)),
+        ));
+    }
+    Ok(lines)
+}
+
+/// One download of the run.
+struct Running {
+    input: String,
+    dl: Download,
+    lines: Option<events::Lines>,
+}
+
+/// Reports one input's failure: on stderr (named) and as a JSON `error`
+/// line; returns its code.
+fn report(input: &str, info_hash: Option<crate::InfoHash>, f: &Failure) -> u8 {
+    // Failures to read or parse an input name it already.
+    if info_hash.is_none() {
+        eprintln!("rtc: {}", f.message);
+    } else {
+        eprintln!("rtc: {}: {}", Escaped(input), f.message);
+    }
+    if json::on() {
+        json::emit(
+            "error",
+            serde_json::json!({
+                "source": input,
+                "info_hash": info_hash.map(|h| h.to_string()),
+                "code": f.code,
+                "message": f.message,
+            }),
+        );
+    }
+    f.code
+}
+
+/// Downloads every input together; `Err` carries the worst exit code.
+pub(super) fn download_many(
+    inputs: Vec<String>,
+    opts: AddOptions,
+    session_opts: SessionOptions,
+    quiet: bool,
+) -> Result<(), Failure> {
+    let seeding = opts.seed != SeedUntil::Never;
+    let total = inputs.len();
+    let mut worst = 0u8;
+    let mut failed = 0usize;
+    let session = Session::new(session_opts).map_err(session_failure)?;
+    let mut running = Vec::new();
+    for input in inputs {
+        let source = match load_source(&input) {
+            Ok(s) => s,
+            Err(f) => {
+                worst = worst.max(report(&input, None, &f));
+                failed += 1;
+                continue;
+            }
+        };
+        let known = match &source {
+            Source::Torrent(t) => Some(t.clone()),
+            Source::Magnet(_) => None,
+        };
+        let ih = source.info_hash();
+        match session.add(source, opts.clone()) {
+            Ok(dl) => {
+                let lines = json::on().then(|| events::Lines::new(&dl, known.as_ref(), seeding));
+                running.push(Running { input, dl, lines });
+            }
+            Err(e) => {
+                worst = worst.max(report(&input, Some(ih), &session_failure(e)));
+                failed += 1;
+            }
+        }
+    }
+    let cancels: Vec<_> = running.iter().map(|r| r.dl.cancel_handle()).collect();
+    if let Err(e) = ctrlc::set_handler(move || cancels.iter().for_each(|c| c.cancel())) {
+        log::warn!("cannot install the Ctrl-C handler: {e}");
+    }
+    let show = !quiet && std::io::stderr().is_terminal();
+    while running.iter().any(|r| !r.dl.is_finished()) {
+        // One download's events wake the loop; the others are read on each
+        // turn (at least every 100 ms).
+        let mut woke = false;
+        for r in &mut running {
+            let first = if woke || r.dl.is_finished() {
+                r.dl.events().try_recv().ok()
+            } else {
+                woke = true;
+                r.dl.events().recv_timeout(Duration::from_millis(100)).ok()
+            };
+            let rest = std::iter::from_fn(|| r.dl.events().try_recv().ok());
+            for ev in first.into_iter().chain(rest) {
+                if let Some(l) = r.lines.as_mut() {
+                    l.on_event(&r.dl, &ev);
+                }
+            }
+            if let Some(l) = r.lines.as_mut() {
+                l.tick(&r.dl);
+            }
+        }
+        if show {
+            draw(&running);
+        }
+    }
+    if show {
+        eprint!("\r\x1b[2K");
+    }
+    for mut r in running {
+        let ih = r.dl.info_hash();
+        let name =
+            r.dl.torrent()
+                .map_or_else(|| r.input.clone(), |t| crate::text::escaped(t.name()));
+        let last = r.dl.file_progress();
+        match r.dl.wait() {
+            Ok(summary) => {
+                if let Some(l) = r.lines.as_mut() {
+                    l.finish(ih, &last, &summary);
+                }
+                if !quiet {
+                    eprintln!(
+                        "rtc: {name}: {} verified; {} downloaded, {} uploaded in {:.1}s",
+                        super::human(summary.total_bytes),
+                        super::human(summary.downloaded_bytes),
+                        super::human(summary.uploaded_bytes),
+                        summary.elapsed.as_secs_f64(),
+                    );
+                }
+            }
+            Err(e) => {
+                worst = worst.max(report(&r.input, Some(ih), &session_failure(e)));
+                failed += 1;
+            }
+        }
+    }
+    session.shutdown();
+    if failed == 0 {
+        Ok(())
+    } else {
+        Err(Failure::new(
+            worst,
+            format!("{failed} of {total} torrents failed"),
+        ))
+    }
+}
+
+/// One status line for all downloads on a terminal.
+fn draw(running: &[Running]) {
+    let (mut done, mut total, mut rate, mut peers) = (0u64, 0u64, 0u64, 0u32);
+    let mut finished = 0;
+    for r in running {
+        let p = r.dl.progress();
+        done += p.verified_bytes;
+        total += p.total_bytes;
+        rate += p.rate;
+        peers += p.peers;
+        finished += usize::from(p.total_bytes > 0 && p.verified_bytes == p.total_bytes);
+    }
+    let pct = if total == 0 {
+        0.0
+    } else {
+        done as f64 * 100.0 / total as f64
+    };
+    eprint!(
+        "\r\x1b[2K{} torrents ({finished} complete)  {pct:5.1}%  down {}/s  {peers} peers",
+        running.len(),
+        super::human(rate),
+    );
+    let _ = std::io::stderr().flush();
+}

@@ -1,0 +1,135 @@
+//! Several torrents in one `rtc` run (arguments, or `-i LIST`): each
+//! downloads from its own libtorrent seeder through one session, a bad
+//! entry is named and sets the exit code without stopping the others, and
+//! `--json` keeps each torrent's lines apart by info hash.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const BOUND: Duration = Duration::from_secs(60);
+
+struct One {
+    torrent: PathBuf,
+    content: PathBuf,
+    hash: String,
+    seeder: Peer,
+}
+
+/// A torrent of `files` random files under `dir/seed-NAME/NAME`, seeded
+/// by its own libtorrent.
+fn one(dir: &Path, name: &str, files: &[usize], seed: u64) -> One {
+    let parent = dir.join(format!("seed-{name}"));
+    let content = parent.join(name);
+    for (i, &len) in files.iter().enumerate() {
+        random_file(&content.join(format!("f{i}.bin")), len, seed + i as u64);
+    }
+    let torrent = dir.join(format!("{name}.torrent"));
+    mktorrent(&content, &torrent, None, 18);
+    let hash = info_hash_of(&torrent);
+    let seeder = Peer::libtorrent_seed(&torrent, &parent, free_port(), "127.0.0.1");
+    One {
+        torrent,
+        content,
+        hash,
+        seeder,
+    }
+}
+
+fn parse(stdout: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+fn of<'a>(lines: &'a [Value], hash: &str) -> Vec<&'a str> {
+    lines
+        .iter()
+        .filter(|l| l["info_hash"] == hash)
+        .map(|l| l["event"].as_str().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_list_downloads_together_and_exits_with_the_worst_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = one(dir.path(), "a", &[2 * 1024 * 1024 + 3], 10);
+    let b = one(dir.path(), "b", &[1_000_000, 1_500_000], 20);
+    let bad = dir.path().join("bad.torrent");
+    std::fs::write(&bad, b"not a torrent").unwrap();
+    // `b` as a magnet naming its seeder; `a` from `--peer`.
+    let magnet = format!("magnet:?xt=urn:btih:{}&x.pe={}", b.hash, b.seeder.addr());
+    let list = dir.path().join("list");
+    std::fs::write(
+        &list,
+        format!(
+            "# torrents for tonight\n{}\n\n{magnet}\n{}\n",
+            a.torrent.display(),
+            bad.display()
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let o = run_bounded(
+        rtc_cmd()
+            .args(["--json", "--port", &free_port().to_string()])
+            .args(["--peer", &a.seeder.addr().to_string(), "-i"])
+            .arg(&list)
+            .arg("-o")
+            .arg(&out),
+        BOUND,
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{stderr}");
+    assert_same_tree(&a.content, &out.join("a"));
+    assert_same_tree(&b.content, &out.join("b"));
+    let bad_name = bad.display().to_string();
+    assert!(stderr.contains(&bad_name), "{stderr}");
+    assert!(stderr.contains("1 of 3 torrents failed"), "{stderr}");
+
+    let lines = parse(&o.stdout);
+    let ea = of(&lines, &a.hash);
+    let eb = of(&lines, &b.hash);
+    assert_eq!(ea.first(), Some(&"start"), "{ea:?}");
+    assert_eq!(ea.last(), Some(&"done"), "{ea:?}");
+    assert_eq!(eb.first(), Some(&"start"), "{eb:?}");
+    assert_eq!(eb.last(), Some(&"done"), "{eb:?}");
+    assert_eq!(eb.iter().filter(|&&e| e == "file_done").count(), 2);
+    assert!(eb.contains(&"metadata"), "{eb:?}");
+    let bad_line = lines
+        .iter()
+        .find(|l| l["event"] == "error" && l["source"] == bad_name.as_str())
+        .expect("an error line for the bad entry");
+    assert_eq!(bad_line["code"], 3);
+    let last = lines.last().unwrap();
+    assert_eq!(last["event"], "error");
+    assert_eq!(last["code"], 3);
+    assert!(last.get("info_hash").is_none(), "{last}");
+
+    // Both again, as arguments: already complete, so exit 0 at once.
+    let o = run_bounded(
+        rtc_cmd()
+            .args(["-q", "--port", &free_port().to_string(), "-o"])
+            .arg(&out)
+            .arg(&a.torrent)
+            .arg(&b.torrent),
+        BOUND,
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_same_tree(&a.content, &out.join("a"));
+}
+
+#[test]
+fn several_torrents_refuse_save_torrent_and_one_only_commands() {
+    let o = run_bounded(
+        rtc_cmd().args(["--save-torrent", "/tmp/x.torrent", "a.torrent", "b.torrent"]),
+        BOUND,
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let o = run_bounded(rtc_cmd().args(["info", "a.torrent", "b.torrent"]), BOUND);
+    assert_eq!(o.status.code(), Some(2));
+}
