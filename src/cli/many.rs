@@ -8,7 +8,7 @@
 use super::{events, exit, json, load_source, session_failure, Failure};
 use crate::session::{AddOptions, Download, SeedUntil, Session, SessionOptions, Source};
 use crate::text::Escaped;
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 /// Lines of a `-i` list, and its size, beyond which it is refused.
@@ -18,17 +18,9 @@ const MAX_LIST_BYTES: u64 = 16 * 1024 * 1024;
 /// Reads `-i FILE` (`-` for stdin): one torrent path or magnet link per
 /// line; blank lines and lines starting with `#` are skipped.
 pub(super) fn read_list(file: &str) -> Result<Vec<String>, Failure> {
-    let mut bytes = Vec::new();
-    let read = if file == "-" {
-        std::io::stdin()
-            .lock()
-            .take(MAX_LIST_BYTES + 1)
-            .read_to_end(&mut bytes)
-    } else {
-        std::fs::File::open(file).and_then(|f| f.take(MAX_LIST_BYTES + 1).read_to_end(&mut bytes))
-    };
-    let name = if file == "-" { "<stdin>" } else { file };
-    read.map_err(|e| Failure::new(exit::IO, format!("cannot read {}: {e}", Escaped(name))))?;
+    let (name, read) = super::read_bounded(file, MAX_LIST_BYTES);
+    let bytes =
+        read.map_err(|e| Failure::new(exit::IO, format!("cannot read {}: {e}", Escaped(name))))?;
     if bytes.len() as u64 > MAX_LIST_BYTES {
         return Err(Failure::new(
             exit::USAGE,

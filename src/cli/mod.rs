@@ -418,22 +418,30 @@ fn init_logging(quiet: bool, verbosity: u32) {
 /// small; anything over 64 MiB is refused before it is all read. An
 /// argument beginning `magnet:`, or stdin holding one (surrounding
 /// whitespace ignored), is a magnet link instead (see `from_magnet`).
+/// Up to `max + 1` bytes of the file `path`, or of stdin for `-` (one
+/// byte more than allowed, so the caller can tell "too big"); and the name
+/// to print for it.
+fn read_bounded(path: &str, max: u64) -> (&str, std::io::Result<Vec<u8>>) {
+    let mut bytes = Vec::new();
+    let read = if path == "-" {
+        std::io::stdin()
+            .lock()
+            .take(max + 1)
+            .read_to_end(&mut bytes)
+    } else {
+        std::fs::File::open(path).and_then(|f| f.take(max + 1).read_to_end(&mut bytes))
+    };
+    let name = if path == "-" { "<stdin>" } else { path };
+    (name, read.map(|_| bytes))
+}
+
 fn load_source(source: &str) -> Result<Source, Failure> {
     const MAX: u64 = 64 * 1024 * 1024;
     if crate::magnet::is_magnet(source) {
         return Ok(Source::Magnet(parse_magnet("", source)?));
     }
-    let mut bytes = Vec::new();
-    let read = if source == "-" {
-        std::io::stdin()
-            .lock()
-            .take(MAX + 1)
-            .read_to_end(&mut bytes)
-    } else {
-        std::fs::File::open(source).and_then(|f| f.take(MAX + 1).read_to_end(&mut bytes))
-    };
-    let name = if source == "-" { "<stdin>" } else { source };
-    read.map_err(|e| Failure::new(exit::IO, format!("cannot read {name}: {e}")))?;
+    let (name, read) = read_bounded(source, MAX);
+    let bytes = read.map_err(|e| Failure::new(exit::IO, format!("cannot read {name}: {e}")))?;
     if bytes.len() as u64 > MAX {
         return Err(Failure::new(
             exit::BAD_TORRENT,
