@@ -190,7 +190,8 @@ fn usage_errors() {
         &[][..],
         &["--bogus", "x.torrent"][..],
         &["--max-peers", "many", "x.torrent"][..],
-        &["a.torrent", "b.torrent"][..],
+        // Several torrents download together; `info` takes one.
+        &["info", "a.torrent", "b.torrent"][..],
     ] {
         let out = rtc(args, dir.path());
         assert_eq!(out.status.code(), Some(USAGE), "{args:?}");
