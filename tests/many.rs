@@ -110,16 +110,28 @@ fn a_list_downloads_together_and_exits_with_the_worst_code() {
     assert_eq!(last["code"], 3);
     assert!(last.get("info_hash").is_none(), "{last}");
 
-    // Both again, as arguments: already complete, so exit 0 at once.
+    // Both again, as arguments: already complete, so done at once; `a`
+    // twice is refused (a usage error, 2), named, and stops nothing.
     let o = run_bounded(
         rtc_cmd()
-            .args(["-q", "--port", &free_port().to_string(), "-o"])
+            .args(["--json", "-q", "--port", &free_port().to_string(), "-o"])
             .arg(&out)
             .arg(&a.torrent)
-            .arg(&b.torrent),
+            .arg(&b.torrent)
+            .arg(&a.torrent),
         BOUND,
     );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("already in this session"), "{stderr}");
+    let lines = parse(&o.stdout);
+    assert_eq!(of(&lines, &a.hash).last(), Some(&"done"));
+    assert_eq!(of(&lines, &b.hash).last(), Some(&"done"));
+    let dup = lines
+        .iter()
+        .find(|l| l["event"] == "error" && l["code"] == 2 && l.get("source").is_some())
+        .expect("an error line for the duplicate");
+    assert!(dup.get("info_hash").is_none(), "{dup}");
     assert_same_tree(&a.content, &out.join("a"));
 }
 

@@ -8,12 +8,16 @@ use crate::{InfoHash, PeerSources, Progress, Summary, Torrent};
 use serde_json::{json, Map, Value};
 use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 /// The schema's version, in every line.
 pub(super) const VERSION: u64 = 1;
 
 static ON: OnceLock<bool> = OnceLock::new();
+/// Set when stdout's reader went away: nothing more is written, and the
+/// download goes on to its own exit code.
+static GONE: AtomicBool = AtomicBool::new(false);
 
 /// Turns JSON output on for the rest of the process (set once, by `run`).
 pub(super) fn enable(on: bool) {
@@ -25,9 +29,13 @@ pub(super) fn on() -> bool {
     ON.get().copied().unwrap_or(false)
 }
 
-/// Writes one event line; `fields` must be an object (or null). A reader
-/// that went away ends rtc quietly, as for human output.
+/// Writes one event line; `fields` must be an object (or null). When the
+/// reader has gone away (`| head -3`), lines are dropped from then on; the
+/// download itself goes on, and its exit code still tells the outcome.
 pub(super) fn emit(event: &str, fields: Value) {
+    if GONE.load(Ordering::Relaxed) {
+        return;
+    }
     let mut line = Map::new();
     line.insert("v".into(), VERSION.into());
     line.insert("event".into(), event.into());
@@ -37,10 +45,12 @@ pub(super) fn emit(event: &str, fields: Value) {
     let mut text = Value::Object(line).to_string();
     text.push('\n');
     let mut out = std::io::stdout().lock();
-    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
-        }
+    if out
+        .write_all(text.as_bytes())
+        .and_then(|()| out.flush())
+        .is_err()
+    {
+        GONE.store(true, Ordering::Relaxed);
     }
 }
 

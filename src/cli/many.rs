@@ -57,24 +57,26 @@ struct Running {
 }
 
 /// Reports one input's failure: on stderr (named) and as a JSON `error`
-/// line; returns its code.
-fn report(input: &str, info_hash: Option<crate::InfoHash>, f: &Failure) -> u8 {
-    // Failures to read or parse an input name it already.
-    if info_hash.is_none() {
+/// line; returns its code. `info_hash` only for a download that started
+/// (its `start` line came first), so each torrent's lines still end with
+/// `done`, `stopped` or `error`; an entry refused before it started (a
+/// duplicate, say) is named by its `source` alone.
+fn report(input: &str, info_hash: Option<crate::InfoHash>, f: &Failure, named: bool) -> u8 {
+    if named {
         eprintln!("rtc: {}", f.message);
     } else {
         eprintln!("rtc: {}: {}", Escaped(input), f.message);
     }
     if json::on() {
-        json::emit(
-            "error",
-            serde_json::json!({
-                "source": input,
-                "info_hash": info_hash.map(|h| h.to_string()),
-                "code": f.code,
-                "message": f.message,
-            }),
-        );
+        let mut line = serde_json::json!({
+            "source": input,
+            "code": f.code,
+            "message": f.message,
+        });
+        if let Some(h) = info_hash {
+            line["info_hash"] = h.to_string().into();
+        }
+        json::emit("error", line);
     }
     f.code
 }
@@ -96,7 +98,8 @@ pub(super) fn download_many(
         let source = match load_source(&input) {
             Ok(s) => s,
             Err(f) => {
-                worst = worst.max(report(&input, None, &f));
+                // Reading or parsing failures name the input already.
+                worst = worst.max(report(&input, None, &f, true));
                 failed += 1;
                 continue;
             }
@@ -105,14 +108,13 @@ pub(super) fn download_many(
             Source::Torrent(t) => Some(t.clone()),
             Source::Magnet(_) => None,
         };
-        let ih = source.info_hash();
         match session.add(source, opts.clone()) {
             Ok(dl) => {
                 let lines = json::on().then(|| events::Lines::new(&dl, known.as_ref(), seeding));
                 running.push(Running { input, dl, lines });
             }
             Err(e) => {
-                worst = worst.max(report(&input, Some(ih), &session_failure(e)));
+                worst = worst.max(report(&input, None, &session_failure(e), false));
                 failed += 1;
             }
         }
@@ -172,7 +174,7 @@ pub(super) fn download_many(
                 }
             }
             Err(e) => {
-                worst = worst.max(report(&r.input, Some(ih), &session_failure(e)));
+                worst = worst.max(report(&r.input, Some(ih), &session_failure(e), false));
                 failed += 1;
             }
         }
