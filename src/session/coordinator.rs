@@ -633,7 +633,7 @@ impl Coordinator {
                 }
                 recv(written_rx) -> w => {
                     if let Ok(batch) = w {
-                        self.jobs -= 1;
+                        self.jobs = self.jobs.saturating_sub(1);
                         for (piece, result) in batch {
                             self.on_written(piece, result, counters)?;
                         }
@@ -1567,7 +1567,7 @@ impl Coordinator {
         let (from, piece, len) = match note {
             HashNote::Failed { from, piece, len } => (from, piece, len),
             HashNote::WriterGone => {
-                self.jobs -= 1;
+                self.jobs = self.jobs.saturating_sub(1);
                 return Err(Error::Thread("writer thread ended".into()));
             }
         };
@@ -1601,7 +1601,7 @@ impl Coordinator {
             select! {
                 recv(self.written_rx) -> w => {
                     if let Ok(batch) = w {
-                        self.jobs -= 1;
+                        self.jobs = self.jobs.saturating_sub(1);
                         for (piece, result) in batch {
                             // The download already ends with an error,
                             // reported once by the caller.
