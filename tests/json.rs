@@ -397,6 +397,18 @@ fn info_verify_and_create_write_one_line_each() {
     assert_eq!(events(&info), ["info"]);
     assert_eq!(info[0]["info_hash"], ih);
     assert_eq!(info[0]["files"].as_array().unwrap().len(), 3);
+    // The human listing shows the same indices.
+    let o = run_bounded(rtc_cmd().arg("info").arg(&s.torrent), BOUND);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("files:        3 (index, bytes, path)"),
+        "{text}"
+    );
+    assert!(text.contains("      1        700000  dir/b.bin"), "{text}");
+    assert!(
+        text.contains("      2       2097152  dir/sub/c.bin"),
+        "{text}"
+    );
 
     // Complete data verifies; then one file cut short is partial, exit 6.
     let seed = s.dir.path().join("seed");

@@ -537,9 +537,9 @@ fn print_info(t: &Torrent) {
     if let Some(c) = t.comment() {
         outln!("comment:      {}", Escaped(c));
     }
-    outln!("files:        {}", t.files().len());
-    for f in t.files() {
-        outln!("  {:>12}  {}", f.length(), escaped_path(f.path()));
+    outln!("files:        {} (index, bytes, path)", t.files().len());
+    for (i, f) in t.files().iter().enumerate() {
+        outln!("  {i:>5}  {:>12}  {}", f.length(), escaped_path(f.path()));
     }
     let tiers = t.trackers();
     if tiers.is_empty() {
