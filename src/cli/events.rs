@@ -51,8 +51,7 @@ impl Lines {
         };
         match known {
             Some(t) => {
-                let mut line = json::torrent(t);
-                line["selection"] = (0..t.files().len()).collect();
+                let mut line = with_selection(t);
                 line["metadata"] = true.into();
                 json::emit("start", line);
                 l.know(t);
@@ -72,7 +71,7 @@ impl Lines {
         self.paths = t.files().iter().map(|f| json::path(f.path())).collect();
     }
 
-    pub(super) fn on_event(&mut self, dl: &Download, ev: &Event) {
+    fn on_event(&mut self, dl: &Download, ev: &Event) {
         let ih = self.ih.to_string();
         match ev {
             Event::Metadata { .. } => self.metadata(dl),
@@ -111,9 +110,7 @@ impl Lines {
             return;
         }
         if let Some(t) = dl.torrent() {
-            let mut line = json::torrent(&t);
-            line["selection"] = (0..t.files().len()).collect();
-            json::emit("metadata", line);
+            json::emit("metadata", with_selection(&t));
             self.know(&t);
         }
     }
@@ -132,8 +129,18 @@ impl Lines {
         }
     }
 
+    /// Handles `first` (the event that woke the loop, if any) and every
+    /// event waiting behind it, then runs `tick`.
+    pub(super) fn pump(&mut self, dl: &Download, first: Option<Event>) {
+        let rest = std::iter::from_fn(|| dl.events().try_recv().ok());
+        for ev in first.into_iter().chain(rest) {
+            self.on_event(dl, &ev);
+        }
+        self.tick(dl);
+    }
+
     /// Called every turn of the download loop (at least every 200 ms).
-    pub(super) fn tick(&mut self, dl: &Download) {
+    fn tick(&mut self, dl: &Download) {
         if !self.have_torrent {
             self.metadata(dl);
         }
@@ -185,5 +192,20 @@ impl Lines {
         } else {
             json::emit("done", json::summary(ih, summary));
         }
+    }
+}
+
+/// The torrent object with the files being downloaded (every file today).
+fn with_selection(t: &crate::Torrent) -> serde_json::Value {
+    let mut line = json::torrent(t);
+    line["selection"] = (0..t.files().len()).collect();
+    line
+}
+
+/// The torrent a download starts with, when its source already is one.
+pub(super) fn known(source: &crate::Source) -> Option<crate::Torrent> {
+    match source {
+        crate::Source::Torrent(t) => Some(t.clone()),
+        _ => None,
     }
 }

@@ -6,7 +6,7 @@
 //! (highest) code among them after every other download has ended.
 
 use super::{events, exit, json, load_source, session_failure, Failure};
-use crate::session::{AddOptions, Download, SeedUntil, Session, SessionOptions, Source};
+use crate::session::{AddOptions, Download, SeedUntil, Session, SessionOptions};
 use crate::text::Escaped;
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
@@ -104,10 +104,7 @@ pub(super) fn download_many(
                 continue;
             }
         };
-        let known = match &source {
-            Source::Torrent(t) => Some(t.clone()),
-            Source::Magnet(_) => None,
-        };
+        let known = events::known(&source);
         match session.add(source, opts.clone()) {
             Ok(dl) => {
                 let lines = json::on().then(|| events::Lines::new(&dl, known.as_ref(), seeding));
@@ -135,14 +132,9 @@ pub(super) fn download_many(
                 woke = true;
                 r.dl.events().recv_timeout(Duration::from_millis(100)).ok()
             };
-            let rest = std::iter::from_fn(|| r.dl.events().try_recv().ok());
-            for ev in first.into_iter().chain(rest) {
-                if let Some(l) = r.lines.as_mut() {
-                    l.on_event(&r.dl, &ev);
-                }
-            }
-            if let Some(l) = r.lines.as_mut() {
-                l.tick(&r.dl);
+            match r.lines.as_mut() {
+                Some(l) => l.pump(&r.dl, first),
+                None => while r.dl.events().try_recv().is_ok() {},
             }
         }
         if show {

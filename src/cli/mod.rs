@@ -780,10 +780,7 @@ fn download(
     let seeding = opts.seed != SeedUntil::Never;
     // Known now for a .torrent (the download's own copy appears only once
     // its thread runs); a magnet's comes with its metadata.
-    let known = match &source {
-        Source::Torrent(t) => Some(t.clone()),
-        Source::Magnet(_) => None,
-    };
+    let known = events::known(&source);
     let dl = Download::start_with(source, opts, session).map_err(session_failure)?;
     let mut saved = save.is_none();
     // Ctrl-C / SIGTERM cancel the download cleanly: peers are closed, queued
@@ -799,16 +796,9 @@ fn download(
         // Wake on any event or every 200 ms to redraw; drain the rest so
         // the bounded channel never holds stale events.
         let first = dl.events().recv_timeout(Duration::from_millis(200)).ok();
-        for ev in first
-            .into_iter()
-            .chain(std::iter::from_fn(|| dl.events().try_recv().ok()))
-        {
-            if let Some(l) = lines.as_mut() {
-                l.on_event(&dl, &ev);
-            }
-        }
-        if let Some(l) = lines.as_mut() {
-            l.tick(&dl);
+        match lines.as_mut() {
+            Some(l) => l.pump(&dl, first),
+            None => while dl.events().try_recv().is_ok() {},
         }
         if !saved {
             if let (Some(t), Some(path)) = (dl.torrent(), save) {
