@@ -48,6 +48,7 @@ pub(crate) mod hash;
 pub(crate) mod magnet;
 pub(crate) mod metainfo;
 pub(crate) mod peer;
+pub(crate) mod select;
 pub(crate) mod session;
 pub(crate) mod storage;
 pub(crate) mod text;
@@ -90,6 +91,7 @@ pub use dht::{DhtOptions, DhtStatus, DEFAULT_BOOTSTRAP};
 pub use magnet::{Magnet, MagnetError};
 pub use metainfo::{FileEntry, MetainfoError, Torrent};
 pub use peer::conn::Limits;
+pub use select::{FileSelection, SelectError};
 pub use session::{
     AddOptions, CancelHandle, Download, Error, Event, Events, PeerSources, Progress, RecvError,
     SeedUntil, Session, SessionOptions, Source, Summary,

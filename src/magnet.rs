@@ -172,11 +172,12 @@ impl Magnet {
                 }
                 "so" if select_only.is_none() => {
                     let value = decode("so", raw)?;
-                    let ranges =
-                        parse_select_only(&value).map_err(|reason| MagnetError::BadSelectOnly {
+                    let ranges = crate::select::parse_ranges(&value).map_err(|reason| {
+                        MagnetError::BadSelectOnly {
                             so: excerpt(&value),
                             reason,
-                        })?;
+                        }
+                    })?;
                     select_only = Some(ranges);
                 }
                 _ => {}
@@ -581,30 +582,6 @@ fn check_peer(peer: &str) -> Result<(), &'static str> {
 }
 
 /// BEP 53's `so`: `0,2,4-6` as `[(0, 0), (2, 2), (4, 6)]`.
-fn parse_select_only(so: &str) -> Result<Vec<(u32, u32)>, &'static str> {
-    fn index(s: &str) -> Result<u32, &'static str> {
-        if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-            return Err("an index is not a number");
-        }
-        s.parse().map_err(|_| "an index is too large")
-    }
-    if so.is_empty() {
-        return Err("it is empty");
-    }
-    so.split(',')
-        .map(|item| match item.split_once('-') {
-            Some((a, b)) => {
-                let (a, b) = (index(a)?, index(b)?);
-                if a > b {
-                    return Err("a range ends before it starts");
-                }
-                Ok((a, b))
-            }
-            None => index(item).map(|i| (i, i)),
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

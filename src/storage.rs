@@ -172,9 +172,18 @@ impl std::error::Error for Error {
     }
 }
 
-/// One file of the torrent as found or created on disk.
+/// One file of the torrent as found or created on disk, or, for a file
+/// not selected, its place in the part file.
 struct Slot {
     path: PathBuf,
+    /// Added to offsets inside the file: 0 for a file of its own, the
+    /// file's offset in the torrent when its bytes live in the part file.
+    base: u64,
+    /// Which open handle serves it: its own index, or the part file's
+    /// (one past the last file), shared by every unselected file.
+    key: usize,
+    /// Its bytes go to the part file (the file is not selected).
+    part: bool,
     /// False when opened read-only and the file does not exist.
     exists: bool,
     /// The file held bytes before we opened it: its pieces may already be
@@ -295,6 +304,10 @@ impl Drop for Storage {
 enum Mode {
     Create,
     ReadOnly,
+    /// Read-only, and a selected file that does not exist is read from
+    /// the part file (where an earlier run with fewer files selected put
+    /// its bytes of shared pieces).
+    Verify,
 }
 
 impl Storage {
@@ -303,23 +316,49 @@ impl Storage {
     /// file shorter than its torrent length is extended (sparse), a longer
     /// one is left alone. Symlinks inside the output tree are refused so
     /// that a torrent cannot be steered outside `dir` through a planted link.
-    pub fn open(dir: &Path, torrent: &Torrent, cache: &Arc<FileCache>) -> Result<Storage, Error> {
+    ///
+    /// Only the files in `selected` (one flag per file) are created; the
+    /// bytes of the others that share a piece with a selected file go to
+    /// the part file, `.rtc-<info hash>.part`, at their offset in the
+    /// torrent (sparse: only those bytes take room).
+    pub fn open(
+        dir: &Path,
+        torrent: &Torrent,
+        selected: &[bool],
+        cache: &Arc<FileCache>,
+    ) -> Result<Storage, Error> {
         std::fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
             path: dir.to_path_buf(),
             source,
         })?;
-        Self::open_with(dir, torrent, Mode::Create, cache)
+        Self::open_with(dir, torrent, selected, Mode::Create, cache)
     }
 
     /// Opens whatever files of `torrent` exist under `dir`, read-only,
     /// creating nothing (for `rtc verify` and the session's check of what
     /// is already on disk).
+    /// Files not in `selected` are read from the part file.
     pub fn open_existing(
         dir: &Path,
         torrent: &Torrent,
+        selected: &[bool],
         cache: &Arc<FileCache>,
     ) -> Result<Storage, Error> {
-        Self::open_with(dir, torrent, Mode::ReadOnly, cache)
+        Self::open_with(dir, torrent, selected, Mode::ReadOnly, cache)
+    }
+
+    /// [`open_existing`](Self::open_existing) for `rtc verify`: a selected
+    /// file that does not exist is read from the part file too, so the
+    /// pieces it shares with files that do exist can still be checked.
+    /// (A download must not do this: a piece found that way would count
+    /// as done while the file being created lacks its bytes.)
+    pub fn open_for_verify(
+        dir: &Path,
+        torrent: &Torrent,
+        selected: &[bool],
+        cache: &Arc<FileCache>,
+    ) -> Result<Storage, Error> {
+        Self::open_with(dir, torrent, selected, Mode::Verify, cache)
     }
 
     /// Opens the given files read-only, in layout order (for `rtc create`,
@@ -335,12 +374,20 @@ impl Storage {
                 drop(file);
                 Ok(Slot {
                     path,
+                    base: 0,
+                    key: 0,
+                    part: false,
                     exists: true,
                     had_data: true,
                     found_len: 0,
                 })
             })
-            .collect::<Result<_, Error>>()?;
+            .collect::<Result<Vec<Slot>, Error>>()?;
+        let files = files
+            .into_iter()
+            .enumerate()
+            .map(|(key, slot)| Slot { key, ..slot })
+            .collect();
         Ok(Storage::new(
             layout,
             files,
@@ -352,60 +399,56 @@ impl Storage {
     fn open_with(
         dir: &Path,
         torrent: &Torrent,
+        selected: &[bool],
         mode: Mode,
         cache: &Arc<FileCache>,
     ) -> Result<Storage, Error> {
+        let layout = torrent.layout();
+        let is_selected = |i: usize| selected.get(i).copied().unwrap_or(true);
+        let part_key = torrent.files().len();
+        let part_path = part_path(dir, &torrent.info_hash());
+        // The part file is made only when a piece to fetch holds bytes of
+        // an unselected file; read-only, it is used when it exists.
+        let wanted = crate::select::wanted_pieces(layout, selected);
+        let part_needed = (0..torrent.files().len()).any(|i| {
+            !is_selected(i) && layout.pieces_of_file(i).any(|p| wanted.has(PieceIndex(p)))
+        });
+        let any_unselected = (0..torrent.files().len()).any(|i| !is_selected(i));
+        let part =
+            if part_needed || (mode == Mode::ReadOnly && any_unselected) || mode == Mode::Verify {
+                let rel = Path::new(part_path.file_name().unwrap_or_default());
+                open_file(dir, &part_path, rel, u64::MAX, mode)?
+            } else {
+                None
+            };
         let mut files = Vec::with_capacity(torrent.files().len());
-        for entry in torrent.files() {
+        for (i, entry) in torrent.files().iter().enumerate() {
             let path = dir.join(entry.path());
-            if !check_tree(dir, entry.path(), mode)? {
+            let found = if is_selected(i) {
+                open_file(dir, &path, entry.path(), entry.length(), mode)?
+            } else {
+                None
+            };
+            if !is_selected(i) || (found.is_none() && mode == Mode::Verify) {
                 files.push(Slot {
-                    path,
-                    exists: false,
-                    had_data: false,
+                    path: part_path.clone(),
+                    base: entry.offset(),
+                    key: part_key,
+                    part: true,
+                    exists: part.is_some(),
+                    had_data: part.is_some_and(|len| len > 0),
                     found_len: 0,
                 });
                 continue;
             }
-            // O_NOFOLLOW: a symlink planted as the file itself after
-            // `check_tree` looked is refused by the open, not followed.
-            let mut options = OpenOptions::new();
-            options.read(true).custom_flags(libc::O_NOFOLLOW);
-            if mode == Mode::Create {
-                options.write(true).create(true).truncate(false);
-            }
-            let file = options.open(&path).map_err(|source| {
-                if source.raw_os_error() == Some(libc::ELOOP) {
-                    Error::NotAFile { path: path.clone() }
-                } else {
-                    Error::Open {
-                        path: path.clone(),
-                        source,
-                    }
-                }
-            })?;
-            let len = file
-                .metadata()
-                .map_err(|source| Error::Open {
-                    path: path.clone(),
-                    source,
-                })?
-                .len();
-            if mode == Mode::Create && len < entry.length() {
-                file.set_len(entry.length())
-                    .map_err(|source| Error::Write {
-                        path: path.clone(),
-                        source,
-                    })?;
-            }
-            // Closed now, reopened on first use: a torrent's files need not
-            // all be open at once.
-            drop(file);
             files.push(Slot {
                 path,
-                exists: true,
-                had_data: len > 0,
-                found_len: len,
+                base: 0,
+                key: i,
+                part: false,
+                exists: found.is_some(),
+                had_data: found.is_some_and(|len| len > 0),
+                found_len: found.unwrap_or(0),
             });
         }
         Ok(Storage::new(
@@ -433,7 +476,7 @@ impl Storage {
             return Err(io::Error::from(io::ErrorKind::NotFound));
         }
         let path = &self.files[i].path;
-        self.cache.get((self.id, i), || {
+        self.cache.get((self.id, self.files[i].key), || {
             OpenOptions::new()
                 .read(true)
                 .write(self.writable)
@@ -458,7 +501,9 @@ impl Storage {
         repair: bool,
     ) -> Result<(), Error> {
         for (i, slot) in self.files.iter().enumerate() {
-            let incomplete = slot.had_data
+            // The part file is rtc's own: never the user's data.
+            let incomplete = !slot.part
+                && slot.had_data
                 && self
                     .layout
                     .pieces_of_file(i)
@@ -483,9 +528,10 @@ impl Storage {
         Ok(())
     }
 
-    /// Whether file `i` exists on disk.
+    /// Whether file `i` exists on disk under its own name (a file not
+    /// selected does not count, whatever is there).
     pub fn file_exists(&self, i: usize) -> bool {
-        self.files.get(i).is_some_and(|s| s.exists)
+        self.files.get(i).is_some_and(|s| s.exists && !s.part)
     }
 
     /// Writes one whole piece at its place, across file boundaries.
@@ -496,7 +542,7 @@ impl Storage {
             let chunk = &data[start..start + span.len as usize];
             let write = self
                 .handle(span.file)
-                .and_then(|f| f.write_all_at(chunk, span.file_offset));
+                .and_then(|f| f.write_all_at(chunk, slot.base + span.file_offset));
             write.map_err(|source| Error::Write {
                 path: slot.path.clone(),
                 source,
@@ -518,7 +564,7 @@ impl Storage {
             }
             let slot = &self.files[span.file];
             let dst = &mut buf[(from - lo) as usize..(to - lo) as usize];
-            let at = span.file_offset + (from - s_lo) as u64;
+            let at = slot.base + span.file_offset + (from - s_lo) as u64;
             let read = self
                 .handle(span.file)
                 .and_then(|f| f.read_exact_at(dst, at));
@@ -546,7 +592,7 @@ impl Storage {
             })?;
             let start = span.piece_offset as usize;
             let chunk = &mut buf[start..start + span.len as usize];
-            match file.read_exact_at(chunk, span.file_offset) {
+            match file.read_exact_at(chunk, slot.base + span.file_offset) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
                 Err(source) => {
@@ -559,6 +605,64 @@ impl Storage {
         }
         Ok(true)
     }
+}
+
+/// Opens (in create mode, creates) the file at `path`, `rel` under `dir`,
+/// without following symlinks, and extends it to `length` if it is
+/// shorter (`u64::MAX`: never). Returns its length before, or `None` if
+/// it does not exist (read-only).
+fn open_file(
+    dir: &Path,
+    path: &Path,
+    rel: &Path,
+    length: u64,
+    mode: Mode,
+) -> Result<Option<u64>, Error> {
+    if !check_tree(dir, rel, mode)? {
+        return Ok(None);
+    }
+    // O_NOFOLLOW: a symlink planted as the file itself after `check_tree`
+    // looked is refused by the open, not followed.
+    let mut options = OpenOptions::new();
+    options.read(true).custom_flags(libc::O_NOFOLLOW);
+    if mode == Mode::Create {
+        options.write(true).create(true).truncate(false);
+    }
+    let file = options.open(path).map_err(|source| {
+        if source.raw_os_error() == Some(libc::ELOOP) {
+            Error::NotAFile {
+                path: path.to_path_buf(),
+            }
+        } else {
+            Error::Open {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+    })?;
+    let len = file
+        .metadata()
+        .map_err(|source| Error::Open {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .len();
+    if mode == Mode::Create && length != u64::MAX && len < length {
+        file.set_len(length).map_err(|source| Error::Write {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    }
+    // Closed now, reopened on first use: a torrent's files need not all be
+    // open at once.
+    Ok(Some(len))
+}
+
+/// `.rtc-<info hash>.part` in the output directory: the bytes of files
+/// not selected that share a piece with a selected one, at their offset
+/// in the torrent. Removed once every file of the torrent is complete.
+pub(crate) fn part_path(dir: &Path, info_hash: &crate::types::InfoHash) -> PathBuf {
+    dir.join(format!(".rtc-{}.part", info_hash.hex()))
 }
 
 /// Walks `rel` under `dir` component by component without following
@@ -576,7 +680,7 @@ fn check_tree(dir: &Path, rel: &Path, mode: Mode) -> Result<bool, Error> {
             Ok(m) if last && !m.is_file() => return Err(Error::NotAFile { path: cur }),
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                if mode == Mode::ReadOnly {
+                if mode != Mode::Create {
                     return Ok(false);
                 }
                 if !last {

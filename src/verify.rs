@@ -53,14 +53,24 @@ pub enum FileStatus {
         of: u32,
     },
     Missing,
+    /// Not selected: not looked for.
+    Skipped,
 }
 
 /// Per-file status from a verified piece set. A zero-length file is complete
-/// when it exists.
-pub fn file_status(torrent: &Torrent, storage: &Storage, have: &Bitfield) -> Vec<FileStatus> {
+/// when it exists; a file not `selected` is skipped.
+pub fn file_status(
+    torrent: &Torrent,
+    storage: &Storage,
+    have: &Bitfield,
+    selected: &[bool],
+) -> Vec<FileStatus> {
     let layout = torrent.layout();
     (0..torrent.files().len())
         .map(|i| {
+            if !selected.get(i).copied().unwrap_or(true) {
+                return FileStatus::Skipped;
+            }
             if !storage.file_exists(i) {
                 return FileStatus::Missing;
             }

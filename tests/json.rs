@@ -134,38 +134,17 @@ fn check_download(lines: &[Value], files: usize, ends: &[&str]) {
     assert_eq!(ev.iter().filter(|&&e| e == "done").count(), 1);
 }
 
-struct Setup {
-    dir: tempfile::TempDir,
-    torrent: PathBuf,
-    content: PathBuf,
-}
-
-/// A torrent of a directory of three files (one ends mid-piece) with no
-/// tracker.
-fn setup(announce: Option<&str>) -> Setup {
-    let dir = tempfile::tempdir().unwrap();
-    let content = dir.path().join("seed/dir");
-    random_file(&content.join("a.bin"), 1_500_000, 1);
-    random_file(&content.join("b.bin"), 700_000, 2);
-    random_file(&content.join("sub/c.bin"), 2 * 1024 * 1024, 3);
-    let torrent = dir.path().join("d.torrent");
-    mktorrent(&content, &torrent, announce, 18);
-    Setup {
-        dir,
-        torrent,
-        content,
-    }
-}
-
-impl Setup {
-    fn lt_seeder(&self) -> Peer {
-        Peer::libtorrent_seed(
-            &self.torrent,
-            &self.dir.path().join("seed"),
-            free_port(),
-            "127.0.0.1",
-        )
-    }
+/// A torrent of a directory of three files (one ends mid-piece).
+fn setup(announce: Option<&str>) -> DirTorrent {
+    DirTorrent::new(
+        &[
+            ("a.bin", 1_500_000, 1),
+            ("b.bin", 700_000, 2),
+            ("sub/c.bin", 2 * 1024 * 1024, 3),
+        ],
+        announce,
+        18,
+    )
 }
 
 /// `rtc --json -q --port FREE ARGS -o OUT TARGET`.

@@ -242,3 +242,60 @@ fn adding_is_not_held_up_by_a_wait_on_another_thread() {
         assert!(matches!(waiter.join().unwrap(), Err(Error::Cancelled)));
     });
 }
+
+/// `AddOptions::files`: only the selected file is written; progress counts
+/// the pieces it needs; a selection naming no file of the torrent ends the
+/// download with `Error::Selection` before anything is created.
+#[test]
+fn a_file_selection_through_the_library() {
+    let dir = tempfile::tempdir().unwrap();
+    let content = dir.path().join("seed/lib");
+    random_file(&content.join("one.bin"), 200_000, 61);
+    random_file(&content.join("two.bin"), 300_000, 62);
+    let torrent_path = dir.path().join("t.torrent");
+    mktorrent(&content, &torrent_path, None, 16);
+    let seed = Peer::libtorrent_seed(
+        &torrent_path,
+        &dir.path().join("seed"),
+        free_port(),
+        "127.0.0.1",
+    );
+    let torrent = Torrent::from_bytes(&std::fs::read(&torrent_path).unwrap()).unwrap();
+    let out = dir.path().join("out");
+    let opts = AddOptions::new(&out)
+        .peer(seed.addr())
+        .files(rtc::FileSelection::all().include("*two*").unwrap());
+    let dl = Download::start_with(
+        torrent.clone(),
+        opts,
+        rtc::SessionOptions::default().no_dht(),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !dl.is_finished() {
+        assert!(Instant::now() < deadline, "download did not end");
+        let _ = dl.events().recv_timeout(Duration::from_millis(100));
+    }
+    assert_eq!(dl.selected_files(), Some(vec![1]));
+    let p = dl.progress();
+    let summary = dl.wait().expect("download succeeds");
+    // two.bin is bytes 200,000..500,000: pieces 3-7 of 64 KiB, so bytes
+    // 196,608..500,000 (the last piece is short).
+    assert_eq!(p.wanted_bytes, 500_000 - 3 * 65_536);
+    assert_eq!(p.wanted_verified_bytes, p.wanted_bytes);
+    assert_eq!(p.fraction(), 1.0);
+    assert_eq!(summary.downloaded_bytes, p.wanted_bytes);
+    assert_same_bytes(&content.join("two.bin"), &out.join("lib/two.bin"));
+    assert!(!out.join("lib/one.bin").exists());
+
+    let out2 = dir.path().join("out2");
+    let opts = AddOptions::new(&out2).files(rtc::FileSelection::all().file(2));
+    let dl = Download::start_with(torrent, opts, rtc::SessionOptions::default().no_dht()).unwrap();
+    match dl.wait() {
+        Err(Error::Selection(e)) => {
+            assert_eq!(e, rtc::SelectError::OutOfRange { index: 2, files: 2 })
+        }
+        other => panic!("expected a selection error, got {other:?}"),
+    }
+    assert!(!out2.exists());
+}

@@ -22,7 +22,8 @@ pub(super) struct Lines {
     seeding: bool,
     /// `metadata` written (or not needed: a .torrent).
     have_torrent: bool,
-    /// Per file: `file_done` written.
+    /// Per file: `file_done` written (or not to be: the file is not
+    /// selected).
     files_done: Vec<bool>,
     lengths: Vec<u64>,
     /// Each file's path, as `start` (or `metadata`) wrote it.
@@ -36,7 +37,8 @@ pub(super) struct Lines {
 impl Lines {
     /// Writes `start`: the whole torrent if it is known (a .torrent), else
     /// the info hash and the magnet's name.
-    pub(super) fn new(dl: &Download, known: Option<&crate::Torrent>, seeding: bool) -> Lines {
+    /// `known` comes with the files selected in it.
+    pub(super) fn new(dl: &Download, known: Option<&Known>, seeding: bool) -> Lines {
         let ih = dl.info_hash();
         let mut l = Lines {
             ih,
@@ -50,11 +52,12 @@ impl Lines {
             done: false,
         };
         match known {
-            Some(t) => {
-                let mut line = with_selection(t);
+            Some((t, selected)) => {
+                let (t, selected) = (t, selected.as_slice());
+                let mut line = with_selection(t, selected);
                 line["metadata"] = true.into();
                 json::emit("start", line);
-                l.know(t);
+                l.know(t, selected);
             }
             None => json::emit(
                 "start",
@@ -64,10 +67,12 @@ impl Lines {
         l
     }
 
-    fn know(&mut self, t: &crate::Torrent) {
+    fn know(&mut self, t: &crate::Torrent, selected: &[bool]) {
         self.have_torrent = true;
         self.lengths = t.files().iter().map(|f| f.length()).collect();
-        self.files_done = vec![false; self.lengths.len()];
+        self.files_done = (0..self.lengths.len())
+            .map(|i| !selected.get(i).copied().unwrap_or(true))
+            .collect();
         self.paths = t.files().iter().map(|f| json::path(f.path())).collect();
     }
 
@@ -109,9 +114,15 @@ impl Lines {
         if self.have_torrent {
             return;
         }
-        if let Some(t) = dl.torrent() {
-            json::emit("metadata", with_selection(&t));
-            self.know(&t);
+        // The selection is set before the torrent: both are there, or
+        // neither.
+        if let (Some(t), Some(sel)) = (dl.torrent(), dl.selected_files()) {
+            let mut flags = vec![false; t.files().len()];
+            for i in sel {
+                flags[i] = true;
+            }
+            json::emit("metadata", with_selection(&t, &flags));
+            self.know(&t, &flags);
         }
     }
 
@@ -195,17 +206,27 @@ impl Lines {
     }
 }
 
-/// The torrent object with the files being downloaded (every file today).
-fn with_selection(t: &crate::Torrent) -> serde_json::Value {
+/// The torrent object with the indices of the files being downloaded.
+fn with_selection(t: &crate::Torrent, selected: &[bool]) -> serde_json::Value {
     let mut line = json::torrent(t);
-    line["selection"] = (0..t.files().len()).collect();
+    line["selection"] = (0..t.files().len())
+        .filter(|&i| selected.get(i).copied().unwrap_or(true))
+        .collect();
     line
 }
 
-/// The torrent a download starts with, when its source already is one.
-pub(super) fn known(source: &crate::Source) -> Option<crate::Torrent> {
+/// A torrent known before its download starts, with its files selected.
+pub(super) type Known = (crate::Torrent, Vec<bool>);
+
+/// The torrent a download starts with, when its source already is one,
+/// and the files `selection` picks in it (an unusable selection is an
+/// error before anything starts).
+pub(super) fn known(
+    source: &crate::Source,
+    selection: &crate::FileSelection,
+) -> Result<Option<Known>, crate::SelectError> {
     match source {
-        crate::Source::Torrent(t) => Some(t.clone()),
-        _ => None,
+        crate::Source::Torrent(t) => Ok(Some((t.clone(), selection.resolve(t)?))),
+        _ => Ok(None),
     }
 }

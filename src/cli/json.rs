@@ -100,7 +100,7 @@ pub(super) fn torrent(t: &Torrent) -> Value {
 
 /// A `progress` line's fields.
 pub(super) fn progress(ih: InfoHash, p: &Progress) -> Value {
-    let left = p.total_bytes.saturating_sub(p.verified_bytes);
+    let left = p.wanted_bytes.saturating_sub(p.wanted_verified_bytes);
     let eta = if p.total_bytes == 0 {
         Value::Null
     } else if left == 0 {
@@ -112,6 +112,8 @@ pub(super) fn progress(ih: InfoHash, p: &Progress) -> Value {
         "info_hash": ih.to_string(),
         "verified_bytes": p.verified_bytes,
         "total_bytes": p.total_bytes,
+        "wanted_bytes": p.wanted_bytes,
+        "wanted_verified_bytes": p.wanted_verified_bytes,
         "pieces_done": p.pieces_done,
         "pieces_total": p.pieces_total,
         "download_rate": p.rate,

@@ -104,7 +104,15 @@ pub(super) fn download_many(
                 continue;
             }
         };
-        let known = events::known(&source);
+        let known = match events::known(&source, &opts.files) {
+            Ok(k) => k,
+            Err(e) => {
+                let f = Failure::new(super::exit::USAGE, e.to_string());
+                worst = worst.max(report(&input, Some(source.info_hash()), &f, false));
+                failed += 1;
+                continue;
+            }
+        };
         match session.add(source, opts.clone()) {
             Ok(dl) => {
                 let lines = json::on().then(|| events::Lines::new(&dl, known.as_ref(), seeding));
@@ -150,6 +158,7 @@ pub(super) fn download_many(
             r.dl.torrent()
                 .map_or_else(|| r.input.clone(), |t| crate::text::escaped(t.name()));
         let last = r.dl.file_progress();
+        let verified = super::verified_text(&r.dl.progress());
         match r.dl.wait() {
             Ok(summary) => {
                 if let Some(l) = r.lines.as_mut() {
@@ -157,8 +166,7 @@ pub(super) fn download_many(
                 }
                 if !quiet {
                     eprintln!(
-                        "rtc: {name}: {} verified; {} downloaded, {} uploaded in {:.1}s",
-                        super::human(summary.total_bytes),
+                        "rtc: {name}: {verified} verified; {} downloaded, {} uploaded in {:.1}s",
                         super::human(summary.downloaded_bytes),
                         super::human(summary.uploaded_bytes),
                         summary.elapsed.as_secs_f64(),
@@ -188,11 +196,11 @@ fn draw(running: &[Running]) {
     let mut finished = 0;
     for r in running {
         let p = r.dl.progress();
-        done += p.verified_bytes;
-        total += p.total_bytes;
+        done += p.wanted_verified_bytes;
+        total += p.wanted_bytes;
         rate += p.rate;
         peers += p.peers;
-        finished += usize::from(p.total_bytes > 0 && p.verified_bytes == p.total_bytes);
+        finished += usize::from(p.total_bytes > 0 && p.wanted_verified_bytes == p.wanted_bytes);
     }
     let pct = if total == 0 {
         0.0

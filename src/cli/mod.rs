@@ -85,6 +85,13 @@ OPTIONS:
         --max-download-rate R  most bytes/s received, all peers together
                            (e.g. 500K, 2M, 1.5MiB; K = 1024)
         --max-upload-rate R    most bytes/s sent, all peers together
+        --files LIST       download only these files, by index as `rtc info`
+                           lists them: 0,3-5 (repeatable)
+        --include GLOB     ... and the files whose path matches GLOB (`*`, `?`,
+                           `[a-z]`; `*` also matches `/`; repeatable)
+        --exclude GLOB     leave out the files whose path matches (repeatable).
+                           Default: every file, or a magnet's so= list.
+                           `rtc verify` takes the same flags
         --repair           rewrite pieces that fail verification in existing
                            files of the torrent's size that rtc did not create
         --json             NDJSON events on stdout, one object per line
@@ -197,6 +204,20 @@ fn run() -> Result<(), Failure> {
     let no_dht = args.contains("--no-dht");
     let dht_bootstrap: Vec<String> = args.values_from_str("--dht-bootstrap").map_err(usage)?;
     let input_list: Option<String> = args.opt_value_from_str(["-i", "--input"]).map_err(usage)?;
+    let file_lists: Vec<String> = args.values_from_str("--files").map_err(usage)?;
+    let includes: Vec<String> = args.values_from_str("--include").map_err(usage)?;
+    let excludes: Vec<String> = args.values_from_str("--exclude").map_err(usage)?;
+    let mut selection = crate::FileSelection::all();
+    let bad = |flag: &str, e: crate::SelectError| usage(format!("{flag}: {e}"));
+    for list in &file_lists {
+        selection = selection.files(list).map_err(|e| bad("--files", e))?;
+    }
+    for g in &includes {
+        selection = selection.include(g).map_err(|e| bad("--include", e))?;
+    }
+    for g in &excludes {
+        selection = selection.exclude(g).map_err(|e| bad("--exclude", e))?;
+    }
     let rate = |flag: &'static str, v: Option<String>| -> Result<Option<u64>, Failure> {
         v.map(|t| {
             crate::throttle::parse_rate(&t).ok_or_else(|| {
@@ -227,6 +248,11 @@ fn run() -> Result<(), Failure> {
         .map(|s| s.to_string_lossy().into_owned())
         .collect();
     if let Some(flag) = rest.iter().find(|a| a.starts_with('-') && a.len() > 1) {
+        // pico-args takes the first of a flag; a second is left over.
+        let name = flag.split_once('=').map_or(flag.as_str(), |(n, _)| n);
+        if is_documented_flag(name) {
+            return Err(usage(format!("{name} given more than once")));
+        }
         return Err(usage(format!("unknown option {flag}")));
     }
     const ONE_ONLY: [&str; 4] = ["info", "verify", "create", "magnet"];
@@ -258,7 +284,7 @@ fn run() -> Result<(), Failure> {
         return create(Path::new(&source), &out, &opts, quiet);
     }
     let out_dir = output.unwrap_or_else(|| PathBuf::from("."));
-    let mut opts = AddOptions::new(&out_dir);
+    let mut opts = AddOptions::new(&out_dir).files(selection);
     let mut session = SessionOptions::default();
     if let Some(n) = max_open_files {
         if n == 0 {
@@ -358,7 +384,7 @@ fn run() -> Result<(), Failure> {
     if command == "info" || command == "verify" {
         let torrent = match source {
             Source::Torrent(t) => t,
-            Source::Magnet(m) => fetch_metadata(m, opts, session, quiet)?,
+            Source::Magnet(m) => fetch_metadata(m, opts.clone(), session, quiet)?,
         };
         return if command == "info" {
             let timeout =
@@ -386,7 +412,7 @@ fn run() -> Result<(), Failure> {
             }
             Ok(())
         } else {
-            verify(&torrent, &out_dir)
+            verify(&torrent, &out_dir, &opts.files)
         };
     }
     let save = match save_torrent {
@@ -554,11 +580,23 @@ fn print_info(t: &Torrent) {
     }
 }
 
-fn verify(torrent: &Torrent, dir: &std::path::Path) -> Result<(), Failure> {
+/// `rtc verify`: every piece of the torrent is checked; the files
+/// `selection` leaves out are reported as skipped (their bytes in pieces
+/// shared with selected files are read from the part file), and the exit
+/// code says whether every selected file is complete.
+fn verify(
+    torrent: &Torrent,
+    dir: &std::path::Path,
+    selection: &crate::FileSelection,
+) -> Result<(), Failure> {
     use crate::verify::FileStatus;
     let io = |e: crate::storage::Error| Failure::new(exit::IO, e.to_string());
+    let selected = selection
+        .resolve(torrent)
+        .map_err(|e| Failure::new(exit::USAGE, e.to_string()))?;
     let files = crate::storage::FileCache::new(crate::storage::MAX_OPEN_FILES);
-    let storage = crate::storage::Storage::open_existing(dir, torrent, &files).map_err(io)?;
+    let storage =
+        crate::storage::Storage::open_for_verify(dir, torrent, &selected, &files).map_err(io)?;
     let pool = rayon::ThreadPoolBuilder::new()
         .build()
         .map_err(|e| Failure::new(exit::INTERNAL, e.to_string()))?;
@@ -569,7 +607,7 @@ fn verify(torrent: &Torrent, dir: &std::path::Path) -> Result<(), Failure> {
         .filter(|&p| have.has(p))
         .map(|p| layout.piece_len(p) as u64)
         .sum();
-    let statuses = crate::verify::file_status(torrent, &storage, &have);
+    let statuses = crate::verify::file_status(torrent, &storage, &have, &selected);
     if json::on() {
         let files: Vec<serde_json::Value> = torrent
             .files()
@@ -583,6 +621,7 @@ fn verify(torrent: &Torrent, dir: &std::path::Path) -> Result<(), Failure> {
                         ("complete", n, n)
                     }
                     FileStatus::Missing => ("missing", 0, layout.pieces_of_file(i).len() as u32),
+                    FileStatus::Skipped => ("skipped", 0, layout.pieces_of_file(i).len() as u32),
                     FileStatus::Partial { pieces, of } => ("partial", pieces, of),
                 };
                 serde_json::json!({
@@ -617,24 +656,41 @@ fn verify(torrent: &Torrent, dir: &std::path::Path) -> Result<(), Failure> {
             let st = match *st {
                 FileStatus::Complete => "complete".to_string(),
                 FileStatus::Missing => "missing".to_string(),
+                FileStatus::Skipped => "skipped".to_string(),
                 FileStatus::Partial { pieces, of } => format!("partial {pieces}/{of}"),
             };
             outln!("  {st:<16} {}", escaped_path(f.path()));
         }
     }
-    if have.is_full() {
+    let short = statuses
+        .iter()
+        .filter(|s| !matches!(s, FileStatus::Complete | FileStatus::Skipped))
+        .count();
+    if short == 0 {
         Ok(())
     } else {
+        let selected_count = selected.iter().filter(|&&s| s).count();
         Err(Failure::new(
             exit::INCOMPLETE,
             format!(
-                "{}: incomplete, {} of {} pieces missing or wrong",
+                "{}: incomplete, {short} of {selected_count} {}files not complete ({} of {} pieces missing or wrong)",
                 Escaped(torrent.name()),
+                if selected_count < selected.len() { "selected " } else { "" },
                 have.len() - have.count(),
                 have.len()
             ),
         ))
     }
+}
+
+/// Whether `name` (e.g. `--seed`) is one of the flags HELP documents.
+fn is_documented_flag(name: &str) -> bool {
+    HELP.match_indices(name).any(|(at, _)| {
+        let before = HELP[..at].chars().next_back();
+        let after = HELP[at + name.len()..].chars().next();
+        matches!(before, Some(' ' | '['))
+            && !after.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-')
+    })
 }
 
 /// `90`, `90s`, `30m`, `2h`, `1d`.
@@ -780,7 +836,8 @@ fn download(
     let seeding = opts.seed != SeedUntil::Never;
     // Known now for a .torrent (the download's own copy appears only once
     // its thread runs); a magnet's comes with its metadata.
-    let known = events::known(&source);
+    let known = events::known(&source, &opts.files)
+        .map_err(|e| Failure::new(exit::USAGE, e.to_string()))?;
     let dl = Download::start_with(source, opts, session).map_err(session_failure)?;
     let mut saved = save.is_none();
     // Ctrl-C / SIGTERM cancel the download cleanly: peers are closed, queued
@@ -822,6 +879,7 @@ fn download(
     );
     let ih = dl.info_hash();
     let last = dl.file_progress();
+    let verified = verified_text(&dl.progress());
     let summary = dl.wait().map_err(session_failure)?;
     if let Some(l) = lines.as_mut() {
         l.finish(ih, &last, &summary);
@@ -829,8 +887,7 @@ fn download(
     if !quiet {
         let secs = summary.elapsed.as_secs_f64().max(0.001);
         eprintln!(
-            "rtc: {name}: {} verified; {} downloaded, {} uploaded in {:.1}s ({}/s down); peers: {}",
-            human(summary.total_bytes),
+            "rtc: {name}: {verified} verified; {} downloaded, {} uploaded in {:.1}s ({}/s down); peers: {}",
             human(summary.downloaded_bytes),
             human(summary.uploaded_bytes),
             secs,
@@ -841,11 +898,25 @@ fn download(
     Ok(())
 }
 
+/// What a finished download verified: the torrent's size, or with a
+/// partial file selection the selected pieces' bytes of it.
+fn verified_text(p: &crate::Progress) -> String {
+    if p.wanted_bytes < p.total_bytes {
+        format!(
+            "{} of {} (the selected files)",
+            human(p.wanted_verified_bytes),
+            human(p.total_bytes)
+        )
+    } else {
+        human(p.total_bytes)
+    }
+}
+
 fn draw_progress(p: &crate::Progress) {
     if p.total_bytes == 0 {
         draw_metadata(p);
         return;
-    } else if p.verified_bytes == p.total_bytes {
+    } else if p.wanted_verified_bytes == p.wanted_bytes {
         eprint!(
             "\r\x1b[2Kseeding  up {}/s  ratio {:.2}  {} peers",
             human(p.upload_rate),
@@ -853,7 +924,7 @@ fn draw_progress(p: &crate::Progress) {
             p.peers
         );
     } else {
-        let eta = (p.total_bytes - p.verified_bytes)
+        let eta = (p.wanted_bytes - p.wanted_verified_bytes)
             .checked_div(p.rate)
             .map_or_else(|| "--:--".into(), |s| fmt_duration(Duration::from_secs(s)));
         eprint!(
@@ -906,7 +977,7 @@ fn session_failure(e: SessionError) -> Failure {
         SessionError::Storage(_) | SessionError::Listen { .. } => exit::IO,
         SessionError::Tracker(_) | SessionError::NoPeers { .. } => exit::NO_PEERS,
         SessionError::Cancelled => exit::CANCELLED,
-        SessionError::AlreadyAdded(_) => exit::USAGE,
+        SessionError::AlreadyAdded(_) | SessionError::Selection(_) => exit::USAGE,
         SessionError::Metadata(_) => exit::BAD_TORRENT,
         SessionError::Entropy(_) | SessionError::Thread(_) => exit::INTERNAL,
     };

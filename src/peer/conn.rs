@@ -209,6 +209,9 @@ pub struct Params {
     pub layout: Arc<Layout>,
     /// Pieces we already have (verified and written) when the thread starts.
     pub have: Bitfield,
+    /// Pieces the download does not want (only bytes of files not
+    /// selected): never interesting in a peer. `None`: every piece is.
+    pub unwanted: Option<Arc<Bitfield>>,
     /// This connection's own work channel: the session puts the pieces it
     /// assigns here (see `peer::Event` for how each is answered).
     pub work: Receiver<PieceIndex>,
@@ -294,7 +297,9 @@ struct Conn {
     download: Fetcher,
     last_stats: Instant,
     stats_due: bool,
-    /// Pieces the peer has that we lack; we are interested while non-zero.
+    /// Pieces we have or do not want: `ours` plus `Params::unwanted`.
+    needless: Bitfield,
+    /// Pieces the peer has that we need; we are interested while non-zero.
     wanted: u32,
     am_interested: bool,
     /// A bitfield or a `have` arrived: a later bitfield only adds pieces.
@@ -335,7 +340,12 @@ impl Conn {
         let n = p.layout.piece_count();
         let download = Fetcher::new(&p.layout, p.limits.pipeline);
         let now = Instant::now();
+        let mut needless = p.have.clone();
+        if let Some(skip) = &p.unwanted {
+            needless.union_with(skip);
+        }
         Conn {
+            needless,
             ours: p.have.clone(),
             p,
             connected: false,
@@ -500,10 +510,12 @@ impl Conn {
                     Command::Shutdown => return Ok(()),
                 }
             }
-            if self.ours.is_full() && self.remote.is_full() {
-                return Ok(()); // two seeds have nothing to say
+            if self.needless.is_full() && self.remote.is_full() {
+                // Two seeds (or a seed of what we want and a seed) have
+                // nothing to say.
+                return Ok(());
             }
-            if !self.ours.is_full() && !self.download.is_choked() {
+            if !self.needless.is_full() && !self.download.is_choked() {
                 self.fill_pipeline()?;
             }
             if self.upload.has_work() {
@@ -661,9 +673,11 @@ impl Conn {
     fn on_have_cmd(&mut self, piece: PieceIndex) {
         if !self.ours.has(piece) {
             self.ours.set(piece);
+            let needed = !self.needless.has(piece);
+            self.needless.set(piece);
             if !self.remote.has(piece) {
                 message::encode(&Message::Have(piece), &mut self.out);
-            } else {
+            } else if needed {
                 self.wanted -= 1;
                 self.update_interest();
             }
@@ -704,7 +718,7 @@ impl Conn {
     /// The peer has a piece it did not have (checked by the caller).
     fn on_have(&mut self, piece: PieceIndex) -> Result<(), Error> {
         self.remote.set(piece);
-        if !self.ours.has(piece) {
+        if !self.needless.has(piece) {
             self.wanted += 1;
             self.update_interest();
         }
@@ -760,7 +774,7 @@ impl Conn {
     /// completed elsewhere) or cannot get is handed back at once.
     fn take_piece(&mut self) -> Result<Option<PieceIndex>, Error> {
         while let Ok(piece) = self.p.work.try_recv() {
-            if self.ours.has(piece) || !self.remote.has(piece) || self.download.holds(piece) {
+            if self.needless.has(piece) || !self.remote.has(piece) || self.download.holds(piece) {
                 self.send_event(Event::Abandoned {
                     id: self.p.id,
                     piece,
@@ -909,7 +923,7 @@ impl Conn {
                     self.wanted = bits
                         .as_bytes()
                         .iter()
-                        .zip(self.ours.as_bytes())
+                        .zip(self.needless.as_bytes())
                         .map(|(r, o)| (r & !o).count_ones())
                         .sum();
                     self.remote = bits.clone();

@@ -394,6 +394,14 @@ impl Bitfield {
         self.ones
     }
 
+    /// Sets every bit set in `other` (of the same length).
+    pub fn union_with(&mut self, other: &Bitfield) {
+        for (a, b) in self.bits.iter_mut().zip(&other.bits) {
+            *a |= b;
+        }
+        self.ones = self.bits.iter().map(|b| b.count_ones()).sum();
+    }
+
     pub fn is_full(&self) -> bool {
         self.ones == self.len
     }

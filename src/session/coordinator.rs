@@ -186,6 +186,13 @@ pub(super) struct Coordinator {
     peer_id: PeerId,
     pieces: Pieces,
     have: Bitfield,
+    /// One flag per file: selected for download.
+    selected: Arc<[bool]>,
+    /// Pieces holding bytes of a selected file.
+    wanted: Bitfield,
+    /// The other pieces, given to connections (which are not interested in
+    /// them); `None` when every file is selected.
+    unwanted: Option<Arc<Bitfield>>,
     shared: Arc<Shared>,
     events: Sender<Event>,
     control: Receiver<Control>,
@@ -304,11 +311,31 @@ impl Coordinator {
         } = ctx;
         let opts = sane(opts);
         let n = torrent.piece_count();
+        let selected: Arc<[bool]> = opts
+            .files
+            .resolve(&torrent)
+            .map_err(Error::Selection)?
+            .into();
+        let wanted = crate::select::wanted_pieces(torrent.layout(), &selected);
+        let unwanted = (!wanted.is_full()).then(|| {
+            let mut bits = Bitfield::new(n);
+            for p in (0..n).map(PieceIndex).filter(|&p| !wanted.has(p)) {
+                bits.set(p);
+            }
+            Arc::new(bits)
+        });
+        let wanted_bytes = (0..n)
+            .map(PieceIndex)
+            .filter(|&p| wanted.has(p))
+            .map(|p| u64::from(torrent.layout().piece_len(p)))
+            .sum();
         shared
             .total_bytes
             .store(torrent.total_length(), Ordering::Relaxed);
+        shared.wanted_bytes.store(wanted_bytes, Ordering::Relaxed);
         shared.pieces_total.store(n, Ordering::Relaxed);
         shared.init_have(n);
+        let _ = shared.selected.set(Arc::clone(&selected));
         let torrent = Arc::new(torrent);
         let _ = shared.torrent.set(Arc::clone(&torrent));
         let layout = Arc::new(torrent.layout().clone());
@@ -328,8 +355,11 @@ impl Coordinator {
             starved: false,
             threads: Vec::new(),
             // Replaced by `resume` once the data on disk is checked.
-            pieces: Pieces::new(&Bitfield::new(n), Rng::new(0)),
+            pieces: Pieces::new(&Bitfield::new(n), &wanted, Rng::new(0)),
             have: Bitfield::new(n),
+            selected,
+            wanted,
+            unwanted,
             shared,
             events,
             control,
@@ -531,7 +561,8 @@ impl Coordinator {
         let dir = &self.opts.output_dir;
         let marker = storage::Marker::new(dir, &self.torrent);
         let files = &self.core.files;
-        let existing = Storage::open_existing(dir, &self.torrent, files).map_err(Error::Storage)?;
+        let existing = Storage::open_existing(dir, &self.torrent, &self.selected, files)
+            .map_err(Error::Storage)?;
         let have = verify::check(&self.torrent, &existing, &self.core.pool, &|| {
             self.cancelled.load(Ordering::Relaxed)
         })
@@ -544,14 +575,17 @@ impl Coordinator {
                 .check_not_clobbering(&have, self.opts.repair)
                 .map_err(Error::Storage)?;
         }
-        let mut bytes = 0;
+        let (mut bytes, mut wanted_bytes) = (0, 0);
         for i in 0..self.torrent.piece_count() {
             let piece = PieceIndex(i);
             if have.has(piece) {
                 bytes += self.layout.piece_len(piece) as u64;
+                if self.wanted.has(piece) {
+                    wanted_bytes += self.layout.piece_len(piece) as u64;
+                }
             }
         }
-        self.pieces = Pieces::new(&have, Rng::seeded()?);
+        self.pieces = Pieces::new(&have, &self.wanted, Rng::seeded()?);
         // Always said: scripts and tests know from it that the session is
         // past its check of the disk (the port is open before it).
         log::info!(
@@ -560,6 +594,9 @@ impl Coordinator {
             have.len()
         );
         self.shared.verified_bytes.store(bytes, Ordering::Relaxed);
+        self.shared
+            .wanted_verified_bytes
+            .store(wanted_bytes, Ordering::Relaxed);
         self.shared
             .pieces_done
             .store(have.count(), Ordering::Relaxed);
@@ -572,14 +609,28 @@ impl Coordinator {
         }
         self.have = have;
         if self.pieces.is_complete() {
-            marker.remove();
+            self.tidy_up();
             return Ok(existing);
         }
         drop(existing);
         marker
             .create(self.torrent.info_bytes())
             .map_err(Error::Storage)?;
-        Storage::open(dir, &self.torrent, files).map_err(Error::Storage)
+        Storage::open(dir, &self.torrent, &self.selected, files).map_err(Error::Storage)
+    }
+
+    /// Every wanted piece is here. With every file selected, the marker
+    /// and the part file go (the files are the user's now). With a
+    /// partial selection both stay: the part file holds the bytes of
+    /// unselected files that share a piece with a selected one, and the
+    /// marker lets a later run that selects more rewrite those shared
+    /// pieces (see `storage::Marker`).
+    fn tidy_up(&self) {
+        if self.selected.iter().all(|&s| s) {
+            let dir = &self.opts.output_dir;
+            storage::Marker::new(dir, &self.torrent).remove();
+            let _ = std::fs::remove_file(storage::part_path(dir, &self.torrent.info_hash()));
+        }
     }
 
     fn event_loop(
@@ -603,7 +654,7 @@ impl Coordinator {
         loop {
             if self.pieces.is_complete() && self.completed_at.is_none() {
                 self.completed_at = Some(Instant::now());
-                storage::Marker::new(&self.opts.output_dir, &self.torrent).remove();
+                self.tidy_up();
                 let _ = self.events.try_send(Event::Finished);
                 if self.opts.seed != SeedUntil::Never {
                     log::info!("complete; seeding");
@@ -638,8 +689,10 @@ impl Coordinator {
                             self.on_written(piece, result, counters)?;
                         }
                         // `completed` only for a download finished in this
-                        // run (BEP 3), never for data that was already here.
-                        if self.pieces.is_complete() {
+                        // run (BEP 3), never for data that was already here,
+                        // and only once every piece is here (a partial
+                        // selection done is not a completed download).
+                        if self.pieces.is_complete() && self.have.is_full() {
                             let _ = tracker_cmd.send(tracker::Command::Completed);
                         }
                     }
@@ -1100,6 +1153,7 @@ impl Coordinator {
             peer_id: self.peer_id,
             layout: Arc::clone(&self.layout),
             have: self.have.clone(),
+            unwanted: self.unwanted.clone(),
             work: work_rx,
             events: self.peer_tx.clone(),
             pieces: self.piece_tx.clone(),
@@ -1641,6 +1695,10 @@ impl Coordinator {
         self.have.set(piece);
         self.shared.set_have(piece.0);
         let verified = self.shared.verified_bytes.fetch_add(len, Ordering::Relaxed) + len;
+        // Only wanted pieces are ever fetched.
+        self.shared
+            .wanted_verified_bytes
+            .fetch_add(len, Ordering::Relaxed);
         self.shared.pieces_done.fetch_add(1, Ordering::Relaxed);
         counters
             .downloaded

@@ -46,6 +46,10 @@ pub enum Error {
     /// A magnet's metadata, verified against its info hash, is not a
     /// valid torrent (its creator made a bad one).
     Metadata(crate::metainfo::MetainfoError),
+    /// The file selection ([`AddOptions::files`](crate::AddOptions::files))
+    /// does not fit the torrent: an index past its last file, or nothing
+    /// selected.
+    Selection(crate::select::SelectError),
     /// The operating system refused entropy (for peer ids and keys).
     Entropy(crate::types::EntropyError),
     /// A thread could not be started or died unexpectedly (a bug, or the
@@ -72,6 +76,7 @@ impl Clone for Error {
             },
             Error::AlreadyAdded(h) => Error::AlreadyAdded(*h),
             Error::Metadata(e) => Error::Metadata(e.clone()),
+            Error::Selection(e) => Error::Selection(e.clone()),
             Error::Entropy(e) => Error::Entropy(*e),
             Error::Thread(e) => Error::Thread(e.clone()),
         }
@@ -113,6 +118,7 @@ impl fmt::Display for Error {
             Error::Listen { port, source } => write!(f, "cannot listen on port {port}: {source}"),
             Error::AlreadyAdded(h) => write!(f, "torrent {} is already in this session", h.hex()),
             Error::Metadata(e) => write!(f, "the torrent's metadata from peers is invalid: {e}"),
+            Error::Selection(e) => write!(f, "{e}"),
             Error::Entropy(e) => write!(f, "{e}"),
             Error::Thread(e) => write!(f, "internal error: {e}"),
         }
@@ -127,6 +133,7 @@ impl std::error::Error for Error {
             Error::Listen { source, .. } => Some(source),
             Error::Entropy(e) => Some(e),
             Error::Metadata(e) => Some(e),
+            Error::Selection(e) => Some(e),
             _ => None,
         }
     }

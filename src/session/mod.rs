@@ -121,6 +121,7 @@ fn from_magnet(
         total_bytes: torrent.total_length(),
     });
     options.peers.clear(); // all in `peers`, with their origins
+    options.files = options.files.with_default(m.select_only());
     if options.metadata_only {
         let total_bytes = torrent.total_length();
         let _ = ctx.shared.torrent.set(Arc::new(torrent));
@@ -174,15 +175,22 @@ pub struct Progress {
     pub metadata_bytes: u64,
     /// Size of the info dict, once a peer has said (0 before).
     pub metadata_size: u64,
+    /// Bytes of the pieces the download must have: those holding bytes
+    /// of a selected file ([`AddOptions::files`]). `total_bytes` when
+    /// every file is selected.
+    pub wanted_bytes: u64,
+    /// Of `wanted_bytes`, those verified and written.
+    pub wanted_verified_bytes: u64,
 }
 
 impl Progress {
-    /// Verified share of the torrent, from 0.0 to 1.0.
+    /// Verified share of what the download wants (every piece, or those
+    /// of the selected files), from 0.0 to 1.0.
     pub fn fraction(&self) -> f64 {
-        if self.total_bytes == 0 {
+        if self.wanted_bytes == 0 {
             1.0
         } else {
-            self.verified_bytes as f64 / self.total_bytes as f64
+            self.wanted_verified_bytes as f64 / self.wanted_bytes as f64
         }
     }
 }
@@ -343,6 +351,12 @@ struct Shared {
     /// and its size once a peer said.
     metadata_bytes: AtomicU64,
     metadata_size: AtomicU64,
+    /// Bytes of the wanted pieces, and of those verified (see
+    /// [`Progress::wanted_bytes`]).
+    wanted_bytes: AtomicU64,
+    wanted_verified_bytes: AtomicU64,
+    /// Which files are selected, set just before `torrent`.
+    selected: OnceLock<Arc<[bool]>>,
     /// The torrent, once known.
     torrent: OnceLock<Arc<Torrent>>,
     /// Verified pieces, one bit each (bit `i % 64` of word `i / 64`), once
@@ -390,6 +404,8 @@ impl Shared {
             paused: self.paused.load(Ordering::Relaxed),
             metadata_bytes: self.metadata_bytes.load(Ordering::Relaxed),
             metadata_size: self.metadata_size.load(Ordering::Relaxed),
+            wanted_bytes: self.wanted_bytes.load(Ordering::Relaxed),
+            wanted_verified_bytes: self.wanted_verified_bytes.load(Ordering::Relaxed),
         }
     }
 }
@@ -842,6 +858,13 @@ impl Download {
     /// has been fetched and verified for a magnet link.
     pub fn torrent(&self) -> Option<Arc<Torrent>> {
         self.shared.torrent.get().cloned()
+    }
+
+    /// The index of each selected file ([`AddOptions::files`]), in order;
+    /// `None` until the torrent is known.
+    pub fn selected_files(&self) -> Option<Vec<usize>> {
+        let flags = self.shared.selected.get()?;
+        Some((0..flags.len()).filter(|&i| flags[i]).collect())
     }
 
     /// A snapshot of the download's progress.

@@ -160,6 +160,11 @@ pub struct AddOptions {
     /// once the torrent is known ([`Download::torrent`](crate::Download::torrent)),
     /// before any file is created.
     pub metadata_only: bool,
+    /// Which files to download (every file by default; a magnet link's
+    /// `so=` list when no rule is given). Files not selected are not
+    /// created; the download completes when every selected file is
+    /// verified.
+    pub files: crate::FileSelection,
 }
 
 impl AddOptions {
@@ -176,6 +181,7 @@ impl AddOptions {
             repair: false,
             paused: false,
             metadata_only: false,
+            files: crate::FileSelection::all(),
         }
     }
     /// Sets [`max_peers`](Self::max_peers) (at least 1).
@@ -211,6 +217,11 @@ impl AddOptions {
     /// Sets [`repair`](Self::repair).
     pub fn repair(mut self, repair: bool) -> Self {
         self.repair = repair;
+        self
+    }
+    /// Sets [`files`](Self::files).
+    pub fn files(mut self, selection: crate::FileSelection) -> Self {
+        self.files = selection;
         self
     }
     /// Sets [`metadata_only`](Self::metadata_only).

@@ -39,6 +39,9 @@ pub(crate) enum State {
     Verifying,
     Writing,
     Done,
+    /// Not wanted (only bytes of unselected files) and not on disk: never
+    /// queued, never counted.
+    Skipped,
 }
 
 struct Piece {
@@ -78,7 +81,10 @@ pub(crate) struct Pieces {
     picker: Picker,
     /// Pieces in `InFlight`, for endgame (bounded by peers × their quota).
     in_flight: Vec<PieceIndex>,
+    /// Wanted pieces that are done.
     done: u32,
+    /// Pieces wanted (holding bytes of a selected file).
+    want: u32,
     /// Time zero of `Piece::since`.
     epoch: Instant,
     /// Bumped whenever a piece goes (back) into the queue.
@@ -86,18 +92,30 @@ pub(crate) struct Pieces {
 }
 
 impl Pieces {
-    /// Every piece of `have` is `Done`, every other one `Queued`.
-    pub(crate) fn new(have: &Bitfield, rng: Rng) -> Pieces {
+    /// Every piece of `have` is `Done`, every other one of `wanted`
+    /// `Queued`, the rest `Skipped`. The download is complete when every
+    /// wanted piece is done.
+    pub(crate) fn new(have: &Bitfield, wanted: &Bitfield, rng: Rng) -> Pieces {
         let n = have.len();
         let mut picker = Picker::new(n, rng);
+        let (mut done, mut want) = (0, 0);
         let pieces = (0..n)
             .map(|i| {
-                let done = have.has(PieceIndex(i));
-                if !done {
-                    picker.queue(PieceIndex(i));
+                let p = PieceIndex(i);
+                let state = if have.has(p) {
+                    State::Done
+                } else if wanted.has(p) {
+                    picker.queue(p);
+                    State::Queued
+                } else {
+                    State::Skipped
+                };
+                if wanted.has(p) {
+                    want += 1;
+                    done += u32::from(state == State::Done);
                 }
                 Piece {
-                    state: if done { State::Done } else { State::Queued },
+                    state,
                     holders: 0,
                     strong: 0,
                     since: 0,
@@ -109,7 +127,8 @@ impl Pieces {
             pieces,
             picker,
             in_flight: Vec::new(),
-            done: have.count(),
+            done,
+            want,
             epoch: Instant::now(),
             version: 0,
         }
@@ -134,7 +153,7 @@ impl Pieces {
     }
 
     pub(crate) fn is_complete(&self) -> bool {
-        self.done as usize == self.pieces.len()
+        self.done == self.want
     }
 
     /// Nothing is queued: every missing piece is in flight or being
@@ -264,7 +283,7 @@ impl Pieces {
             piece.strong = piece.strong.saturating_sub(u8::from(strong));
         }
         match piece.state {
-            State::Verifying | State::Writing | State::Done => false,
+            State::Verifying | State::Writing | State::Done | State::Skipped => false,
             State::Queued => {
                 self.picker.unqueue(p);
                 self.pieces[p.as_usize()].state = State::Verifying;
@@ -314,10 +333,41 @@ mod tests {
     }
 
     fn fresh(n: u32) -> (Pieces, Bitfield) {
-        let mut ps = Pieces::new(&Bitfield::new(n), Rng::new(1));
+        let mut ps = Pieces::new(&Bitfield::new(n), &full(n), Rng::new(1));
         let seed = full(n);
         ps.peer_bitfield(&seed, true);
         (ps, seed)
+    }
+
+    #[test]
+    fn pieces_not_wanted_are_never_assigned_nor_awaited() {
+        // Pieces 0 and 2 wanted, 1 already here, 3 neither.
+        let mut wanted = Bitfield::new(4);
+        wanted.set(PieceIndex(0));
+        wanted.set(PieceIndex(2));
+        let mut have = Bitfield::new(4);
+        have.set(PieceIndex(1));
+        let mut ps = Pieces::new(&have, &wanted, Rng::new(3));
+        assert_eq!(ps.state(PieceIndex(3)), State::Skipped);
+        assert_eq!(ps.state(PieceIndex(1)), State::Done);
+        let seed = full(4);
+        ps.peer_bitfield(&seed, true);
+        let now = Instant::now();
+        let mut got = Vec::new();
+        while let Some(pick) = ps.assign(&seed, &got, true, now) {
+            got.push(pick.piece());
+        }
+        got.sort();
+        assert_eq!(got, [PieceIndex(0), PieceIndex(2)]);
+        // An unrequested copy of a skipped piece is not verified.
+        assert!(!ps.completed(PieceIndex(3), None));
+        for p in got {
+            assert!(ps.completed(p, Some(true)));
+            ps.hashed(p, true, now);
+            assert!(!ps.is_complete());
+            ps.written(p);
+        }
+        assert!(ps.is_complete());
     }
 
     #[test]

@@ -838,6 +838,44 @@ pub fn random_file(path: &Path, len: usize, seed: u64) {
     }
 }
 
+/// A torrent of a directory `dir` of random files, in a temporary
+/// directory: the content at `<tmp>/seed/dir` (what a seeder's data parent
+/// `<tmp>/seed` holds), the torrent at `<tmp>/d.torrent`.
+pub struct DirTorrent {
+    pub dir: tempfile::TempDir,
+    pub torrent: PathBuf,
+    pub content: PathBuf,
+}
+
+impl DirTorrent {
+    /// `files`: (path under `dir`, length, seed of its random bytes);
+    /// pieces of 2^`piece_len_log2` bytes.
+    pub fn new(files: &[(&str, usize, u64)], announce: Option<&str>, piece_len_log2: u32) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let content = dir.path().join("seed/dir");
+        for &(name, len, seed) in files {
+            random_file(&content.join(name), len, seed);
+        }
+        let torrent = dir.path().join("d.torrent");
+        mktorrent(&content, &torrent, announce, piece_len_log2);
+        DirTorrent {
+            dir,
+            torrent,
+            content,
+        }
+    }
+
+    /// A libtorrent seeder of it on 127.0.0.1.
+    pub fn lt_seeder(&self) -> Peer {
+        Peer::libtorrent_seed(
+            &self.torrent,
+            &self.dir.path().join("seed"),
+            free_port(),
+            "127.0.0.1",
+        )
+    }
+}
+
 /// Makes a v1 torrent of `content_path` (a file or a directory) with
 /// 2^`piece_len_log2`-byte pieces (mktorrent accepts 15..=28). With no
 /// `announce`, mktorrent writes a trackerless torrent (no `announce` key).

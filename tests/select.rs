@@ -1,0 +1,342 @@
+//! File selection (`--files`, `--include`, `--exclude`, a magnet's `so=`)
+//! against a real libtorrent seeder: only the chosen files appear, byte
+//! for byte, pieces shared with unselected neighbours are right, a second
+//! run selecting more resumes from what is verified, `rtc verify` reports
+//! by file, and a partial seed serves the pieces it has (boundary pieces
+//! read back from the part file).
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BOUND: Duration = Duration::from_secs(60);
+const PIECE: u64 = 256 * 1024;
+/// The last piece's length.
+const LAST: u64 = 1_900_010 - 7 * PIECE;
+
+/// Five files in 256 KiB pieces (byte ranges in the torrent):
+/// 0 `a.bin` 0..300000 (pieces 0-1), 1 `b.bin` 300000..400000 (inside
+/// piece 1), 2 `c.bin` 400000..900000 (pieces 1-3), 3 `sub/d.bin`
+/// 900000..1900000 (pieces 3-7), 4 `z.txt` 1900000..1900010 (piece 7).
+/// Every piece but 0, 2, 4, 5 and 6 holds bytes of several files.
+fn setup() -> DirTorrent {
+    let files: Vec<(&str, usize, u64)> = FILES
+        .iter()
+        .enumerate()
+        .map(|(i, &(name, len))| (name, len, 40 + i as u64))
+        .collect();
+    DirTorrent::new(&files, None, 18)
+}
+
+const FILES: [(&str, usize); 5] = [
+    ("a.bin", 300_000),
+    ("b.bin", 100_000),
+    ("c.bin", 500_000),
+    ("sub/d.bin", 1_000_000),
+    ("z.txt", 10),
+];
+
+fn out(s: &DirTorrent) -> PathBuf {
+    s.dir.path().join("out")
+}
+
+/// The `status` of each file in a `verify` line.
+fn statuses(report: &Value) -> Vec<&str> {
+    report["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["status"].as_str().unwrap())
+        .collect()
+}
+
+/// `rtc --json -q --port FREE ARGS -o OUT TARGET`, run to its end.
+fn rtc_json(args: &[&str], out: &Path, target: &std::ffi::OsStr) -> std::process::Output {
+    run_bounded(
+        rtc_cmd()
+            .args(["--json", "-q", "--port"])
+            .arg(free_port().to_string())
+            .args(args)
+            .arg("-o")
+            .arg(out)
+            .arg(target),
+        BOUND,
+    )
+}
+
+fn lines(stdout: &[u8]) -> Vec<Value> {
+    std::str::from_utf8(stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+fn event<'a>(lines: &'a [Value], name: &str) -> Vec<&'a Value> {
+    lines.iter().filter(|l| l["event"] == name).collect()
+}
+
+/// Indices of the `file_done` lines, each once, all before `done` (the
+/// last line).
+fn files_done(lines: &[Value]) -> BTreeSet<u64> {
+    assert_eq!(lines.last().unwrap()["event"], "done", "{lines:?}");
+    let done: Vec<u64> = event(lines, "file_done")
+        .iter()
+        .map(|l| l["index"].as_u64().unwrap())
+        .collect();
+    let set: BTreeSet<u64> = done.iter().copied().collect();
+    assert_eq!(set.len(), done.len(), "a file_done twice");
+    set
+}
+
+/// Files under `dir/dir` (the torrent's directory), relative to it.
+fn files_under(out: &Path) -> BTreeSet<String> {
+    list_files(&out.join("dir"))
+        .into_iter()
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect()
+}
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+fn same_files(s: &DirTorrent, names: &[&str]) {
+    for name in names {
+        assert_same_bytes(&s.content.join(name), &out(s).join("dir").join(name));
+    }
+}
+
+fn hidden(out: &Path) -> BTreeSet<String> {
+    std::fs::read_dir(out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".rtc-"))
+        .collect()
+}
+
+/// Three runs over one output directory: two files, then everything but
+/// `sub/`, then everything. Each writes only what it selects, resumes
+/// from what is verified, and the last leaves the seeder's exact tree and
+/// no hidden file.
+#[test]
+fn selected_files_only_then_more_then_all() {
+    let s = setup();
+    let seeder = s.lt_seeder();
+    let peer = seeder.addr().to_string();
+    let out = out(&s);
+    let ih = info_hash_of(&s.torrent);
+
+    // 1: b.bin by index and z.txt by glob. Pieces 1 and 7 are fetched;
+    // their bytes of a, c and d go to the part file.
+    let o = rtc_json(
+        &["--peer", &peer, "--files", "1", "--include", "*.txt"],
+        &out,
+        s.torrent.as_os_str(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let l = lines(&o.stdout);
+    assert_eq!(l[0]["selection"], serde_json::json!([1, 4]));
+    assert_eq!(files_done(&l), [1, 4].into());
+    assert_eq!(
+        l.last().unwrap()["downloaded_bytes"],
+        PIECE + LAST,
+        "pieces 1 and 7"
+    );
+    assert_eq!(files_under(&out), set(&["b.bin", "z.txt"]));
+    same_files(&s, &["b.bin", "z.txt"]);
+    assert!(!out.join("dir/sub").exists(), "an unselected directory");
+    // A partial selection keeps the marker and the part file.
+    assert_eq!(
+        hidden(&out),
+        set(&[&format!(".rtc-{ih}"), &format!(".rtc-{ih}.part")])
+    );
+
+    // `rtc verify` with the same selection: complete (exit 0); without,
+    // incomplete (exit 6), reported by file.
+    let v = rtc_json(
+        &["verify", "--files", "1", "--include", "*.txt"],
+        &out,
+        s.torrent.as_os_str(),
+    );
+    assert_eq!(
+        v.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&v.stderr)
+    );
+    assert_eq!(
+        statuses(&lines(&v.stdout)[0]),
+        ["skipped", "complete", "skipped", "skipped", "complete"]
+    );
+    let v = rtc_json(&["verify"], &out, s.torrent.as_os_str());
+    assert_eq!(v.status.code(), Some(6));
+    assert_eq!(
+        statuses(&lines(&v.stdout)[0]),
+        ["missing", "complete", "missing", "missing", "complete"]
+    );
+
+    // 2: everything but sub/. Piece 7 (z.txt's, with d.bin's bytes in the
+    // part file) verifies on disk and is not fetched again; pieces 0-3
+    // are (piece 1 now needs a.bin's and c.bin's bytes under their own
+    // names, which do not exist yet).
+    let o = rtc_json(
+        &["--peer", &peer, "--exclude", "sub/*"],
+        &out,
+        s.torrent.as_os_str(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let l = lines(&o.stdout);
+    assert_eq!(l[0]["selection"], serde_json::json!([0, 1, 2, 4]));
+    assert_eq!(event(&l, "checked")[0]["pieces_ok"], 1, "piece 7");
+    assert_eq!(files_done(&l), [0, 1, 2, 4].into());
+    assert_eq!(
+        l.last().unwrap()["downloaded_bytes"],
+        4 * PIECE,
+        "pieces 0-3"
+    );
+    assert_eq!(
+        files_under(&out),
+        set(&["a.bin", "b.bin", "c.bin", "z.txt"])
+    );
+    same_files(&s, &["a.bin", "b.bin", "c.bin", "z.txt"]);
+
+    // 3: everything: d.bin's pieces, 3-7 (3 and 7 rewrite bytes of c.bin
+    // and z.txt, which the marker allows: they are rtc's own).
+    let o = rtc_json(&["--peer", &peer], &out, s.torrent.as_os_str());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let l = lines(&o.stdout);
+    assert_eq!(event(&l, "checked")[0]["pieces_ok"], 3, "pieces 0-2");
+    assert_eq!(files_done(&l), [0, 1, 2, 3, 4].into());
+    assert_eq!(l.last().unwrap()["downloaded_bytes"], 4 * PIECE + LAST);
+    assert_same_tree(&s.content, &out.join("dir"));
+    assert!(hidden(&out).is_empty(), "{:?}", hidden(&out));
+}
+
+/// A magnet's `so=` is the default selection; `--files` replaces it.
+#[test]
+fn a_magnets_select_only_list_is_the_default() {
+    let s = setup();
+    let seeder = s.lt_seeder();
+    let ih = info_hash_of(&s.torrent);
+    let magnet = format!("magnet:?xt=urn:btih:{ih}&x.pe={}&so=2", seeder.addr());
+    let out = out(&s);
+    let o = rtc_json(&[], &out, magnet.as_ref());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let l = lines(&o.stdout);
+    assert_eq!(
+        event(&l, "metadata")[0]["selection"],
+        serde_json::json!([2])
+    );
+    assert_eq!(files_done(&l), [2].into());
+    assert_eq!(files_under(&out), set(&["c.bin"]));
+    same_files(&s, &["c.bin"]);
+
+    let out2 = s.dir.path().join("out2");
+    let o = rtc_json(&["--files", "0"], &out2, magnet.as_ref());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(files_under(&out2), set(&["a.bin"]));
+    assert_eq!(files_done(&lines(&o.stdout)), [0].into());
+}
+
+/// A partial seed serves what it has, boundary pieces included (their
+/// bytes of unselected files come back from the part file): a second rtc
+/// selecting the same files downloads them from it alone.
+#[test]
+fn a_partial_seed_serves_its_pieces() {
+    let s = setup();
+    let out = out(&s);
+    {
+        let seeder = s.lt_seeder();
+        let peer = seeder.addr().to_string();
+        let o = rtc_json(
+            &["--peer", &peer, "--files", "1,4"],
+            &out,
+            s.torrent.as_os_str(),
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    } // the libtorrent seeder is gone
+    let port = free_port();
+    let mut seed = rtc_cmd()
+        .args(["seed", "--json", "-q", "--files", "1,4", "--port"])
+        .arg(port.to_string())
+        .arg("-o")
+        .arg(&out)
+        .arg(&s.torrent)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(seed.stdout.take().unwrap());
+    let deadline = Instant::now() + BOUND;
+    loop {
+        assert!(Instant::now() < deadline, "no seeding line");
+        let mut line = String::new();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "seed ended");
+        if line.contains("\"event\":\"seeding\"") {
+            break;
+        }
+    }
+    let out2 = s.dir.path().join("out2");
+    let o = rtc_json(
+        &[
+            "--peer",
+            &format!("127.0.0.1:{port}"),
+            "--include",
+            "*b.bin",
+            "--include",
+            "z.*",
+        ],
+        &out2,
+        s.torrent.as_os_str(),
+    );
+    Command::new("kill")
+        .args(["-INT", &seed.id().to_string()])
+        .status()
+        .unwrap();
+    let status = seed.wait().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(files_under(&out2), set(&["b.bin", "z.txt"]));
+    for name in ["b.bin", "z.txt"] {
+        assert_same_bytes(&s.content.join(name), &out2.join("dir").join(name));
+    }
+}
+
+/// Selections that cannot be used are usage errors (exit 2) that name the
+/// problem, before anything is written.
+#[test]
+fn bad_selections_are_usage_errors() {
+    let s = setup();
+    let out = out(&s);
+    for (args, says) in [
+        (
+            &["--files", "9"][..],
+            "file index 9 is out of range: the torrent has 5 files",
+        ),
+        (&["--files", "1-"][..], "--files: bad file list 1-"),
+        (&["--include", "[a-"][..], "--include: bad glob [a-"),
+        (
+            &["--include", "*.iso"][..],
+            "the selection matches none of the torrent's 5 files",
+        ),
+        (&["--exclude", "*"][..], "the selection matches none"),
+    ] {
+        let o = rtc_json(args, &out, s.torrent.as_os_str());
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+        let l = lines(&o.stdout);
+        let last = l.last().unwrap();
+        assert_eq!(last["event"], "error");
+        assert_eq!(last["code"], 2);
+        assert!(!out.exists(), "{args:?} wrote {out:?}");
+    }
+}
