@@ -35,9 +35,19 @@ pub fn escaped(s: &str) -> String {
     Escaped(s).to_string()
 }
 
-/// A path escaped (lossy for bytes that are not UTF-8).
+/// A path escaped; bytes that are not UTF-8 are shown as `\xNN`, so two
+/// different names never print the same.
 pub fn escaped_path(p: &Path) -> String {
-    escaped(&p.to_string_lossy())
+    use std::fmt::Write;
+    use std::os::unix::ffi::OsStrExt;
+    let mut out = String::new();
+    for chunk in p.as_os_str().as_bytes().utf8_chunks() {
+        out.push_str(&escaped(chunk.valid()));
+        for b in chunk.invalid() {
+            let _ = write!(out, "\\x{b:02x}");
+        }
+    }
+    out
 }
 
 /// Bytes from a peer or tracker, lossily decoded and escaped.
@@ -62,5 +72,12 @@ mod tests {
         assert_eq!(escaped("Ubuntu 24.04 — ISO ü"), "Ubuntu 24.04 — ISO ü");
         assert_eq!(escaped("a\\nb"), "a\\\\nb");
         assert_eq!(escaped_bytes(b"ok\xff\x07"), "ok\u{fffd}\\u{7}");
+    }
+
+    #[test]
+    fn paths_that_are_not_utf8_print_their_bytes() {
+        use std::os::unix::ffi::OsStrExt;
+        let p = Path::new(std::ffi::OsStr::from_bytes(b"a\xff\\b\n\xc3"));
+        assert_eq!(escaped_path(p), "a\\xff\\\\b\\n\\xc3");
     }
 }

@@ -138,7 +138,9 @@ pub fn parse_rate(text: &str) -> Option<u64> {
         _ => return None,
     };
     let bytes = (value * unit).round();
-    (bytes.is_finite() && bytes >= 1.0 && bytes <= u64::MAX as f64).then_some(bytes as u64)
+    // `u64::MAX as f64` rounds up to 2^64, which does not fit: strictly
+    // below it.
+    (bytes.is_finite() && bytes >= 1.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
 }
 
 #[cfg(test)]
@@ -154,7 +156,20 @@ mod tests {
         assert_eq!(parse_rate("800000"), Some(800_000));
         assert_eq!(parse_rate("10 KiB"), Some(10_240));
         assert_eq!(parse_rate("1G"), Some(1 << 30));
-        for bad in ["", "0", "0K", "-1M", "1.5.5M", "2X", "M", "1e9", "nan"] {
+        assert_eq!(parse_rate("16G"), Some(16 << 30));
+        for bad in [
+            "",
+            "0",
+            "0K",
+            "-1M",
+            "1.5.5M",
+            "2X",
+            "M",
+            "1e9",
+            "nan",
+            "18446744073709551616",
+            "17179869184G",
+        ] {
             assert_eq!(parse_rate(bad), None, "{bad:?}");
         }
     }

@@ -196,9 +196,83 @@ fn usage_errors() {
         let out = rtc(args, dir.path());
         assert_eq!(out.status.code(), Some(USAGE), "{args:?}");
     }
+    // Each names the problem.
+    for (args, says) in [
+        (
+            &["--seed", "--seed", "x.torrent"][..],
+            "--seed given more than once",
+        ),
+        (
+            &["--port", "1", "--port=2", "x"][..],
+            "--port given more than once",
+        ),
+        (&["-", "-"][..], "- (stdin) can be given once"),
+        (&["-i", "-", "-"][..], "- (stdin) can be given once"),
+    ] {
+        let out = rtc(args, dir.path());
+        assert_eq!(out.status.code(), Some(USAGE), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
     let out = rtc(&["--help"], dir.path());
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("EXIT CODES"));
+}
+
+/// A torrent whose file name is not UTF-8 is read by that name; a missing
+/// one is named with its bytes shown (`\xff`), not a lossy look-alike.
+#[test]
+fn paths_that_are_not_utf8_are_used_as_given() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let name = std::ffi::OsStr::from_bytes(b"t\xff.torrent");
+    std::fs::write(
+        dir.path().join(name),
+        torrent_with(multi_file_info(&[&[b"a"]], &[0; 20])),
+    )
+    .unwrap();
+    let run = |name: &std::ffi::OsStr| {
+        Command::new(env!("CARGO_BIN_EXE_rtc"))
+            .arg("info")
+            .arg(name)
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = run(name);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("name:"));
+    let out = run(std::ffi::OsStr::from_bytes(b"u\xff.torrent"));
+    assert_eq!(out.status.code(), Some(IO));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot read u\\xff.torrent"), "{stderr}");
+}
+
+/// Output that cannot be written (a full disk) is an I/O error, exit 5;
+/// a reader that went away (`| head`) ends rtc quietly with 0.
+#[test]
+fn a_full_stdout_is_an_io_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("t.torrent"),
+        torrent_with(multi_file_info(&[&[b"a"]], &[0; 20])),
+    )
+    .unwrap();
+    for json in [false, true] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rtc"));
+        if json {
+            cmd.arg("--json");
+        }
+        let out = cmd
+            .args(["info", "t.torrent"])
+            .current_dir(dir.path())
+            .stdout(std::fs::File::create("/dev/full").unwrap())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(IO), "json {json}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("cannot write to stdout"), "{stderr}");
+    }
 }
 
 /// Names, paths, comments and tracker URLs are the torrent author's: `rtc

@@ -320,6 +320,8 @@ fn a_dead_tracker_ends_with_an_error_line_and_exit_4() {
     assert_eq!(ev[0], "start");
     assert_eq!(*ev.last().unwrap(), "error", "{ev:?}");
     assert_eq!(lines.last().unwrap()["code"], 4);
+    // Like every line of the download, the error names its torrent.
+    assert_eq!(lines.last().unwrap()["info_hash"], info_hash_of(&s.torrent));
     assert!(!ev.contains(&"done"));
 }
 

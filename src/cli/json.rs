@@ -18,6 +18,40 @@ static ON: OnceLock<bool> = OnceLock::new();
 /// Set when stdout's reader went away: nothing more is written, and the
 /// download goes on to its own exit code.
 static GONE: AtomicBool = AtomicBool::new(false);
+/// Why writing failed, when it was not the reader going away (a full
+/// disk): `cli::main` turns it into exit code 5 once the work is done.
+static FAILED: OnceLock<String> = OnceLock::new();
+
+/// The torrent a single-torrent command works on, once it is read: its
+/// `error` line carries the info hash like every other line.
+static SUBJECT: OnceLock<InfoHash> = OnceLock::new();
+
+/// Sets the torrent of this run (see `SUBJECT`).
+pub(super) fn set_subject(ih: InfoHash) {
+    let _ = SUBJECT.set(ih);
+}
+
+/// The `error` line: the exit code, the message, and the info hash when
+/// one torrent's command failed after it was read.
+pub(super) fn error(code: u8, message: &str) {
+    let mut line = json!({ "code": code, "message": message });
+    if let Some(ih) = SUBJECT.get() {
+        line["info_hash"] = ih.to_string().into();
+    }
+    emit("error", line);
+}
+
+/// The stdout write error that was not a closed pipe, if one happened.
+pub(super) fn write_error() -> Option<&'static str> {
+    FAILED.get().map(String::as_str)
+}
+
+/// Records a failed write to stdout (see [`write_error`]).
+pub(super) fn write_failed(e: &std::io::Error) {
+    if e.kind() != std::io::ErrorKind::BrokenPipe {
+        let _ = FAILED.set(e.to_string());
+    }
+}
 
 /// Turns JSON output on for the rest of the process (set once, by `run`).
 pub(super) fn enable(on: bool) {
@@ -45,11 +79,8 @@ pub(super) fn emit(event: &str, fields: Value) {
     let mut text = Value::Object(line).to_string();
     text.push('\n');
     let mut out = std::io::stdout().lock();
-    if out
-        .write_all(text.as_bytes())
-        .and_then(|()| out.flush())
-        .is_err()
-    {
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        write_failed(&e);
         GONE.store(true, Ordering::Relaxed);
     }
 }

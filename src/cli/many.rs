@@ -17,33 +17,33 @@ const MAX_LIST_BYTES: u64 = 16 * 1024 * 1024;
 
 /// Reads `-i FILE` (`-` for stdin): one torrent path or magnet link per
 /// line; blank lines and lines starting with `#` are skipped.
-pub(super) fn read_list(file: &str) -> Result<Vec<String>, Failure> {
+pub(super) fn read_list(file: &std::ffi::OsStr) -> Result<Vec<std::ffi::OsString>, Failure> {
     let (name, read) = super::read_bounded(file, MAX_LIST_BYTES);
-    let bytes =
-        read.map_err(|e| Failure::new(exit::IO, format!("cannot read {}: {e}", Escaped(name))))?;
+    let bytes = read.map_err(|e| Failure::new(exit::IO, format!("cannot read {}: {e}", name)))?;
     if bytes.len() as u64 > MAX_LIST_BYTES {
         return Err(Failure::new(
             exit::USAGE,
-            format!("{}: list larger than 16 MiB", Escaped(name)),
+            format!("{}: list larger than 16 MiB", name),
         ));
     }
-    let text = String::from_utf8_lossy(&bytes);
-    let lines: Vec<String> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_string)
+    // Bytes, not text: a path that is not UTF-8 is still a path.
+    use std::os::unix::ffi::OsStrExt;
+    let lines: Vec<std::ffi::OsString> = bytes
+        .split(|&b| b == b'\n')
+        .map(<[u8]>::trim_ascii)
+        .filter(|l| !l.is_empty() && !l.starts_with(b"#"))
+        .map(|l| std::ffi::OsStr::from_bytes(l).to_os_string())
         .collect();
     if lines.len() > MAX_LIST_LINES {
         return Err(Failure::new(
             exit::USAGE,
-            format!("{}: more than {MAX_LIST_LINES} torrents", Escaped(name)),
+            format!("{}: more than {MAX_LIST_LINES} torrents", name),
         ));
     }
     if lines.is_empty() {
         return Err(Failure::new(
             exit::USAGE,
-            format!("{}: no torrents listed", Escaped(name)),
+            format!("{}: no torrents listed", name),
         ));
     }
     Ok(lines)
@@ -83,7 +83,7 @@ fn report(input: &str, info_hash: Option<crate::InfoHash>, f: &Failure, named: b
 
 /// Downloads every input together; `Err` carries the worst exit code.
 pub(super) fn download_many(
-    inputs: Vec<String>,
+    inputs: Vec<std::ffi::OsString>,
     opts: AddOptions,
     session_opts: SessionOptions,
     quiet: bool,
@@ -94,8 +94,9 @@ pub(super) fn download_many(
     let mut failed = 0usize;
     let session = Session::new(session_opts).map_err(session_failure)?;
     let mut running = Vec::new();
-    for input in inputs {
-        let source = match load_source(&input) {
+    for raw in inputs {
+        let input = crate::text::escaped(&raw.to_string_lossy());
+        let source = match load_source(&raw) {
             Ok(s) => s,
             Err(f) => {
                 // Reading or parsing failures name the input already.

@@ -32,14 +32,17 @@ mod exit {
 }
 
 /// `println!` that ends rtc quietly (exit 0) when the reader of stdout has
-/// gone (`rtc info T | head`), instead of panicking on the broken pipe.
+/// gone (`rtc info T | head`), instead of panicking on the broken pipe;
+/// any other failure (a full disk) is exit code 5 once the command ends.
 macro_rules! outln {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        if let Err(e) = writeln!(std::io::stdout().lock(), $($arg)*) {
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = writeln!(out, $($arg)*).and_then(|()| out.flush()) {
             if e.kind() == std::io::ErrorKind::BrokenPipe {
                 std::process::exit(0);
             }
+            json::write_failed(&e);
         }
     }};
 }
@@ -123,7 +126,14 @@ impl Failure {
 
 /// Runs the `rtc` command with the process's arguments; its exit code.
 pub fn main() -> ExitCode {
-    match run() {
+    let result = run().and_then(|()| match json::write_error() {
+        Some(e) => Err(Failure::new(
+            exit::IO,
+            format!("cannot write to stdout: {e}"),
+        )),
+        None => Ok(()),
+    });
+    match result {
         Ok(()) => ExitCode::from(exit::OK),
         Err(f) => {
             // Messages escape what came from outside already; this is the
@@ -140,10 +150,7 @@ pub fn main() -> ExitCode {
                 .collect();
             eprintln!("rtc: {line}");
             if json::on() {
-                json::emit(
-                    "error",
-                    serde_json::json!({ "code": f.code, "message": line }),
-                );
+                json::error(f.code, &line);
             }
             ExitCode::from(f.code)
         }
@@ -181,7 +188,12 @@ fn run() -> Result<(), Failure> {
     while args.contains(["-v", "--verbose"]) {
         verbosity += 1;
     }
-    let output: Option<PathBuf> = args.opt_value_from_str(["-o", "--output"]).map_err(usage)?;
+    // Paths are taken as the OS gives them: a name that is not UTF-8 is
+    // still a name.
+    let path = |s: &std::ffi::OsStr| Ok::<PathBuf, &str>(PathBuf::from(s));
+    let output: Option<PathBuf> = args
+        .opt_value_from_os_str(["-o", "--output"], path)
+        .map_err(usage)?;
     let max_peers: Option<usize> = args.opt_value_from_str("--max-peers").map_err(usage)?;
     let max_open_files: Option<usize> =
         args.opt_value_from_str("--max-open-files").map_err(usage)?;
@@ -200,10 +212,14 @@ fn run() -> Result<(), Failure> {
     let private = args.contains("--private");
     let repair = args.contains("--repair");
     let comment: Option<String> = args.opt_value_from_str("--comment").map_err(usage)?;
-    let save_torrent: Option<PathBuf> = args.opt_value_from_str("--save-torrent").map_err(usage)?;
+    let save_torrent: Option<PathBuf> = args
+        .opt_value_from_os_str("--save-torrent", path)
+        .map_err(usage)?;
     let no_dht = args.contains("--no-dht");
     let dht_bootstrap: Vec<String> = args.values_from_str("--dht-bootstrap").map_err(usage)?;
-    let input_list: Option<String> = args.opt_value_from_str(["-i", "--input"]).map_err(usage)?;
+    let input_list: Option<PathBuf> = args
+        .opt_value_from_os_str(["-i", "--input"], path)
+        .map_err(usage)?;
     let file_lists: Vec<String> = args.values_from_str("--files").map_err(usage)?;
     let includes: Vec<String> = args.values_from_str("--include").map_err(usage)?;
     let excludes: Vec<String> = args.values_from_str("--exclude").map_err(usage)?;
@@ -242,35 +258,51 @@ fn run() -> Result<(), Failure> {
 
     init_logging(quiet, verbosity);
 
-    let rest: Vec<String> = args
-        .finish()
-        .into_iter()
+    let rest: Vec<std::ffi::OsString> = args.finish();
+    let lossy: Vec<String> = rest
+        .iter()
         .map(|s| s.to_string_lossy().into_owned())
         .collect();
-    if let Some(flag) = rest.iter().find(|a| a.starts_with('-') && a.len() > 1) {
+    if let Some(flag) = lossy.iter().find(|a| a.starts_with('-') && a.len() > 1) {
         // pico-args takes the first of a flag; a second is left over.
         let name = flag.split_once('=').map_or(flag.as_str(), |(n, _)| n);
         if is_documented_flag(name) {
             return Err(usage(format!("{name} given more than once")));
         }
-        return Err(usage(format!("unknown option {flag}")));
+        return Err(usage(format!("unknown option {}", Escaped(flag))));
     }
     const ONE_ONLY: [&str; 4] = ["info", "verify", "create", "magnet"];
-    let (command, mut sources): (&str, Vec<String>) = match rest.as_slice() {
-        [cmd, src] if ONE_ONLY.contains(&cmd.as_str()) => (cmd.as_str(), vec![src.clone()]),
-        [cmd, ..] if ONE_ONLY.contains(&cmd.as_str()) => {
-            return Err(usage(format!("unexpected arguments: {}", rest.join(" "))))
+    let first = lossy.first().map_or("", String::as_str);
+    let (command, mut sources): (&str, Vec<std::ffi::OsString>) = match rest.as_slice() {
+        [_, src] if ONE_ONLY.contains(&first) => (first, vec![src.clone()]),
+        [_, ..] if ONE_ONLY.contains(&first) => {
+            return Err(usage(format!(
+                "unexpected arguments: {}",
+                Escaped(&lossy.join(" "))
+            )))
         }
-        [cmd, srcs @ ..] if cmd == "seed" => ("seed", srcs.to_vec()),
+        [_, srcs @ ..] if first == "seed" => ("seed", srcs.to_vec()),
         srcs => ("download", srcs.to_vec()),
     };
+    // Stdin can be read once: by the list, or by one entry (checked
+    // before the list is read, and again with what it listed).
+    let list_on_stdin = input_list.as_ref().is_some_and(|l| l.as_os_str() == "-");
+    let stdin_once = |sources: &[std::ffi::OsString]| {
+        let uses = sources.iter().filter(|s| *s == "-").count() + usize::from(list_on_stdin);
+        if uses > 1 {
+            return Err(usage("- (stdin) can be given once"));
+        }
+        Ok(())
+    };
+    stdin_once(&sources)?;
     if let Some(list) = &input_list {
-        sources.extend(many::read_list(list)?);
+        sources.extend(many::read_list(list.as_os_str())?);
+        stdin_once(&sources)?;
     }
     let source = match sources.as_slice() {
         [] => return Err(usage("missing torrent file")),
         [one] if input_list.is_none() => one.clone(),
-        _ => String::new(), // several: see `many` below
+        _ => std::ffi::OsString::new(), // several: see `many` below
     };
 
     if command == "create" {
@@ -368,6 +400,7 @@ fn run() -> Result<(), Failure> {
         return many::download_many(sources, opts, session, quiet);
     }
     let source = load_source(&source)?;
+    json::set_subject(source.info_hash());
     if command == "magnet" {
         // A magnet names its torrent already: printed back normalised.
         let link = match &source {
@@ -447,7 +480,7 @@ fn init_logging(quiet: bool, verbosity: u32) {
 /// Up to `max + 1` bytes of the file `path`, or of stdin for `-` (one
 /// byte more than allowed, so the caller can tell "too big"); and the name
 /// to print for it.
-fn read_bounded(path: &str, max: u64) -> (&str, std::io::Result<Vec<u8>>) {
+fn read_bounded(path: &std::ffi::OsStr, max: u64) -> (String, std::io::Result<Vec<u8>>) {
     let mut bytes = Vec::new();
     let read = if path == "-" {
         std::io::stdin()
@@ -457,14 +490,18 @@ fn read_bounded(path: &str, max: u64) -> (&str, std::io::Result<Vec<u8>>) {
     } else {
         std::fs::File::open(path).and_then(|f| f.take(max + 1).read_to_end(&mut bytes))
     };
-    let name = if path == "-" { "<stdin>" } else { path };
+    let name = if path == "-" {
+        "<stdin>".to_string()
+    } else {
+        escaped_path(Path::new(path))
+    };
     (name, read.map(|_| bytes))
 }
 
-fn load_source(source: &str) -> Result<Source, Failure> {
+fn load_source(source: &std::ffi::OsStr) -> Result<Source, Failure> {
     const MAX: u64 = 64 * 1024 * 1024;
-    if crate::magnet::is_magnet(source) {
-        return Ok(Source::Magnet(parse_magnet("", source)?));
+    if let Some(link) = source.to_str().filter(|s| crate::magnet::is_magnet(s)) {
+        return Ok(Source::Magnet(parse_magnet("", link)?));
     }
     let (name, read) = read_bounded(source, MAX);
     let bytes = read.map_err(|e| Failure::new(exit::IO, format!("cannot read {name}: {e}")))?;
