@@ -415,6 +415,11 @@ fn run() -> Result<(), Failure> {
         return Ok(());
     }
     if command == "info" || command == "verify" {
+        // A magnet's `so=` is its default selection, for `verify` too.
+        let selection = match &source {
+            Source::Magnet(m) => opts.files.clone().with_default(m.select_only()),
+            Source::Torrent(_) => opts.files.clone(),
+        };
         let torrent = match source {
             Source::Torrent(t) => t,
             Source::Magnet(m) => fetch_metadata(m, opts.clone(), session, quiet)?,
@@ -445,7 +450,7 @@ fn run() -> Result<(), Failure> {
             }
             Ok(())
         } else {
-            verify(&torrent, &out_dir, &opts.files)
+            verify(&torrent, &out_dir, &selection)
         };
     }
     let save = match save_torrent {
