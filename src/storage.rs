@@ -191,6 +191,11 @@ struct Slot {
     had_data: bool,
     /// Its length before we opened it.
     found_len: u64,
+    /// Read-only: where the same bytes may also be found when the
+    /// selection changed since they were written (see
+    /// [`Storage::read_piece_alt`]): an unselected file's own name, or
+    /// the part file for a selected file that does not exist yet.
+    alt: Option<Box<Slot>>,
 }
 
 /// Data files held open at once by one [`FileCache`] unless told
@@ -304,10 +309,6 @@ impl Drop for Storage {
 enum Mode {
     Create,
     ReadOnly,
-    /// Read-only, and a selected file that does not exist is read from
-    /// the part file (where an earlier run with fewer files selected put
-    /// its bytes of shared pieces).
-    Verify,
 }
 
 impl Storage {
@@ -337,7 +338,9 @@ impl Storage {
     /// Opens whatever files of `torrent` exist under `dir`, read-only,
     /// creating nothing (for `rtc verify` and the session's check of what
     /// is already on disk).
-    /// Files not in `selected` are read from the part file.
+    /// Files not in `selected` are read from the part file; where the
+    /// selection changed since the bytes were written, the other place is
+    /// kept as an alternative ([`read_piece_alt`](Self::read_piece_alt)).
     pub fn open_existing(
         dir: &Path,
         torrent: &Torrent,
@@ -345,20 +348,6 @@ impl Storage {
         cache: &Arc<FileCache>,
     ) -> Result<Storage, Error> {
         Self::open_with(dir, torrent, selected, Mode::ReadOnly, cache)
-    }
-
-    /// [`open_existing`](Self::open_existing) for `rtc verify`: a selected
-    /// file that does not exist is read from the part file too, so the
-    /// pieces it shares with files that do exist can still be checked.
-    /// (A download must not do this: a piece found that way would count
-    /// as done while the file being created lacks its bytes.)
-    pub fn open_for_verify(
-        dir: &Path,
-        torrent: &Torrent,
-        selected: &[bool],
-        cache: &Arc<FileCache>,
-    ) -> Result<Storage, Error> {
-        Self::open_with(dir, torrent, selected, Mode::Verify, cache)
     }
 
     /// Opens the given files read-only, in layout order (for `rtc create`,
@@ -380,6 +369,7 @@ impl Storage {
                     exists: true,
                     had_data: true,
                     found_len: 0,
+                    alt: None,
                 })
             })
             .collect::<Result<Vec<Slot>, Error>>()?;
@@ -394,6 +384,30 @@ impl Storage {
             false,
             &FileCache::new(MAX_OPEN_FILES),
         ))
+    }
+
+    /// Creates the selected zero-length files that do not exist (a
+    /// download with nothing to fetch still leaves every selected file).
+    pub fn create_empty_files(
+        dir: &Path,
+        torrent: &Torrent,
+        selected: &[bool],
+    ) -> Result<(), Error> {
+        for (i, entry) in torrent.files().iter().enumerate() {
+            let path = dir.join(entry.path());
+            if entry.length() > 0
+                || !selected.get(i).copied().unwrap_or(true)
+                || std::fs::symlink_metadata(&path).is_ok()
+            {
+                continue;
+            }
+            std::fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+            open_file(dir, &path, entry.path(), 0, Mode::Create)?;
+        }
+        Ok(())
     }
 
     fn open_with(
@@ -413,43 +427,67 @@ impl Storage {
         let part_needed = (0..torrent.files().len()).any(|i| {
             !is_selected(i) && layout.pieces_of_file(i).any(|p| wanted.has(PieceIndex(p)))
         });
-        let any_unselected = (0..torrent.files().len()).any(|i| !is_selected(i));
-        let part =
-            if part_needed || (mode == Mode::ReadOnly && any_unselected) || mode == Mode::Verify {
-                let rel = Path::new(part_path.file_name().unwrap_or_default());
-                open_file(dir, &part_path, rel, u64::MAX, mode)?
-            } else {
-                None
-            };
+        let rel = Path::new(part_path.file_name().unwrap_or_default());
+        let part = if part_needed {
+            open_file(dir, &part_path, rel, u64::MAX, mode)?
+        } else if mode == Mode::ReadOnly {
+            // Only read if it is there: anything odd in its place (a link,
+            // a directory) is no part file, and an error only once one
+            // must be written.
+            open_file(dir, &part_path, rel, u64::MAX, mode)
+                .ok()
+                .flatten()
+        } else {
+            None
+        };
+        let in_part = |i: usize| Slot {
+            path: part_path.clone(),
+            base: layout.file_offset(i),
+            key: part_key,
+            part: true,
+            exists: part.is_some(),
+            had_data: part.is_some_and(|len| len > 0),
+            found_len: 0,
+            alt: None,
+        };
+        let own = |i: usize, found: Option<u64>| Slot {
+            path: dir.join(torrent.files()[i].path()),
+            base: 0,
+            key: i,
+            part: false,
+            exists: found.is_some(),
+            had_data: found.is_some_and(|len| len > 0),
+            found_len: found.unwrap_or(0),
+            alt: None,
+        };
         let mut files = Vec::with_capacity(torrent.files().len());
         for (i, entry) in torrent.files().iter().enumerate() {
             let path = dir.join(entry.path());
-            let found = if is_selected(i) {
-                open_file(dir, &path, entry.path(), entry.length(), mode)?
+            if is_selected(i) {
+                let found = open_file(dir, &path, entry.path(), entry.length(), mode)?;
+                let mut slot = own(i, found);
+                // Not there yet: an earlier run that did not select it may
+                // have kept its bytes of shared pieces in the part file.
+                if mode == Mode::ReadOnly && found.is_none() && part.is_some() {
+                    slot.alt = Some(Box::new(in_part(i)));
+                }
+                files.push(slot);
             } else {
-                None
-            };
-            if !is_selected(i) || (found.is_none() && mode == Mode::Verify) {
-                files.push(Slot {
-                    path: part_path.clone(),
-                    base: entry.offset(),
-                    key: part_key,
-                    part: true,
-                    exists: part.is_some(),
-                    had_data: part.is_some_and(|len| len > 0),
-                    found_len: 0,
-                });
-                continue;
+                let mut slot = in_part(i);
+                // Never created or written by a run that does not select
+                // it, but read if it is there (a download that selected it
+                // earlier): a link or anything odd in the way is ignored.
+                if mode == Mode::ReadOnly {
+                    let found = open_file(dir, &path, entry.path(), entry.length(), mode)
+                        .ok()
+                        .flatten()
+                        .filter(|&len| len > 0);
+                    if found.is_some() {
+                        slot.alt = Some(Box::new(own(i, found)));
+                    }
+                }
+                files.push(slot);
             }
-            files.push(Slot {
-                path,
-                base: 0,
-                key: i,
-                part: false,
-                exists: found.is_some(),
-                had_data: found.is_some_and(|len| len > 0),
-                found_len: found.unwrap_or(0),
-            });
         }
         Ok(Storage::new(
             torrent.layout().clone(),
@@ -472,25 +510,42 @@ impl Storage {
     /// File `i`, opened if it is not (closing the least recently used one
     /// at the cap). `NotFound` for a file that did not exist read-only.
     fn handle(&self, i: usize) -> io::Result<Arc<File>> {
-        if !self.files[i].exists {
+        self.handle_of(&self.files[i])
+    }
+
+    fn handle_of(&self, slot: &Slot) -> io::Result<Arc<File>> {
+        if !slot.exists {
             return Err(io::Error::from(io::ErrorKind::NotFound));
         }
-        let path = &self.files[i].path;
-        self.cache.get((self.id, self.files[i].key), || {
+        self.cache.get((self.id, slot.key), || {
             OpenOptions::new()
                 .read(true)
                 .write(self.writable)
                 .custom_flags(libc::O_NOFOLLOW)
-                .open(path)
+                .open(&slot.path)
         })
     }
 
-    /// Whether any file this piece touches held data when opened: only such
-    /// pieces can already be complete on disk.
+    /// Whether this piece may already be complete on disk: it holds bytes
+    /// of a selected file (the others are not fetched, so not checked)
+    /// and some file it touches held data when opened.
     pub fn piece_may_exist(&self, piece: PieceIndex) -> bool {
+        let mut spans = self.layout.spans(piece).map(|s| &self.files[s.file]);
+        let mut selected = false;
+        let mut data = false;
+        for slot in &mut spans {
+            selected |= !slot.part;
+            data |= slot.had_data || slot.alt.as_ref().is_some_and(|a| a.had_data);
+        }
+        selected && data
+    }
+
+    /// Whether some of this piece's bytes may also be somewhere else
+    /// (see [`read_piece_alt`](Self::read_piece_alt)).
+    pub fn has_alt(&self, piece: PieceIndex) -> bool {
         self.layout
             .spans(piece)
-            .any(|s| self.files[s.file].had_data)
+            .any(|s| self.files[s.file].alt.is_some())
     }
 
     /// Fails if a file that held data when opened has a piece that is not
@@ -536,8 +591,24 @@ impl Storage {
 
     /// Writes one whole piece at its place, across file boundaries.
     pub fn write_piece(&self, piece: PieceIndex, data: &[u8]) -> Result<(), Error> {
+        self.write_spans(piece, data, false)
+    }
+
+    /// Writes a verified piece found through
+    /// [`read_piece_alt`](Self::read_piece_alt) to where this selection
+    /// keeps it, leaving alone the files that held data when opened (their
+    /// bytes of it verified where they are): the part file and files new
+    /// to the selection are written, no user file is.
+    pub fn write_moved(&self, piece: PieceIndex, data: &[u8]) -> Result<(), Error> {
+        self.write_spans(piece, data, true)
+    }
+
+    fn write_spans(&self, piece: PieceIndex, data: &[u8], moved: bool) -> Result<(), Error> {
         for span in self.layout.spans(piece) {
             let slot = &self.files[span.file];
+            if moved && !slot.part && slot.had_data {
+                continue;
+            }
             let start = span.piece_offset as usize;
             let chunk = &data[start..start + span.len as usize];
             let write = self
@@ -580,13 +651,34 @@ impl Storage {
     /// `Ok(false)` when some of its bytes are not on disk (file missing or
     /// too short).
     pub fn read_piece(&self, piece: PieceIndex, buf: &mut Vec<u8>) -> Result<bool, Error> {
+        self.read_piece_from(piece, buf, false)
+    }
+
+    /// [`read_piece`](Self::read_piece), taking each file's bytes from its
+    /// alternative place where it has one: a piece written when the
+    /// selection was different (a file now selected whose bytes are in the
+    /// part file, or a file no longer selected that is still there).
+    pub fn read_piece_alt(&self, piece: PieceIndex, buf: &mut Vec<u8>) -> Result<bool, Error> {
+        self.read_piece_from(piece, buf, true)
+    }
+
+    fn read_piece_from(
+        &self,
+        piece: PieceIndex,
+        buf: &mut Vec<u8>,
+        alt: bool,
+    ) -> Result<bool, Error> {
         buf.resize(self.layout.piece_len(piece) as usize, 0);
         for span in self.layout.spans(piece) {
-            let slot = &self.files[span.file];
+            let own = &self.files[span.file];
+            let slot = match &own.alt {
+                Some(other) if alt => other,
+                _ => own,
+            };
             if !slot.exists {
                 return Ok(false);
             }
-            let file = self.handle(span.file).map_err(|source| Error::Read {
+            let file = self.handle_of(slot).map_err(|source| Error::Read {
                 path: slot.path.clone(),
                 source,
             })?;
@@ -724,7 +816,10 @@ impl Marker {
         // No bigger than the largest info dict rtc accepts from peers.
         let max = u64::from(crate::peer::extension::MAX_METADATA_SIZE);
         let mut bytes = Vec::new();
-        File::open(&self.path)
+        OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&self.path)
             .ok()?
             .take(max + 1)
             .read_to_end(&mut bytes)
@@ -735,18 +830,40 @@ impl Marker {
         (crate::hash::sha1(&bytes) == info_hash.0).then_some(bytes)
     }
 
+    /// A regular file (a link planted there is no marker).
     pub fn exists(&self) -> bool {
-        self.path.is_file()
+        std::fs::symlink_metadata(&self.path).is_ok_and(|m| m.is_file())
     }
 
     pub fn create(&self, info: &[u8]) -> Result<(), Error> {
+        use std::io::Write;
         if let Some(dir) = self.path.parent() {
             std::fs::create_dir_all(dir).map_err(|source| Error::CreateDir {
                 path: dir.to_path_buf(),
                 source,
             })?;
         }
-        std::fs::write(&self.path, info).map_err(|source| Error::Write {
+        // O_NOFOLLOW: a link planted at the marker's name is refused, not
+        // followed to overwrite whatever it points at.
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&self.path)
+            .map_err(|source| {
+                if source.raw_os_error() == Some(libc::ELOOP) {
+                    Error::NotAFile {
+                        path: self.path.clone(),
+                    }
+                } else {
+                    Error::Open {
+                        path: self.path.clone(),
+                        source,
+                    }
+                }
+            })?;
+        (&file).write_all(info).map_err(|source| Error::Write {
             path: self.path.clone(),
             source,
         })

@@ -9,39 +9,64 @@ use crate::storage::{self, Storage};
 use crate::types::PieceIndex;
 use rayon::prelude::*;
 
+/// What [`check`] found on disk.
+pub struct Checked {
+    /// The pieces whose bytes match their hash.
+    pub have: Bitfield,
+    /// Of those, the ones that matched only with bytes from where an
+    /// earlier selection kept them ([`Storage::read_piece_alt`]): to be
+    /// written where this selection keeps them
+    /// ([`Storage::write_moved`]). At most a few per file.
+    pub moved: Vec<PieceIndex>,
+}
+
 /// Hashes every piece that may be on disk and returns the set that matches.
 /// Pieces whose files did not exist or were empty are not read at all.
-/// Once `stop()` says so, the remaining pieces are skipped (counted as
-/// missing): a download cancelled during its first check ends at once.
+/// A piece that fails where this selection looks is tried again where an
+/// earlier one may have put some of its bytes. Once `stop()` says so, the
+/// remaining pieces are skipped (counted as missing): a download
+/// cancelled during its first check ends at once.
 pub fn check(
     torrent: &Torrent,
     storage: &Storage,
     pool: &rayon::ThreadPool,
     stop: &(dyn Fn() -> bool + Sync),
-) -> Result<Bitfield, storage::Error> {
+) -> Result<Checked, storage::Error> {
     let n = torrent.piece_count();
-    let good: Vec<u32> = pool.install(|| {
+    let matches = |piece: PieceIndex, buf: &[u8]| {
+        torrent
+            .piece_hash(piece)
+            .is_some_and(|h| crate::hash::sha1(buf) == *h)
+    };
+    let good: Vec<(u32, bool)> = pool.install(|| {
         (0..n)
             .into_par_iter()
             .filter(|&i| storage.piece_may_exist(PieceIndex(i)))
             .map_init(Vec::new, |buf, i| {
                 let piece = PieceIndex(i);
-                if stop() || !storage.read_piece(piece, buf)? {
+                if stop() {
                     return Ok(None);
                 }
-                let ok = torrent
-                    .piece_hash(piece)
-                    .is_some_and(|h| crate::hash::sha1(buf) == *h);
-                Ok(ok.then_some(i))
+                if storage.read_piece(piece, buf)? && matches(piece, buf) {
+                    return Ok(Some((i, false)));
+                }
+                let moved = storage.has_alt(piece)
+                    && storage.read_piece_alt(piece, buf)?
+                    && matches(piece, buf);
+                Ok(moved.then_some((i, true)))
             })
             .filter_map(|r| r.transpose())
-            .collect::<Result<Vec<u32>, storage::Error>>()
+            .collect::<Result<Vec<(u32, bool)>, storage::Error>>()
     })?;
     let mut have = Bitfield::new(n);
-    for i in good {
+    let mut moved = Vec::new();
+    for (i, alt) in good {
         have.set(PieceIndex(i));
+        if alt {
+            moved.push(PieceIndex(i));
+        }
     }
-    Ok(have)
+    Ok(Checked { have, moved })
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

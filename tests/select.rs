@@ -152,14 +152,12 @@ fn selected_files_only_then_more_then_all() {
     assert_eq!(files_under(&out), set(&["b.bin", "z.txt"]));
     same_files(&s, &["b.bin", "z.txt"]);
     assert!(!out.join("dir/sub").exists(), "an unselected directory");
-    // A partial selection keeps the marker and the part file.
-    assert_eq!(
-        hidden(&out),
-        set(&[&format!(".rtc-{ih}"), &format!(".rtc-{ih}.part")])
-    );
+    // Complete: the marker goes; a partial selection keeps the part file.
+    assert_eq!(hidden(&out), set(&[&format!(".rtc-{ih}.part")]));
 
     // `rtc verify` with the same selection: complete (exit 0); without,
-    // incomplete (exit 6), reported by file.
+    // incomplete (exit 6), reported by file (the pieces b.bin and z.txt
+    // share with missing files still verify, from the part file).
     let v = rtc_json(
         &["verify", "--files", "1", "--include", "*.txt"],
         &out,
@@ -182,10 +180,9 @@ fn selected_files_only_then_more_then_all() {
         ["missing", "complete", "missing", "missing", "complete"]
     );
 
-    // 2: everything but sub/. Piece 7 (z.txt's, with d.bin's bytes in the
-    // part file) verifies on disk and is not fetched again; pieces 0-3
-    // are (piece 1 now needs a.bin's and c.bin's bytes under their own
-    // names, which do not exist yet).
+    // 2: everything but sub/. Pieces 1 and 7 verify on disk (a.bin's and
+    // c.bin's bytes of piece 1 from the part file, copied into the new
+    // files) and are not fetched again; pieces 0, 2, 3 are.
     let o = rtc_json(
         &["--peer", &peer, "--exclude", "sub/*"],
         &out,
@@ -194,12 +191,12 @@ fn selected_files_only_then_more_then_all() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let l = lines(&o.stdout);
     assert_eq!(l[0]["selection"], serde_json::json!([0, 1, 2, 4]));
-    assert_eq!(event(&l, "checked")[0]["pieces_ok"], 1, "piece 7");
+    assert_eq!(event(&l, "checked")[0]["pieces_ok"], 2, "pieces 1, 7");
     assert_eq!(files_done(&l), [0, 1, 2, 4].into());
     assert_eq!(
         l.last().unwrap()["downloaded_bytes"],
-        4 * PIECE,
-        "pieces 0-3"
+        3 * PIECE,
+        "pieces 0, 2, 3"
     );
     assert_eq!(
         files_under(&out),
@@ -207,14 +204,14 @@ fn selected_files_only_then_more_then_all() {
     );
     same_files(&s, &["a.bin", "b.bin", "c.bin", "z.txt"]);
 
-    // 3: everything: d.bin's pieces, 3-7 (3 and 7 rewrite bytes of c.bin
-    // and z.txt, which the marker allows: they are rtc's own).
+    // 3: everything: d.bin's pieces 3 and 7 are whole with its bytes from
+    // the part file; 4, 5, 6 are fetched.
     let o = rtc_json(&["--peer", &peer], &out, s.torrent.as_os_str());
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let l = lines(&o.stdout);
-    assert_eq!(event(&l, "checked")[0]["pieces_ok"], 3, "pieces 0-2");
+    assert_eq!(event(&l, "checked")[0]["pieces_ok"], 5, "pieces 0-3, 7");
     assert_eq!(files_done(&l), [0, 1, 2, 3, 4].into());
-    assert_eq!(l.last().unwrap()["downloaded_bytes"], 4 * PIECE + LAST);
+    assert_eq!(l.last().unwrap()["downloaded_bytes"], 3 * PIECE);
     assert_same_tree(&s.content, &out.join("dir"));
     assert!(hidden(&out).is_empty(), "{:?}", hidden(&out));
 }
@@ -245,8 +242,10 @@ fn a_magnets_select_only_list_is_the_default() {
     assert_eq!(files_done(&lines(&o.stdout)), [0].into());
 }
 
-/// A partial seed serves what it has, boundary pieces included (their
-/// bytes of unselected files come back from the part file): a second rtc
+/// A complete download seeded with fewer files selected: nothing is
+/// fetched or rewritten, the shared pieces' bytes of the files left out
+/// are copied to the part file, and this partial seed serves what it has,
+/// shared pieces included (read back from the part file): a second rtc
 /// selecting the same files downloads them from it alone.
 #[test]
 fn a_partial_seed_serves_its_pieces() {
@@ -255,13 +254,11 @@ fn a_partial_seed_serves_its_pieces() {
     {
         let seeder = s.lt_seeder();
         let peer = seeder.addr().to_string();
-        let o = rtc_json(
-            &["--peer", &peer, "--files", "1,4"],
-            &out,
-            s.torrent.as_os_str(),
-        );
+        let o = rtc_json(&["--peer", &peer], &out, s.torrent.as_os_str());
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     } // the libtorrent seeder is gone
+    let v = rtc_json(&["verify", "--files", "1,4"], &out, s.torrent.as_os_str());
+    assert_eq!(v.status.code(), Some(0), "complete data, fewer files");
     let port = free_port();
     let mut seed = rtc_cmd()
         .args(["seed", "--json", "-q", "--files", "1,4", "--port"])
@@ -304,6 +301,10 @@ fn a_partial_seed_serves_its_pieces() {
     let status = seed.wait().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(status.code(), Some(0));
+    // The seed's own files are as they were; its part file is new.
+    assert_same_tree(&s.content, &out.join("dir"));
+    let ih = info_hash_of(&s.torrent);
+    assert_eq!(hidden(&out), set(&[&format!(".rtc-{ih}.part")]));
     assert_eq!(files_under(&out2), set(&["b.bin", "z.txt"]));
     for name in ["b.bin", "z.txt"] {
         assert_same_bytes(&s.content.join(name), &out2.join("dir").join(name));
@@ -339,4 +340,71 @@ fn bad_selections_are_usage_errors() {
         assert_eq!(last["code"], 2);
         assert!(!out.exists(), "{args:?} wrote {out:?}");
     }
+}
+
+/// A file the user put where an unselected file would go is never
+/// written: selecting it later is refused (exit 5), the file untouched.
+#[test]
+fn a_users_file_at_an_unselected_name_is_never_written() {
+    let s = setup();
+    let seeder = s.lt_seeder();
+    let peer = seeder.addr().to_string();
+    let out = out(&s);
+    let o = rtc_json(
+        &["--peer", &peer, "--files", "1"],
+        &out,
+        s.torrent.as_os_str(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mine = out.join("dir/a.bin");
+    std::fs::write(&mine, b"my own notes").unwrap();
+    let o = rtc_json(
+        &["--peer", &peer, "--files", "1"],
+        &out,
+        s.torrent.as_os_str(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = rtc_json(
+        &["--peer", &peer, "--files", "0"],
+        &out,
+        s.torrent.as_os_str(),
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("refusing to overwrite"));
+    assert_eq!(std::fs::read(&mine).unwrap(), b"my own notes");
+}
+
+/// A selected empty file is created even when nothing needs fetching; a
+/// link planted at the marker's name is refused, not followed.
+#[test]
+fn empty_files_are_created_and_marker_links_refused() {
+    let t = DirTorrent::new(&[("e.empty", 0, 1), ("f.bin", 40_000, 2)], None, 15);
+    let out = t.dir.path().join("out");
+    let o = rtc_json(&["--files", "0"], &out, t.torrent.as_os_str());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(files_done(&lines(&o.stdout)), [0].into());
+    assert_eq!(std::fs::metadata(out.join("dir/e.empty")).unwrap().len(), 0);
+    assert!(!out.join("dir/f.bin").exists());
+
+    let ih = info_hash_of(&t.torrent);
+    let victim = t.dir.path().join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    std::os::unix::fs::symlink(&victim, out.join(format!(".rtc-{ih}"))).unwrap();
+    let o = rtc_json(
+        &["--files", "1", "--timeout", "1"],
+        &out,
+        t.torrent.as_os_str(),
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
 }

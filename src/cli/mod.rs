@@ -80,7 +80,7 @@ OPTIONS:
                            The DHT's nodes are saved between runs in
                            $XDG_CACHE_HOME/rtc/dht.dat (else ~/.cache/rtc/)
         --seed             keep seeding after the download, until Ctrl-C
-        --seed-ratio R     ... until R x the torrent's size is uploaded
+        --seed-ratio R     ... until R x the size (of the selected files) is uploaded
         --seed-time D      ... for D (e.g. 90s, 30m, 2h; 0: stop at completion)
         --timeout SECS     give up when no peer is connected for SECS (default: 60)
         --tracker-timeout SECS  bound on one tracker request (default: 15)
@@ -638,11 +638,13 @@ fn verify(
         .map_err(|e| Failure::new(exit::USAGE, e.to_string()))?;
     let files = crate::storage::FileCache::new(crate::storage::MAX_OPEN_FILES);
     let storage =
-        crate::storage::Storage::open_for_verify(dir, torrent, &selected, &files).map_err(io)?;
+        crate::storage::Storage::open_existing(dir, torrent, &selected, &files).map_err(io)?;
     let pool = rayon::ThreadPoolBuilder::new()
         .build()
         .map_err(|e| Failure::new(exit::INTERNAL, e.to_string()))?;
-    let have = crate::verify::check(torrent, &storage, &pool, &|| false).map_err(io)?;
+    let have = crate::verify::check(torrent, &storage, &pool, &|| false)
+        .map_err(io)?
+        .have;
     let layout = torrent.layout();
     let bytes: u64 = (0..have.len())
         .map(crate::types::PieceIndex)

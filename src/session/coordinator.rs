@@ -563,10 +563,11 @@ impl Coordinator {
         let files = &self.core.files;
         let existing = Storage::open_existing(dir, &self.torrent, &self.selected, files)
             .map_err(Error::Storage)?;
-        let have = verify::check(&self.torrent, &existing, &self.core.pool, &|| {
-            self.cancelled.load(Ordering::Relaxed)
-        })
-        .map_err(Error::Storage)?;
+        let verify::Checked { have, moved } =
+            verify::check(&self.torrent, &existing, &self.core.pool, &|| {
+                self.cancelled.load(Ordering::Relaxed)
+            })
+            .map_err(Error::Storage)?;
         if self.cancelled.load(Ordering::Relaxed) {
             return Err(Error::Cancelled);
         }
@@ -608,27 +609,56 @@ impl Coordinator {
             self.shared.set_have(piece);
         }
         self.have = have;
-        if self.pieces.is_complete() {
+        let complete = self.pieces.is_complete();
+        if complete && moved.is_empty() {
+            // Nothing to write but the selected empty files, if missing:
+            // read-only data can be seeded as it is.
+            Storage::create_empty_files(dir, &self.torrent, &self.selected)
+                .map_err(Error::Storage)?;
             self.tidy_up();
             return Ok(existing);
         }
-        drop(existing);
-        marker
-            .create(self.torrent.info_bytes())
-            .map_err(Error::Storage)?;
-        Storage::open(dir, &self.torrent, &self.selected, files).map_err(Error::Storage)
+        if !complete {
+            marker
+                .create(self.torrent.info_bytes())
+                .map_err(Error::Storage)?;
+        }
+        let storage =
+            Storage::open(dir, &self.torrent, &self.selected, files).map_err(Error::Storage)?;
+        // Pieces verified with bytes where an earlier selection kept them
+        // (a file selected now, its bytes in the part file; a file no
+        // longer selected, still on disk) go where this selection keeps
+        // them, so that serving and the next check find them there.
+        let mut buf = Vec::new();
+        for &piece in &moved {
+            if existing
+                .read_piece_alt(piece, &mut buf)
+                .map_err(Error::Storage)?
+            {
+                storage.write_moved(piece, &buf).map_err(Error::Storage)?;
+            }
+        }
+        if !moved.is_empty() {
+            log::info!(
+                "resume: {} pieces moved to this selection's files",
+                moved.len()
+            );
+        }
+        if complete {
+            self.tidy_up();
+        }
+        Ok(storage)
     }
 
-    /// Every wanted piece is here. With every file selected, the marker
-    /// and the part file go (the files are the user's now). With a
-    /// partial selection both stay: the part file holds the bytes of
-    /// unselected files that share a piece with a selected one, and the
-    /// marker lets a later run that selects more rewrite those shared
-    /// pieces (see `storage::Marker`).
+    /// Every wanted piece is here: the marker goes (the files are the
+    /// user's now). The part file goes too when every file was selected;
+    /// with a partial selection it stays, holding the bytes of unselected
+    /// files that share a piece with a selected one, for serving those
+    /// pieces and for a later run that selects more.
     fn tidy_up(&self) {
+        let dir = &self.opts.output_dir;
+        storage::Marker::new(dir, &self.torrent).remove();
         if self.selected.iter().all(|&s| s) {
-            let dir = &self.opts.output_dir;
-            storage::Marker::new(dir, &self.torrent).remove();
             let _ = std::fs::remove_file(storage::part_path(dir, &self.torrent.info_hash()));
         }
     }
@@ -778,8 +808,11 @@ impl Coordinator {
             SeedUntil::Never => true,
             SeedUntil::Stopped => false,
             // A ratio that is not a number ends seeding at once.
+            // Of what this download holds: with a partial selection, the
+            // bytes of the pieces it wanted, not the whole torrent.
             SeedUntil::Ratio(r) => {
-                r.is_nan() || self.uploaded as f64 >= r * self.torrent.total_length() as f64
+                let size = self.shared.wanted_bytes.load(Ordering::Relaxed);
+                r.is_nan() || self.uploaded as f64 >= r * size as f64
             }
             SeedUntil::Time(d) => self.completed_at.is_some_and(|t| t.elapsed() >= d),
         }

@@ -244,7 +244,8 @@ pub enum SeedUntil {
     Never,
     /// Keep seeding until cancelled; cancelling then is success.
     Stopped,
-    /// Until uploaded bytes reach this multiple of the torrent's size.
+    /// Until uploaded bytes reach this multiple of the torrent's size (of
+    /// the selected files' pieces, with a partial selection).
     Ratio(f64),
     /// For this long after completion.
     Time(Duration),
