@@ -39,6 +39,8 @@ fn required(event: &str) -> &'static [&'static str] {
             "info_hash",
             "verified_bytes",
             "total_bytes",
+            "wanted_bytes",
+            "wanted_verified_bytes",
             "pieces_done",
             "pieces_total",
             "download_rate",
@@ -132,6 +134,14 @@ fn check_download(lines: &[Value], files: usize, ends: &[&str]) {
     assert_eq!(indices, (0..files as u64).collect(), "{ev:?}");
     assert!(file_done.iter().all(|&(i, _)| i < done_at), "{ev:?}");
     assert_eq!(ev.iter().filter(|&&e| e == "done").count(), 1);
+    // The stream ends well with the final counts just before its end.
+    let before_end = &lines[lines.len() - 2];
+    assert_eq!(before_end["event"], "progress", "{ev:?}");
+    assert_eq!(
+        before_end["wanted_verified_bytes"],
+        before_end["wanted_bytes"]
+    );
+    assert_eq!(before_end["eta_secs"], 0);
 }
 
 /// A torrent of a directory of three files (one ends mid-piece).

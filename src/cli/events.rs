@@ -186,12 +186,21 @@ impl Lines {
         }
     }
 
-    /// The download ended well: the last `file_done` lines, then `done`
-    /// (or, after seeding, `stopped`) with the summary.
-    pub(super) fn finish(&mut self, ih: InfoHash, progress: &[u64], summary: &Summary) {
+    /// The download ended well: the last `file_done` lines, a last
+    /// `progress` with the final counts (so a reader following it sees
+    /// the end, however soon after the previous one), then `done` (or,
+    /// after seeding, `stopped`) with the summary.
+    pub(super) fn finish(
+        &mut self,
+        ih: InfoHash,
+        files: &[u64],
+        last: &crate::Progress,
+        summary: &Summary,
+    ) {
         if self.have_torrent {
-            self.files(progress);
+            self.files(files);
         }
+        json::emit("progress", json::progress(ih, last));
         if self.seeding {
             if !self.done {
                 self.done = true;

@@ -159,11 +159,12 @@ pub(super) fn download_many(
             r.dl.torrent()
                 .map_or_else(|| r.input.clone(), |t| crate::text::escaped(t.name()));
         let last = r.dl.file_progress();
-        let verified = super::verified_text(&r.dl.progress());
+        let end = r.dl.progress();
+        let verified = super::verified_text(&end);
         match r.dl.wait() {
             Ok(summary) => {
                 if let Some(l) = r.lines.as_mut() {
-                    l.finish(ih, &last, &summary);
+                    l.finish(ih, &last, &end, &summary);
                 }
                 if !quiet {
                     eprintln!(

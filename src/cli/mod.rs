@@ -923,10 +923,11 @@ fn download(
     );
     let ih = dl.info_hash();
     let last = dl.file_progress();
-    let verified = verified_text(&dl.progress());
+    let end = dl.progress();
+    let verified = verified_text(&end);
     let summary = dl.wait().map_err(session_failure)?;
     if let Some(l) = lines.as_mut() {
-        l.finish(ih, &last, &summary);
+        l.finish(ih, &last, &end, &summary);
     }
     if !quiet {
         let secs = summary.elapsed.as_secs_f64().max(0.001);
