@@ -172,6 +172,42 @@ impl std::error::Error for Error {
     }
 }
 
+/// Which alternative places a read takes (see `Slot::alt`): the part file
+/// for selected files that do not exist yet (bytes an earlier, narrower
+/// selection kept there), and the own names of unselected files that are
+/// still on disk (bytes a wider one wrote there). Tried one kind at a
+/// time first, so a stray file of one kind cannot spoil bytes the other
+/// kind holds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Alts {
+    /// Read selected files that do not exist from the part file.
+    pub part: bool,
+    /// Read unselected files from their own names.
+    pub own: bool,
+}
+
+impl Alts {
+    /// The combinations to try, in order, given the kinds a piece has.
+    pub fn tries(have: Alts) -> impl Iterator<Item = Alts> {
+        [
+            Alts {
+                part: true,
+                own: false,
+            },
+            Alts {
+                part: false,
+                own: true,
+            },
+            Alts {
+                part: true,
+                own: true,
+            },
+        ]
+        .into_iter()
+        .filter(move |a| (!a.part || have.part) && (!a.own || have.own))
+    }
+}
+
 /// One file of the torrent as found or created on disk, or, for a file
 /// not selected, its place in the part file.
 struct Slot {
@@ -297,6 +333,9 @@ pub(crate) struct Storage {
     writable: bool,
     cache: Arc<FileCache>,
     id: u64,
+    /// Pieces to read from alternative places ([`Storage::with_alt_reads`]),
+    /// sorted by piece.
+    alt_reads: Vec<(PieceIndex, Alts)>,
 }
 
 impl Drop for Storage {
@@ -428,15 +467,15 @@ impl Storage {
             !is_selected(i) && layout.pieces_of_file(i).any(|p| wanted.has(PieceIndex(p)))
         });
         let rel = Path::new(part_path.file_name().unwrap_or_default());
-        let part = if part_needed {
-            open_file(dir, &part_path, rel, u64::MAX, mode)?
-        } else if mode == Mode::ReadOnly {
+        let part = if mode == Mode::ReadOnly {
             // Only read if it is there: anything odd in its place (a link,
             // a directory) is no part file, and an error only once one
             // must be written.
             open_file(dir, &part_path, rel, u64::MAX, mode)
                 .ok()
                 .flatten()
+        } else if part_needed {
+            open_file(dir, &part_path, rel, u64::MAX, mode)?
         } else {
             None
         };
@@ -504,6 +543,7 @@ impl Storage {
             writable,
             id: cache.register(),
             cache: Arc::clone(cache),
+            alt_reads: Vec::new(),
         }
     }
 
@@ -511,6 +551,31 @@ impl Storage {
     /// at the cap). `NotFound` for a file that did not exist read-only.
     fn handle(&self, i: usize) -> io::Result<Arc<File>> {
         self.handle_of(&self.files[i])
+    }
+
+    /// Reads of the pieces in `moved` take those alternative places from
+    /// now on: complete data whose shared pieces could not be copied where
+    /// this selection keeps them (a read-only directory) is served from
+    /// where the bytes are.
+    pub fn with_alt_reads(mut self, mut moved: Vec<(PieceIndex, Alts)>) -> Storage {
+        moved.sort_by_key(|&(p, _)| p.0);
+        self.alt_reads = moved;
+        self
+    }
+
+    fn alts_for(&self, piece: PieceIndex) -> Alts {
+        self.alt_reads
+            .binary_search_by_key(&piece.0, |&(p, _)| p.0)
+            .map_or(Alts::default(), |i| self.alt_reads[i].1)
+    }
+
+    /// File `i`'s slot, or its alternative where `alts` says.
+    fn slot_for(&self, i: usize, alts: Alts) -> &Slot {
+        let own = &self.files[i];
+        match &own.alt {
+            Some(other) if (other.part && alts.part) || (!other.part && alts.own) => other,
+            _ => own,
+        }
     }
 
     fn handle_of(&self, slot: &Slot) -> io::Result<Arc<File>> {
@@ -540,12 +605,17 @@ impl Storage {
         selected && data
     }
 
-    /// Whether some of this piece's bytes may also be somewhere else
-    /// (see [`read_piece_alt`](Self::read_piece_alt)).
-    pub fn has_alt(&self, piece: PieceIndex) -> bool {
-        self.layout
-            .spans(piece)
-            .any(|s| self.files[s.file].alt.is_some())
+    /// Which kinds of alternative places this piece's files have (see
+    /// [`read_piece_alt`](Self::read_piece_alt)).
+    pub fn alt_kinds(&self, piece: PieceIndex) -> Alts {
+        let mut kinds = Alts::default();
+        for s in self.layout.spans(piece) {
+            if let Some(alt) = &self.files[s.file].alt {
+                kinds.part |= alt.part;
+                kinds.own |= !alt.part;
+            }
+        }
+        kinds
     }
 
     /// Fails if a file that held data when opened has a piece that is not
@@ -633,12 +703,10 @@ impl Storage {
             if from >= to {
                 continue;
             }
-            let slot = &self.files[span.file];
+            let slot = self.slot_for(span.file, self.alts_for(b.piece));
             let dst = &mut buf[(from - lo) as usize..(to - lo) as usize];
             let at = slot.base + span.file_offset + (from - s_lo) as u64;
-            let read = self
-                .handle(span.file)
-                .and_then(|f| f.read_exact_at(dst, at));
+            let read = self.handle_of(slot).and_then(|f| f.read_exact_at(dst, at));
             read.map_err(|source| Error::Read {
                 path: slot.path.clone(),
                 source,
@@ -651,30 +719,31 @@ impl Storage {
     /// `Ok(false)` when some of its bytes are not on disk (file missing or
     /// too short).
     pub fn read_piece(&self, piece: PieceIndex, buf: &mut Vec<u8>) -> Result<bool, Error> {
-        self.read_piece_from(piece, buf, false)
+        self.read_piece_from(piece, buf, self.alts_for(piece))
     }
 
     /// [`read_piece`](Self::read_piece), taking each file's bytes from its
     /// alternative place where it has one: a piece written when the
     /// selection was different (a file now selected whose bytes are in the
     /// part file, or a file no longer selected that is still there).
-    pub fn read_piece_alt(&self, piece: PieceIndex, buf: &mut Vec<u8>) -> Result<bool, Error> {
-        self.read_piece_from(piece, buf, true)
+    pub fn read_piece_alt(
+        &self,
+        piece: PieceIndex,
+        buf: &mut Vec<u8>,
+        alts: Alts,
+    ) -> Result<bool, Error> {
+        self.read_piece_from(piece, buf, alts)
     }
 
     fn read_piece_from(
         &self,
         piece: PieceIndex,
         buf: &mut Vec<u8>,
-        alt: bool,
+        alts: Alts,
     ) -> Result<bool, Error> {
         buf.resize(self.layout.piece_len(piece) as usize, 0);
         for span in self.layout.spans(piece) {
-            let own = &self.files[span.file];
-            let slot = match &own.alt {
-                Some(other) if alt => other,
-                _ => own,
-            };
+            let slot = self.slot_for(span.file, alts);
             if !slot.exists {
                 return Ok(false);
             }
@@ -926,6 +995,19 @@ pub(crate) fn spawn_writer(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn alternatives_are_tried_one_kind_at_a_time_first() {
+        let a = |part, own| Alts { part, own };
+        let tries = |have| Alts::tries(have).collect::<Vec<_>>();
+        assert_eq!(tries(a(false, false)), []);
+        assert_eq!(tries(a(true, false)), [a(true, false)]);
+        assert_eq!(tries(a(false, true)), [a(false, true)]);
+        assert_eq!(
+            tries(a(true, true)),
+            [a(true, false), a(false, true), a(true, true)]
+        );
+    }
 
     #[test]
     fn the_file_cache_holds_at_most_its_cap_across_storages() {

@@ -5,7 +5,7 @@
 
 use crate::metainfo::Torrent;
 use crate::peer::message::Bitfield;
-use crate::storage::{self, Storage};
+use crate::storage::{self, Alts, Storage};
 use crate::types::PieceIndex;
 use rayon::prelude::*;
 
@@ -14,10 +14,10 @@ pub struct Checked {
     /// The pieces whose bytes match their hash.
     pub have: Bitfield,
     /// Of those, the ones that matched only with bytes from where an
-    /// earlier selection kept them ([`Storage::read_piece_alt`]): to be
-    /// written where this selection keeps them
+    /// earlier selection kept them ([`Storage::read_piece_alt`], with
+    /// these places): to be written where this selection keeps them
     /// ([`Storage::write_moved`]). At most a few per file.
-    pub moved: Vec<PieceIndex>,
+    pub moved: Vec<(PieceIndex, Alts)>,
 }
 
 /// Hashes every piece that may be on disk and returns the set that matches.
@@ -38,7 +38,7 @@ pub fn check(
             .piece_hash(piece)
             .is_some_and(|h| crate::hash::sha1(buf) == *h)
     };
-    let good: Vec<(u32, bool)> = pool.install(|| {
+    let good: Vec<(u32, Option<Alts>)> = pool.install(|| {
         (0..n)
             .into_par_iter()
             .filter(|&i| storage.piece_may_exist(PieceIndex(i)))
@@ -48,22 +48,24 @@ pub fn check(
                     return Ok(None);
                 }
                 if storage.read_piece(piece, buf)? && matches(piece, buf) {
-                    return Ok(Some((i, false)));
+                    return Ok(Some((i, None)));
                 }
-                let moved = storage.has_alt(piece)
-                    && storage.read_piece_alt(piece, buf)?
-                    && matches(piece, buf);
-                Ok(moved.then_some((i, true)))
+                for alts in Alts::tries(storage.alt_kinds(piece)) {
+                    if storage.read_piece_alt(piece, buf, alts)? && matches(piece, buf) {
+                        return Ok(Some((i, Some(alts))));
+                    }
+                }
+                Ok(None)
             })
             .filter_map(|r| r.transpose())
-            .collect::<Result<Vec<(u32, bool)>, storage::Error>>()
+            .collect::<Result<Vec<(u32, Option<Alts>)>, storage::Error>>()
     })?;
     let mut have = Bitfield::new(n);
     let mut moved = Vec::new();
-    for (i, alt) in good {
+    for (i, alts) in good {
         have.set(PieceIndex(i));
-        if alt {
-            moved.push(PieceIndex(i));
+        if let Some(alts) = alts {
+            moved.push((PieceIndex(i), alts));
         }
     }
     Ok(Checked { have, moved })

@@ -259,56 +259,12 @@ fn a_partial_seed_serves_its_pieces() {
     } // the libtorrent seeder is gone
     let v = rtc_json(&["verify", "--files", "1,4"], &out, s.torrent.as_os_str());
     assert_eq!(v.status.code(), Some(0), "complete data, fewer files");
-    let port = free_port();
-    let mut seed = rtc_cmd()
-        .args(["seed", "--json", "-q", "--files", "1,4", "--port"])
-        .arg(port.to_string())
-        .arg("-o")
-        .arg(&out)
-        .arg(&s.torrent)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut reader = BufReader::new(seed.stdout.take().unwrap());
-    let deadline = Instant::now() + BOUND;
-    loop {
-        assert!(Instant::now() < deadline, "no seeding line");
-        let mut line = String::new();
-        assert!(reader.read_line(&mut line).unwrap() > 0, "seed ended");
-        if line.contains("\"event\":\"seeding\"") {
-            break;
-        }
-    }
     let out2 = s.dir.path().join("out2");
-    let o = rtc_json(
-        &[
-            "--peer",
-            &format!("127.0.0.1:{port}"),
-            "--include",
-            "*b.bin",
-            "--include",
-            "z.*",
-        ],
-        &out2,
-        s.torrent.as_os_str(),
-    );
-    Command::new("kill")
-        .args(["-INT", &seed.id().to_string()])
-        .status()
-        .unwrap();
-    let status = seed.wait().unwrap();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(status.code(), Some(0));
+    leech_from_seed(&s, &out, &out2);
     // The seed's own files are as they were; its part file is new.
     assert_same_tree(&s.content, &out.join("dir"));
     let ih = info_hash_of(&s.torrent);
     assert_eq!(hidden(&out), set(&[&format!(".rtc-{ih}.part")]));
-    assert_eq!(files_under(&out2), set(&["b.bin", "z.txt"]));
-    for name in ["b.bin", "z.txt"] {
-        assert_same_bytes(&s.content.join(name), &out2.join("dir").join(name));
-    }
 }
 
 /// Selections that cannot be used are usage errors (exit 2) that name the
@@ -364,6 +320,23 @@ fn a_users_file_at_an_unselected_name_is_never_written() {
         s.torrent.as_os_str(),
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Selecting c.bin too: piece 1 (a, b, c) verifies with a's and c's
+    // bytes from the part file; the user's a.bin is not taken for ours.
+    let o = rtc_json(
+        &["--peer", &peer, "--files", "1,2"],
+        &out,
+        s.torrent.as_os_str(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let l = lines(&o.stdout);
+    assert_eq!(event(&l, "checked")[0]["pieces_ok"], 1, "piece 1");
+    assert_eq!(
+        l.last().unwrap()["downloaded_bytes"],
+        2 * PIECE,
+        "pieces 2, 3"
+    );
+    same_files(&s, &["b.bin", "c.bin"]);
+    assert_eq!(std::fs::read(&mine).unwrap(), b"my own notes");
     let o = rtc_json(
         &["--peer", &peer, "--files", "0"],
         &out,
@@ -407,4 +380,133 @@ fn empty_files_are_created_and_marker_links_refused() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+}
+
+/// Complete data where nothing can be written (here a directory is in the
+/// part file's place) still seeds a narrower selection, its shared pieces
+/// read where they are; `rtc verify` ignores the odd part path.
+#[test]
+fn complete_data_that_cannot_be_written_is_served_in_place() {
+    let s = setup();
+    let out = out(&s);
+    {
+        let seeder = s.lt_seeder();
+        let peer = seeder.addr().to_string();
+        let o = rtc_json(&["--peer", &peer], &out, s.torrent.as_os_str());
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let ih = info_hash_of(&s.torrent);
+    std::fs::create_dir(out.join(format!(".rtc-{ih}.part"))).unwrap();
+    let v = rtc_json(&["verify", "--files", "1,4"], &out, s.torrent.as_os_str());
+    assert_eq!(
+        v.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&v.stderr)
+    );
+    let out2 = s.dir.path().join("out2");
+    leech_from_seed(&s, &out, &out2);
+    assert_same_tree(&s.content, &out.join("dir"));
+}
+
+/// A download of everything killed half-way, then a narrower run that
+/// completes, then everything again: the last run finishes what the first
+/// left (the marker stays while those files are unfinished).
+#[test]
+fn a_killed_download_narrowed_then_widened_completes() {
+    let s = setup();
+    let seeder = s.lt_seeder();
+    let peer = seeder.addr().to_string();
+    let out = out(&s);
+    let mut child = rtc_cmd()
+        .args([
+            "--json",
+            "-q",
+            "--max-download-rate",
+            "256K",
+            "--peer",
+            &peer,
+            "--port",
+        ])
+        .arg(free_port().to_string())
+        .arg("-o")
+        .arg(&out)
+        .arg(&s.torrent)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(child.stdout.take().unwrap());
+    let deadline = Instant::now() + BOUND;
+    loop {
+        assert!(Instant::now() < deadline, "no progress");
+        let mut line = String::new();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "rtc ended early");
+        let v: Value = serde_json::from_str(&line).unwrap();
+        if v["event"] == "progress" && v["pieces_done"].as_u64().unwrap() >= 2 {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let o = rtc_json(
+        &["--peer", &peer, "--files", "1"],
+        &out,
+        s.torrent.as_os_str(),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    same_files(&s, &["b.bin"]);
+    let o = rtc_json(&["--peer", &peer], &out, s.torrent.as_os_str());
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_same_tree(&s.content, &out.join("dir"));
+    assert!(hidden(&out).is_empty(), "{:?}", hidden(&out));
+}
+
+/// `rtc seed --files 1,4` over `out`, and a second rtc downloading b.bin
+/// and z.txt from it alone into `out2` (checked byte for byte); the seed
+/// is stopped with Ctrl-C and exits 0.
+fn leech_from_seed(s: &DirTorrent, out: &Path, out2: &Path) {
+    let port = free_port();
+    let mut seed = rtc_cmd()
+        .args(["seed", "--json", "-q", "--files", "1,4", "--port"])
+        .arg(port.to_string())
+        .arg("-o")
+        .arg(out)
+        .arg(&s.torrent)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut reader = BufReader::new(seed.stdout.take().unwrap());
+    let deadline = Instant::now() + BOUND;
+    loop {
+        assert!(Instant::now() < deadline, "no seeding line");
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap() == 0 {
+            let _ = seed.kill();
+            panic!("the seed ended: {:?}", seed.wait());
+        }
+        if line.contains("\"event\":\"seeding\"") {
+            break;
+        }
+    }
+    let from = format!("127.0.0.1:{port}");
+    let o = rtc_json(
+        &["--peer", &from, "--include", "*b.bin", "--include", "z.*"],
+        out2,
+        s.torrent.as_os_str(),
+    );
+    Command::new("kill")
+        .args(["-INT", &seed.id().to_string()])
+        .status()
+        .unwrap();
+    let status = seed.wait().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(files_under(out2), set(&["b.bin", "z.txt"]));
+    for name in ["b.bin", "z.txt"] {
+        assert_same_bytes(&s.content.join(name), &out2.join("dir").join(name));
+    }
 }

@@ -32,6 +32,9 @@ pub(super) struct Lines {
     last_files: Option<Instant>,
     /// `done` (and `seeding`) written while the download goes on seeding.
     done: bool,
+    /// The data on disk has been checked (`checked` written): before
+    /// that, no file is known complete (an empty one is not created yet).
+    checked: bool,
 }
 
 impl Lines {
@@ -50,6 +53,7 @@ impl Lines {
             last_progress: None,
             last_files: None,
             done: false,
+            checked: false,
         };
         match known {
             Some((t, selected)) => {
@@ -83,10 +87,13 @@ impl Lines {
             Event::Checked {
                 pieces_ok,
                 pieces_total,
-            } => json::emit(
-                "checked",
-                json!({ "info_hash": ih, "pieces_ok": pieces_ok, "pieces_total": pieces_total }),
-            ),
+            } => {
+                self.checked = true;
+                json::emit(
+                    "checked",
+                    json!({ "info_hash": ih, "pieces_ok": pieces_ok, "pieces_total": pieces_total }),
+                );
+            }
             Event::PeerConnected(addr) => json::emit(
                 "peer",
                 json!({
@@ -157,6 +164,7 @@ impl Lines {
         }
         let now = Instant::now();
         if self.have_torrent
+            && self.checked
             && self
                 .last_files
                 .is_none_or(|t| now.duration_since(t) >= FILES_EVERY)

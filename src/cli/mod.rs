@@ -714,14 +714,20 @@ fn verify(
         Ok(())
     } else {
         let selected_count = selected.iter().filter(|&&s| s).count();
+        let partial = selected_count < selected.len();
+        let wanted = crate::select::wanted_pieces(layout, &selected);
+        let missing = (0..wanted.len())
+            .map(crate::types::PieceIndex)
+            .filter(|&p| wanted.has(p) && !have.has(p))
+            .count();
         Err(Failure::new(
             exit::INCOMPLETE,
             format!(
-                "{}: incomplete, {short} of {selected_count} {}files not complete ({} of {} pieces missing or wrong)",
+                "{}: incomplete, {short} of {selected_count} {}files not complete ({missing} of {} pieces{} missing or wrong)",
                 Escaped(torrent.name()),
-                if selected_count < selected.len() { "selected " } else { "" },
-                have.len() - have.count(),
-                have.len()
+                if partial { "selected " } else { "" },
+                wanted.count(),
+                if partial { " of the selected files" } else { "" },
             ),
         ))
     }

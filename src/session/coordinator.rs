@@ -188,6 +188,9 @@ pub(super) struct Coordinator {
     have: Bitfield,
     /// One flag per file: selected for download.
     selected: Arc<[bool]>,
+    /// The marker was there when the download started: it resumes an
+    /// unfinished one.
+    marker_found: bool,
     /// Pieces holding bytes of a selected file.
     wanted: Bitfield,
     /// The other pieces, given to connections (which are not interested in
@@ -358,6 +361,7 @@ impl Coordinator {
             pieces: Pieces::new(&Bitfield::new(n), &wanted, Rng::new(0)),
             have: Bitfield::new(n),
             selected,
+            marker_found: false,
             wanted,
             unwanted,
             shared,
@@ -571,7 +575,8 @@ impl Coordinator {
         if self.cancelled.load(Ordering::Relaxed) {
             return Err(Error::Cancelled);
         }
-        if !marker.exists() {
+        self.marker_found = marker.exists();
+        if !self.marker_found {
             existing
                 .check_not_clobbering(&have, self.opts.repair)
                 .map_err(Error::Storage)?;
@@ -623,31 +628,42 @@ impl Coordinator {
                 .create(self.torrent.info_bytes())
                 .map_err(Error::Storage)?;
         }
-        let storage =
-            Storage::open(dir, &self.torrent, &self.selected, files).map_err(Error::Storage)?;
         // Pieces verified with bytes where an earlier selection kept them
         // (a file selected now, its bytes in the part file; a file no
         // longer selected, still on disk) go where this selection keeps
         // them, so that serving and the next check find them there.
-        let mut buf = Vec::new();
-        for &piece in &moved {
-            if existing
-                .read_piece_alt(piece, &mut buf)
-                .map_err(Error::Storage)?
-            {
-                storage.write_moved(piece, &buf).map_err(Error::Storage)?;
+        let move_all = || -> Result<Storage, storage::Error> {
+            let storage = Storage::open(dir, &self.torrent, &self.selected, files)?;
+            let mut buf = Vec::new();
+            for &(piece, alts) in &moved {
+                if existing.read_piece_alt(piece, &mut buf, alts)? {
+                    storage.write_moved(piece, &buf)?;
+                }
             }
+            Ok(storage)
+        };
+        match move_all() {
+            Ok(storage) => {
+                if !moved.is_empty() {
+                    log::info!(
+                        "resume: {} pieces moved to this selection's files",
+                        moved.len()
+                    );
+                }
+                if complete {
+                    self.tidy_up();
+                }
+                Ok(storage)
+            }
+            // Complete data in a directory rtc cannot write (seeding from
+            // read-only media): served from where the bytes are.
+            Err(e) if complete => {
+                log::info!("resume: shared pieces served where they are ({e})");
+                self.tidy_up();
+                Ok(existing.with_alt_reads(moved))
+            }
+            Err(e) => Err(Error::Storage(e)),
         }
-        if !moved.is_empty() {
-            log::info!(
-                "resume: {} pieces moved to this selection's files",
-                moved.len()
-            );
-        }
-        if complete {
-            self.tidy_up();
-        }
-        Ok(storage)
     }
 
     /// Every wanted piece is here: the marker goes (the files are the
@@ -655,10 +671,29 @@ impl Coordinator {
     /// with a partial selection it stays, holding the bytes of unselected
     /// files that share a piece with a selected one, for serving those
     /// pieces and for a later run that selects more.
+    ///
+    /// Except: when this run resumed an unfinished download (the marker
+    /// was there), unselected files on disk under their own names may be
+    /// that download's, unfinished: the marker stays, so a later run may
+    /// still complete them.
     fn tidy_up(&self) {
         let dir = &self.opts.output_dir;
-        storage::Marker::new(dir, &self.torrent).remove();
-        if self.selected.iter().all(|&s| s) {
+        let all = self.selected.iter().all(|&s| s);
+        let unfinished_others = self.marker_found
+            && !all
+            && self
+                .torrent
+                .files()
+                .iter()
+                .zip(self.selected.iter())
+                .any(|(f, &s)| {
+                    !s && std::fs::symlink_metadata(dir.join(f.path()))
+                        .is_ok_and(|m| m.is_file() && m.len() > 0)
+                });
+        if !unfinished_others {
+            storage::Marker::new(dir, &self.torrent).remove();
+        }
+        if all {
             let _ = std::fs::remove_file(storage::part_path(dir, &self.torrent.info_hash()));
         }
     }
