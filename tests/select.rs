@@ -70,6 +70,17 @@ fn rtc_json(args: &[&str], out: &Path, target: &std::ffi::OsStr) -> std::process
     )
 }
 
+/// [`rtc_json`] that must succeed: its lines.
+fn rtc_ok(args: &[&str], out: &Path, target: &std::ffi::OsStr) -> Vec<Value> {
+    let o = rtc_json(args, out, target);
+    assert!(
+        o.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    lines(&o.stdout)
+}
+
 fn lines(stdout: &[u8]) -> Vec<Value> {
     std::str::from_utf8(stdout)
         .unwrap()
@@ -135,13 +146,11 @@ fn selected_files_only_then_more_then_all() {
 
     // 1: b.bin by index and z.txt by glob. Pieces 1 and 7 are fetched;
     // their bytes of a, c and d go to the part file.
-    let o = rtc_json(
+    let l = rtc_ok(
         &["--peer", &peer, "--files", "1", "--include", "*.txt"],
         &out,
         s.torrent.as_os_str(),
     );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let l = lines(&o.stdout);
     assert_eq!(l[0]["selection"], serde_json::json!([1, 4]));
     assert_eq!(files_done(&l), [1, 4].into());
     assert_eq!(
@@ -183,13 +192,11 @@ fn selected_files_only_then_more_then_all() {
     // 2: everything but sub/. Pieces 1 and 7 verify on disk (a.bin's and
     // c.bin's bytes of piece 1 from the part file, copied into the new
     // files) and are not fetched again; pieces 0, 2, 3 are.
-    let o = rtc_json(
+    let l = rtc_ok(
         &["--peer", &peer, "--exclude", "sub/*"],
         &out,
         s.torrent.as_os_str(),
     );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let l = lines(&o.stdout);
     assert_eq!(l[0]["selection"], serde_json::json!([0, 1, 2, 4]));
     assert_eq!(event(&l, "checked")[0]["pieces_ok"], 2, "pieces 1, 7");
     assert_eq!(files_done(&l), [0, 1, 2, 4].into());
@@ -206,9 +213,7 @@ fn selected_files_only_then_more_then_all() {
 
     // 3: everything: d.bin's pieces 3 and 7 are whole with its bytes from
     // the part file; 4, 5, 6 are fetched.
-    let o = rtc_json(&["--peer", &peer], &out, s.torrent.as_os_str());
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let l = lines(&o.stdout);
+    let l = rtc_ok(&["--peer", &peer], &out, s.torrent.as_os_str());
     assert_eq!(event(&l, "checked")[0]["pieces_ok"], 5, "pieces 0-3, 7");
     assert_eq!(files_done(&l), [0, 1, 2, 3, 4].into());
     assert_eq!(l.last().unwrap()["downloaded_bytes"], 3 * PIECE);
@@ -224,9 +229,7 @@ fn a_magnets_select_only_list_is_the_default() {
     let ih = info_hash_of(&s.torrent);
     let magnet = format!("magnet:?xt=urn:btih:{ih}&x.pe={}&so=2", seeder.addr());
     let out = out(&s);
-    let o = rtc_json(&[], &out, magnet.as_ref());
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let l = lines(&o.stdout);
+    let l = rtc_ok(&[], &out, magnet.as_ref());
     assert_eq!(
         event(&l, "metadata")[0]["selection"],
         serde_json::json!([2])
@@ -236,10 +239,9 @@ fn a_magnets_select_only_list_is_the_default() {
     same_files(&s, &["c.bin"]);
 
     let out2 = s.dir.path().join("out2");
-    let o = rtc_json(&["--files", "0"], &out2, magnet.as_ref());
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let l = rtc_ok(&["--files", "0"], &out2, magnet.as_ref());
     assert_eq!(files_under(&out2), set(&["a.bin"]));
-    assert_eq!(files_done(&lines(&o.stdout)), [0].into());
+    assert_eq!(files_done(&l), [0].into());
 }
 
 /// A complete download seeded with fewer files selected: nothing is
@@ -254,8 +256,7 @@ fn a_partial_seed_serves_its_pieces() {
     {
         let seeder = s.lt_seeder();
         let peer = seeder.addr().to_string();
-        let o = rtc_json(&["--peer", &peer], &out, s.torrent.as_os_str());
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        rtc_ok(&["--peer", &peer], &out, s.torrent.as_os_str());
     } // the libtorrent seeder is gone
     let v = rtc_json(&["verify", "--files", "1,4"], &out, s.torrent.as_os_str());
     assert_eq!(v.status.code(), Some(0), "complete data, fewer files");
@@ -306,29 +307,25 @@ fn a_users_file_at_an_unselected_name_is_never_written() {
     let seeder = s.lt_seeder();
     let peer = seeder.addr().to_string();
     let out = out(&s);
-    let o = rtc_json(
+    rtc_ok(
         &["--peer", &peer, "--files", "1"],
         &out,
         s.torrent.as_os_str(),
     );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let mine = out.join("dir/a.bin");
     std::fs::write(&mine, b"my own notes").unwrap();
-    let o = rtc_json(
+    rtc_ok(
         &["--peer", &peer, "--files", "1"],
         &out,
         s.torrent.as_os_str(),
     );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     // Selecting c.bin too: piece 1 (a, b, c) verifies with a's and c's
     // bytes from the part file; the user's a.bin is not taken for ours.
-    let o = rtc_json(
+    let l = rtc_ok(
         &["--peer", &peer, "--files", "1,2"],
         &out,
         s.torrent.as_os_str(),
     );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let l = lines(&o.stdout);
     assert_eq!(event(&l, "checked")[0]["pieces_ok"], 1, "piece 1");
     assert_eq!(
         l.last().unwrap()["downloaded_bytes"],
@@ -358,9 +355,8 @@ fn a_users_file_at_an_unselected_name_is_never_written() {
 fn empty_files_are_created_and_marker_links_refused() {
     let t = DirTorrent::new(&[("e.empty", 0, 1), ("f.bin", 40_000, 2)], None, 15);
     let out = t.dir.path().join("out");
-    let o = rtc_json(&["--files", "0"], &out, t.torrent.as_os_str());
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    assert_eq!(files_done(&lines(&o.stdout)), [0].into());
+    let l = rtc_ok(&["--files", "0"], &out, t.torrent.as_os_str());
+    assert_eq!(files_done(&l), [0].into());
     assert_eq!(std::fs::metadata(out.join("dir/e.empty")).unwrap().len(), 0);
     assert!(!out.join("dir/f.bin").exists());
 
@@ -392,8 +388,7 @@ fn complete_data_that_cannot_be_written_is_served_in_place() {
     {
         let seeder = s.lt_seeder();
         let peer = seeder.addr().to_string();
-        let o = rtc_json(&["--peer", &peer], &out, s.torrent.as_os_str());
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        rtc_ok(&["--peer", &peer], &out, s.torrent.as_os_str());
     }
     let ih = info_hash_of(&s.torrent);
     std::fs::create_dir(out.join(format!(".rtc-{ih}.part"))).unwrap();
@@ -418,47 +413,30 @@ fn a_killed_download_narrowed_then_widened_completes() {
     let seeder = s.lt_seeder();
     let peer = seeder.addr().to_string();
     let out = out(&s);
-    let mut child = rtc_cmd()
-        .args([
-            "--json",
-            "-q",
-            "--max-download-rate",
-            "256K",
-            "--peer",
-            &peer,
-            "--port",
-        ])
-        .arg(free_port().to_string())
-        .arg("-o")
-        .arg(&out)
-        .arg(&s.torrent)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut reader = BufReader::new(child.stdout.take().unwrap());
-    let deadline = Instant::now() + BOUND;
-    loop {
-        assert!(Instant::now() < deadline, "no progress");
-        let mut line = String::new();
-        assert!(reader.read_line(&mut line).unwrap() > 0, "rtc ended early");
-        let v: Value = serde_json::from_str(&line).unwrap();
-        if v["event"] == "progress" && v["pieces_done"].as_u64().unwrap() >= 2 {
-            break;
-        }
-    }
+    let mut child = spawn_until(
+        rtc_cmd()
+            .args([
+                "--json",
+                "-q",
+                "--max-download-rate",
+                "256K",
+                "--peer",
+                &peer,
+            ])
+            .arg("-o")
+            .arg(&out)
+            .arg(&s.torrent),
+        |v| v["event"] == "progress" && v["pieces_done"].as_u64().unwrap() >= 2,
+    );
     child.kill().unwrap();
     child.wait().unwrap();
-    let o = rtc_json(
+    rtc_ok(
         &["--peer", &peer, "--files", "1"],
         &out,
         s.torrent.as_os_str(),
     );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     same_files(&s, &["b.bin"]);
-    let o = rtc_json(&["--peer", &peer], &out, s.torrent.as_os_str());
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    rtc_ok(&["--peer", &peer], &out, s.torrent.as_os_str());
     assert_same_tree(&s.content, &out.join("dir"));
     assert!(hidden(&out).is_empty(), "{:?}", hidden(&out));
 }
@@ -468,30 +446,15 @@ fn a_killed_download_narrowed_then_widened_completes() {
 /// is stopped with Ctrl-C and exits 0.
 fn leech_from_seed(s: &DirTorrent, out: &Path, out2: &Path) {
     let port = free_port();
-    let mut seed = rtc_cmd()
-        .args(["seed", "--json", "-q", "--files", "1,4", "--port"])
-        .arg(port.to_string())
-        .arg("-o")
-        .arg(out)
-        .arg(&s.torrent)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut reader = BufReader::new(seed.stdout.take().unwrap());
-    let deadline = Instant::now() + BOUND;
-    loop {
-        assert!(Instant::now() < deadline, "no seeding line");
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap() == 0 {
-            let _ = seed.kill();
-            panic!("the seed ended: {:?}", seed.wait());
-        }
-        if line.contains("\"event\":\"seeding\"") {
-            break;
-        }
-    }
+    let mut seed = spawn_until(
+        rtc_cmd()
+            .args(["seed", "--json", "-q", "--files", "1,4", "--port"])
+            .arg(port.to_string())
+            .arg("-o")
+            .arg(out)
+            .arg(&s.torrent),
+        |v| v["event"] == "seeding",
+    );
     let from = format!("127.0.0.1:{port}");
     let o = rtc_json(
         &["--peer", &from, "--include", "*b.bin", "--include", "z.*"],
@@ -509,4 +472,42 @@ fn leech_from_seed(s: &DirTorrent, out: &Path, out2: &Path) {
     for name in ["b.bin", "z.txt"] {
         assert_same_bytes(&s.content.join(name), &out2.join("dir").join(name));
     }
+}
+
+/// Starts `cmd` (an `rtc --json` run) and reads its lines until one
+/// satisfies `until`; what it writes afterwards goes nowhere (rtc stops
+/// writing and carries on).
+fn spawn_until(cmd: &mut Command, until: impl Fn(&Value) -> bool) -> std::process::Child {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    if let Err(e) = read_until(child.stdout.take(), until) {
+        let _ = child.kill();
+        let status = child.wait();
+        panic!("{e} (rtc: {status:?})");
+    }
+    child
+}
+
+fn read_until(
+    out: Option<std::process::ChildStdout>,
+    until: impl Fn(&Value) -> bool,
+) -> Result<(), String> {
+    let mut reader = BufReader::new(out.ok_or("no stdout")?);
+    let deadline = Instant::now() + BOUND;
+    while Instant::now() < deadline {
+        let mut line = String::new();
+        match reader.read_line(&mut line) {
+            Ok(0) | Err(_) => return Err("rtc's output ended".into()),
+            Ok(_) => {}
+        }
+        let v: Value = serde_json::from_str(&line).map_err(|e| format!("{e}: {line}"))?;
+        if until(&v) {
+            return Ok(());
+        }
+    }
+    Err("the awaited line did not come".into())
 }
