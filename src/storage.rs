@@ -70,6 +70,16 @@ pub enum Error {
         /// The path refused.
         path: PathBuf,
     },
+    /// A file that rtc did not start is longer than the torrent's file of
+    /// that name: it is someone else's, and it is not cut.
+    TooLong {
+        /// The file left alone.
+        path: PathBuf,
+        /// Its length in the torrent.
+        expected: u64,
+        /// Its length on disk.
+        actual: u64,
+    },
 }
 
 impl Clone for Error {
@@ -103,6 +113,15 @@ impl Clone for Error {
                 source: clone_io(source),
             },
             Error::NotAFile { path } => Error::NotAFile { path: path.clone() },
+            Error::TooLong {
+                path,
+                expected,
+                actual,
+            } => Error::TooLong {
+                path: path.clone(),
+                expected: *expected,
+                actual: *actual,
+            },
         }
     }
 }
@@ -154,6 +173,16 @@ impl fmt::Display for Error {
             Error::NotAFile { path } => write!(
                 f,
                 "{} exists and is not a regular file or directory (symlinks are not followed)",
+                crate::text::escaped_path(path)
+            ),
+            Error::TooLong {
+                path,
+                expected,
+                actual,
+            } => write!(
+                f,
+                "{} has {actual} bytes, more than the torrent's {expected}; refusing to cut it \
+                 (move it away or choose another output directory)",
                 crate::text::escaped_path(path)
             ),
         }
@@ -618,14 +647,28 @@ impl Storage {
         kinds
     }
 
-    /// Fails if a file that held data when opened has a piece that is not
-    /// in `have`: downloading would overwrite bytes we did not write.
+    /// Fails if a file that held data when opened, and that this download
+    /// does not own (`owned`, see `Marker::owned`), has a piece that is
+    /// not in `have` (downloading would overwrite bytes we did not write)
+    /// or is longer than the torrent says (making it right would cut it).
     pub fn check_not_clobbering(
         &self,
         have: &crate::peer::message::Bitfield,
         repair: bool,
+        owned: &[bool],
     ) -> Result<(), Error> {
         for (i, slot) in self.files.iter().enumerate() {
+            if owned.get(i).copied().unwrap_or(false) || slot.part {
+                continue;
+            }
+            let expected = self.layout.file_length(i);
+            if slot.exists && slot.found_len > expected {
+                return Err(Error::TooLong {
+                    path: slot.path.clone(),
+                    expected,
+                    actual: slot.found_len,
+                });
+            }
             // The part file is rtc's own: never the user's data.
             let incomplete = !slot.part
                 && slot.had_data
@@ -651,6 +694,35 @@ impl Storage {
             }
         }
         Ok(())
+    }
+
+    /// Cuts the files this download owns that are longer than the
+    /// torrent says back to their length (bytes past a file's end are
+    /// never the torrent's; files it does not own were refused instead,
+    /// see [`check_not_clobbering`](Self::check_not_clobbering)).
+    pub fn fit_owned(&self, owned: &[bool]) -> Result<(), Error> {
+        for (i, slot) in self.files.iter().enumerate() {
+            let expected = self.layout.file_length(i);
+            if slot.part || !owned.get(i).copied().unwrap_or(false) || slot.found_len <= expected {
+                continue;
+            }
+            self.handle(i)
+                .and_then(|f| f.set_len(expected))
+                .map_err(|source| Error::Write {
+                    path: slot.path.clone(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// File `i`'s length on disk under its own name, if it is there and
+    /// selected.
+    pub fn file_len(&self, i: usize) -> Option<u64> {
+        self.files
+            .get(i)
+            .filter(|s| s.exists && !s.part)
+            .map(|s| s.found_len)
     }
 
     /// Whether file `i` exists on disk under its own name (a file not
@@ -938,8 +1010,66 @@ impl Marker {
         })
     }
 
+    /// `.rtc-<info hash>.own` beside the marker: one bit per file of the
+    /// torrent, set for the files this download made or took as its own
+    /// (its selected files). Only those are rewritten without the checks
+    /// that protect a user's files; a file the download never selected is
+    /// not its own, whatever the marker says.
+    fn own_path(&self) -> PathBuf {
+        let mut p = self.path.clone().into_os_string();
+        p.push(".own");
+        PathBuf::from(p)
+    }
+
+    /// The files of a `files`-file torrent this unfinished download owns:
+    /// none without a marker; every file for a marker from before the
+    /// record existed (what such a marker meant).
+    pub fn owned(&self, files: usize) -> Vec<bool> {
+        use std::io::Read;
+        if !self.exists() {
+            return vec![false; files];
+        }
+        let want = files.div_ceil(8);
+        let mut bytes = Vec::new();
+        let read = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(self.own_path())
+            .and_then(|f| f.take(want as u64 + 1).read_to_end(&mut bytes));
+        match read {
+            Ok(n) if n == want => (0..files)
+                .map(|i| bytes[i / 8] & (0x80 >> (i % 8)) != 0)
+                .collect(),
+            _ => vec![true; files],
+        }
+    }
+
+    /// Records the files this download owns (see [`owned`](Self::owned)).
+    pub fn set_owned(&self, owned: &[bool]) -> Result<(), Error> {
+        use std::io::Write;
+        let mut bytes = vec![0u8; owned.len().div_ceil(8)];
+        for (i, _) in owned.iter().enumerate().filter(|(_, &o)| o) {
+            bytes[i / 8] |= 0x80 >> (i % 8);
+        }
+        let path = self.own_path();
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(|source| Error::Open {
+                path: path.clone(),
+                source,
+            })?;
+        (&file)
+            .write_all(&bytes)
+            .map_err(|source| Error::Write { path, source })
+    }
+
     pub fn remove(&self) {
         let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_file(self.own_path());
     }
 }
 

@@ -80,6 +80,11 @@ pub enum FileStatus {
         of: u32,
     },
     Missing,
+    /// Longer than the torrent says (its pieces may all verify, but the
+    /// bytes past its end are not the torrent's).
+    WrongSize {
+        found: u64,
+    },
     /// Not selected: not looked for.
     Skipped,
 }
@@ -100,6 +105,9 @@ pub fn file_status(
             }
             if !storage.file_exists(i) {
                 return FileStatus::Missing;
+            }
+            if let Some(found) = storage.file_len(i).filter(|&n| n > layout.file_length(i)) {
+                return FileStatus::WrongSize { found };
             }
             let range = layout.pieces_of_file(i);
             let of = range.len() as u32;

@@ -511,3 +511,74 @@ fn read_until(
     }
     Err("the awaited line did not come".into())
 }
+
+/// A run that stops unfinished (no peer here) owns only the files it
+/// selected: a user's file it never selected is still refused by a later
+/// run that selects it. A file longer than the torrent says, or with
+/// bytes where the torrent has an empty file, is not cut either (exit 5),
+/// and `rtc verify` calls it the wrong size.
+#[test]
+fn an_unfinished_run_owns_only_its_selected_files() {
+    let s = setup();
+    let out = out(&s);
+    std::fs::create_dir_all(out.join("dir")).unwrap();
+    let mine = out.join("dir/a.bin");
+    std::fs::write(&mine, vec![7u8; 300_000]).unwrap();
+    let dead = format!("127.0.0.1:{}", free_port());
+    let args = ["--peer", dead.as_str(), "--timeout", "1", "--files", "1"];
+    let o = rtc_json(&args, &out, s.torrent.as_os_str());
+    assert_eq!(o.status.code(), Some(4), "no peers");
+    let seeder = s.lt_seeder();
+    let peer = seeder.addr().to_string();
+    let o = rtc_json(&["--peer", &peer], &out, s.torrent.as_os_str());
+    assert_eq!(
+        o.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("a.bin already exists"));
+    assert_eq!(std::fs::read(&mine).unwrap(), vec![7u8; 300_000]);
+
+    // Too long: the torrent's bytes and then some.
+    let out2 = s.dir.path().join("out2");
+    rtc_ok(
+        &["--peer", &peer, "--files", "1"],
+        &out2,
+        s.torrent.as_os_str(),
+    );
+    let b = out2.join("dir/b.bin");
+    let mut longer = std::fs::read(&b).unwrap();
+    longer.extend(b"and my notes");
+    std::fs::write(&b, &longer).unwrap();
+    let o = rtc_json(
+        &["--peer", &peer, "--files", "1"],
+        &out2,
+        s.torrent.as_os_str(),
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("more than the torrent's 100000"));
+    assert_eq!(std::fs::read(&b).unwrap(), longer);
+    let v = rtc_json(&["verify", "--files", "1"], &out2, s.torrent.as_os_str());
+    assert_eq!(v.status.code(), Some(6));
+    assert_eq!(statuses(&lines(&v.stdout)[0])[1], "wrong_size");
+
+    // Bytes where the torrent has an empty file.
+    let t = DirTorrent::new(&[("e.empty", 0, 1), ("f.bin", 40_000, 2)], None, 15);
+    let out3 = t.dir.path().join("out");
+    std::fs::create_dir_all(out3.join("dir")).unwrap();
+    std::fs::write(out3.join("dir/e.empty"), b"hello").unwrap();
+    let o = rtc_json(&["--files", "0"], &out3, t.torrent.as_os_str());
+    assert_eq!(
+        o.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(std::fs::read(out3.join("dir/e.empty")).unwrap(), b"hello");
+}

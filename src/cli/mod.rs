@@ -666,6 +666,10 @@ fn verify(
                     }
                     FileStatus::Missing => ("missing", 0, layout.pieces_of_file(i).len() as u32),
                     FileStatus::Skipped => ("skipped", 0, layout.pieces_of_file(i).len() as u32),
+                    FileStatus::WrongSize { .. } => {
+                        let n = layout.pieces_of_file(i).len() as u32;
+                        ("wrong_size", 0, n)
+                    }
                     FileStatus::Partial { pieces, of } => ("partial", pieces, of),
                 };
                 serde_json::json!({
@@ -701,6 +705,7 @@ fn verify(
                 FileStatus::Complete => "complete".to_string(),
                 FileStatus::Missing => "missing".to_string(),
                 FileStatus::Skipped => "skipped".to_string(),
+                FileStatus::WrongSize { found } => format!("wrong size ({found} bytes)"),
                 FileStatus::Partial { pieces, of } => format!("partial {pieces}/{of}"),
             };
             outln!("  {st:<16} {}", escaped_path(f.path()));

@@ -188,9 +188,9 @@ pub(super) struct Coordinator {
     have: Bitfield,
     /// One flag per file: selected for download.
     selected: Arc<[bool]>,
-    /// The marker was there when the download started: it resumes an
-    /// unfinished one.
-    marker_found: bool,
+    /// Per file: made or taken by this unfinished download (see
+    /// `storage::Marker::owned`).
+    owned: Vec<bool>,
     /// Pieces holding bytes of a selected file.
     wanted: Bitfield,
     /// The other pieces, given to connections (which are not interested in
@@ -361,7 +361,7 @@ impl Coordinator {
             pieces: Pieces::new(&Bitfield::new(n), &wanted, Rng::new(0)),
             have: Bitfield::new(n),
             selected,
-            marker_found: false,
+            owned: Vec::new(),
             wanted,
             unwanted,
             shared,
@@ -575,12 +575,12 @@ impl Coordinator {
         if self.cancelled.load(Ordering::Relaxed) {
             return Err(Error::Cancelled);
         }
-        self.marker_found = marker.exists();
-        if !self.marker_found {
-            existing
-                .check_not_clobbering(&have, self.opts.repair)
-                .map_err(Error::Storage)?;
-        }
+        // Files an unfinished download of this torrent made are its own;
+        // any other file with data must verify where it would be written.
+        self.owned = marker.owned(self.selected.len());
+        existing
+            .check_not_clobbering(&have, self.opts.repair, &self.owned)
+            .map_err(Error::Storage)?;
         let (mut bytes, mut wanted_bytes) = (0, 0);
         for i in 0..self.torrent.piece_count() {
             let piece = PieceIndex(i);
@@ -627,6 +627,12 @@ impl Coordinator {
             marker
                 .create(self.torrent.info_bytes())
                 .map_err(Error::Storage)?;
+            // This run's selected files are its own from now on (made
+            // here, or checked above).
+            for (o, &s) in self.owned.iter_mut().zip(self.selected.iter()) {
+                *o |= s;
+            }
+            marker.set_owned(&self.owned).map_err(Error::Storage)?;
         }
         // Pieces verified with bytes where an earlier selection kept them
         // (a file selected now, its bytes in the part file; a file no
@@ -634,6 +640,7 @@ impl Coordinator {
         // them, so that serving and the next check find them there.
         let move_all = || -> Result<Storage, storage::Error> {
             let storage = Storage::open(dir, &self.torrent, &self.selected, files)?;
+            storage.fit_owned(&self.owned)?;
             let mut buf = Vec::new();
             for &(piece, alts) in &moved {
                 if existing.read_piece_alt(piece, &mut buf, alts)? {
@@ -672,24 +679,20 @@ impl Coordinator {
     /// files that share a piece with a selected one, for serving those
     /// pieces and for a later run that selects more.
     ///
-    /// Except: when this run resumed an unfinished download (the marker
-    /// was there), unselected files on disk under their own names may be
-    /// that download's, unfinished: the marker stays, so a later run may
-    /// still complete them.
+    /// Except: files this download owns (an earlier run selected them)
+    /// that this run did not select and that are on disk may be
+    /// unfinished: the marker stays, so a later run may still complete
+    /// them.
     fn tidy_up(&self) {
         let dir = &self.opts.output_dir;
         let all = self.selected.iter().all(|&s| s);
-        let unfinished_others = self.marker_found
-            && !all
-            && self
-                .torrent
-                .files()
-                .iter()
-                .zip(self.selected.iter())
-                .any(|(f, &s)| {
-                    !s && std::fs::symlink_metadata(dir.join(f.path()))
+        let unfinished_others = !all
+            && self.torrent.files().iter().enumerate().any(|(i, f)| {
+                !self.selected[i]
+                    && self.owned.get(i).copied().unwrap_or(false)
+                    && std::fs::symlink_metadata(dir.join(f.path()))
                         .is_ok_and(|m| m.is_file() && m.len() > 0)
-                });
+            });
         if !unfinished_others {
             storage::Marker::new(dir, &self.torrent).remove();
         }
