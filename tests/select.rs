@@ -70,15 +70,26 @@ fn rtc_json(args: &[&str], out: &Path, target: &std::ffi::OsStr) -> std::process
     )
 }
 
-/// [`rtc_json`] that must succeed: its lines.
-fn rtc_ok(args: &[&str], out: &Path, target: &std::ffi::OsStr) -> Vec<Value> {
+/// [`rtc_json`] that must exit with `code`: its output.
+fn rtc_exits(
+    code: i32,
+    args: &[&str],
+    out: &Path,
+    target: &std::ffi::OsStr,
+) -> std::process::Output {
     let o = rtc_json(args, out, target);
-    assert!(
-        o.status.success(),
+    assert_eq!(
+        o.status.code(),
+        Some(code),
         "{args:?}: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-    lines(&o.stdout)
+    o
+}
+
+/// [`rtc_json`] that must succeed: its lines.
+fn rtc_ok(args: &[&str], out: &Path, target: &std::ffi::OsStr) -> Vec<Value> {
+    lines(&rtc_exits(0, args, out, target).stdout)
 }
 
 fn lines(stdout: &[u8]) -> Vec<Value> {
@@ -167,23 +178,17 @@ fn selected_files_only_then_more_then_all() {
     // `rtc verify` with the same selection: complete (exit 0); without,
     // incomplete (exit 6), reported by file (the pieces b.bin and z.txt
     // share with missing files still verify, from the part file).
-    let v = rtc_json(
+    let v = rtc_exits(
+        0,
         &["verify", "--files", "1", "--include", "*.txt"],
         &out,
         s.torrent.as_os_str(),
     );
     assert_eq!(
-        v.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&v.stderr)
-    );
-    assert_eq!(
         statuses(&lines(&v.stdout)[0]),
         ["skipped", "complete", "skipped", "skipped", "complete"]
     );
-    let v = rtc_json(&["verify"], &out, s.torrent.as_os_str());
-    assert_eq!(v.status.code(), Some(6));
+    let v = rtc_exits(6, &["verify"], &out, s.torrent.as_os_str());
     assert_eq!(
         statuses(&lines(&v.stdout)[0]),
         ["missing", "complete", "missing", "missing", "complete"]
@@ -334,16 +339,11 @@ fn a_users_file_at_an_unselected_name_is_never_written() {
     );
     same_files(&s, &["b.bin", "c.bin"]);
     assert_eq!(std::fs::read(&mine).unwrap(), b"my own notes");
-    let o = rtc_json(
+    let o = rtc_exits(
+        5,
         &["--peer", &peer, "--files", "0"],
         &out,
         s.torrent.as_os_str(),
-    );
-    assert_eq!(
-        o.status.code(),
-        Some(5),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
     );
     assert!(String::from_utf8_lossy(&o.stderr).contains("refusing to overwrite"));
     assert_eq!(std::fs::read(&mine).unwrap(), b"my own notes");
@@ -364,16 +364,11 @@ fn empty_files_are_created_and_marker_links_refused() {
     let victim = t.dir.path().join("victim");
     std::fs::write(&victim, b"precious").unwrap();
     std::os::unix::fs::symlink(&victim, out.join(format!(".rtc-{ih}"))).unwrap();
-    let o = rtc_json(
+    rtc_exits(
+        5,
         &["--files", "1", "--timeout", "1"],
         &out,
         t.torrent.as_os_str(),
-    );
-    assert_eq!(
-        o.status.code(),
-        Some(5),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
     );
     assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
 }
@@ -392,12 +387,11 @@ fn complete_data_that_cannot_be_written_is_served_in_place() {
     }
     let ih = info_hash_of(&s.torrent);
     std::fs::create_dir(out.join(format!(".rtc-{ih}.part"))).unwrap();
-    let v = rtc_json(&["verify", "--files", "1,4"], &out, s.torrent.as_os_str());
-    assert_eq!(
-        v.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&v.stderr)
+    rtc_exits(
+        0,
+        &["verify", "--files", "1,4"],
+        &out,
+        s.torrent.as_os_str(),
     );
     let out2 = s.dir.path().join("out2");
     leech_from_seed(&s, &out, &out2);
@@ -530,13 +524,7 @@ fn an_unfinished_run_owns_only_its_selected_files() {
     assert_eq!(o.status.code(), Some(4), "no peers");
     let seeder = s.lt_seeder();
     let peer = seeder.addr().to_string();
-    let o = rtc_json(&["--peer", &peer], &out, s.torrent.as_os_str());
-    assert_eq!(
-        o.status.code(),
-        Some(5),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let o = rtc_exits(5, &["--peer", &peer], &out, s.torrent.as_os_str());
     assert!(String::from_utf8_lossy(&o.stderr).contains("a.bin already exists"));
     assert_eq!(std::fs::read(&mine).unwrap(), vec![7u8; 300_000]);
 
@@ -551,21 +539,15 @@ fn an_unfinished_run_owns_only_its_selected_files() {
     let mut longer = std::fs::read(&b).unwrap();
     longer.extend(b"and my notes");
     std::fs::write(&b, &longer).unwrap();
-    let o = rtc_json(
+    let o = rtc_exits(
+        5,
         &["--peer", &peer, "--files", "1"],
         &out2,
         s.torrent.as_os_str(),
     );
-    assert_eq!(
-        o.status.code(),
-        Some(5),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
     assert!(String::from_utf8_lossy(&o.stderr).contains("more than the torrent's 100000"));
     assert_eq!(std::fs::read(&b).unwrap(), longer);
-    let v = rtc_json(&["verify", "--files", "1"], &out2, s.torrent.as_os_str());
-    assert_eq!(v.status.code(), Some(6));
+    let v = rtc_exits(6, &["verify", "--files", "1"], &out2, s.torrent.as_os_str());
     assert_eq!(statuses(&lines(&v.stdout)[0])[1], "wrong_size");
 
     // Bytes where the torrent has an empty file.
@@ -573,12 +555,6 @@ fn an_unfinished_run_owns_only_its_selected_files() {
     let out3 = t.dir.path().join("out");
     std::fs::create_dir_all(out3.join("dir")).unwrap();
     std::fs::write(out3.join("dir/e.empty"), b"hello").unwrap();
-    let o = rtc_json(&["--files", "0"], &out3, t.torrent.as_os_str());
-    assert_eq!(
-        o.status.code(),
-        Some(5),
-        "{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    rtc_exits(5, &["--files", "0"], &out3, t.torrent.as_os_str());
     assert_eq!(std::fs::read(out3.join("dir/e.empty")).unwrap(), b"hello");
 }
