@@ -27,6 +27,16 @@ pub enum Error {
         /// The user's file.
         path: PathBuf,
     },
+    /// A file that rtc did not start holds data, and every piece of it
+    /// that does not verify is shared with a file that is missing (for
+    /// example, the part file that held a neighbour's bytes was deleted):
+    /// it cannot be told from someone else's file, so it is not written.
+    Unverifiable {
+        /// The existing file.
+        path: PathBuf,
+        /// A missing file it shares a piece with.
+        missing: PathBuf,
+    },
     /// `--repair` was asked for, but the file is not this torrent's size:
     /// it is someone else's file, and it is not touched.
     NotRepairable {
@@ -87,6 +97,10 @@ impl Clone for Error {
         use crate::session::clone_io;
         match self {
             Error::WouldClobber { path } => Error::WouldClobber { path: path.clone() },
+            Error::Unverifiable { path, missing } => Error::Unverifiable {
+                path: path.clone(),
+                missing: missing.clone(),
+            },
             Error::NotRepairable {
                 path,
                 expected,
@@ -159,6 +173,14 @@ impl fmt::Display for Error {
                  (move it away, choose another output directory, or run again with --repair \
                  if it is this torrent's own damaged data)",
                 crate::text::escaped_path(path)
+            ),
+            Error::Unverifiable { path, missing } => write!(
+                f,
+                "{} already exists, and the pieces it shares with {} cannot be checked while \
+                 that file is missing; refusing to overwrite it (run again with --repair if it \
+                 is this torrent's own data, or move it away)",
+                crate::text::escaped_path(path),
+                crate::text::escaped_path(missing)
             ),
             Error::NotRepairable {
                 path,
@@ -261,6 +283,14 @@ struct Slot {
     /// [`Storage::read_piece_alt`]): an unselected file's own name, or
     /// the part file for a selected file that does not exist yet.
     alt: Option<Box<Slot>>,
+}
+
+impl Slot {
+    /// Its bytes held data when opened, where they are kept now or where
+    /// an earlier selection kept them.
+    fn holds_data(&self) -> bool {
+        self.had_data || self.alt.as_ref().is_some_and(|a| a.had_data)
+    }
 }
 
 /// Data files held open at once by one [`FileCache`] unless told
@@ -629,7 +659,7 @@ impl Storage {
         let mut data = false;
         for slot in &mut spans {
             selected |= !slot.part;
-            data |= slot.had_data || slot.alt.as_ref().is_some_and(|a| a.had_data);
+            data |= slot.holds_data();
         }
         selected && data
     }
@@ -670,19 +700,28 @@ impl Storage {
                 });
             }
             // The part file is rtc's own: never the user's data.
-            let incomplete = !slot.part
-                && slot.had_data
-                && self
-                    .layout
-                    .pieces_of_file(i)
-                    .any(|p| !have.has(PieceIndex(p)));
-            if !incomplete {
+            let mut unchecked = self
+                .layout
+                .pieces_of_file(i)
+                .map(PieceIndex)
+                .filter(|&p| !have.has(p))
+                .peekable();
+            if !slot.had_data || unchecked.peek().is_none() {
                 continue;
             }
             let expected = self.layout.file_length(i);
             if !repair {
-                return Err(Error::WouldClobber {
-                    path: slot.path.clone(),
+                // Pieces that could not be checked because a file they
+                // share is missing say nothing against this one.
+                let missing = unchecked.map(|p| self.missing_neighbour(p, i));
+                return Err(match missing.collect::<Option<Vec<_>>>() {
+                    Some(m) => Error::Unverifiable {
+                        path: slot.path.clone(),
+                        missing: self.files[m[0]].path.clone(),
+                    },
+                    None => Error::WouldClobber {
+                        path: slot.path.clone(),
+                    },
                 });
             }
             if slot.found_len != expected {
@@ -694,6 +733,15 @@ impl Storage {
             }
         }
         Ok(())
+    }
+
+    /// A file other than `file` that `piece` touches and whose bytes are
+    /// nowhere on disk (neither under its own name nor in the part file).
+    fn missing_neighbour(&self, piece: PieceIndex, file: usize) -> Option<usize> {
+        self.layout
+            .spans(piece)
+            .map(|s| s.file)
+            .find(|&j| j != file && !self.files[j].holds_data())
     }
 
     /// Cuts the files this download owns that are longer than the

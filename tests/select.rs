@@ -558,3 +558,30 @@ fn an_unfinished_run_owns_only_its_selected_files() {
     rtc_exits(5, &["--files", "0"], &out3, t.torrent.as_os_str());
     assert_eq!(std::fs::read(out3.join("dir/e.empty")).unwrap(), b"hello");
 }
+
+/// A file whose only unverified pieces are shared with files that are
+/// nowhere on disk (here the part file of a narrower download was
+/// deleted) is refused with that reason, not called a mismatch, and is
+/// left as it is; `--repair` lets the download go on.
+#[test]
+fn a_file_whose_neighbours_are_gone_is_named_unverifiable() {
+    let s = setup();
+    let out = out(&s);
+    std::fs::create_dir_all(out.join("dir")).unwrap();
+    let b = out.join("dir/b.bin");
+    std::fs::copy(s.content.join("b.bin"), &b).unwrap();
+    let ours = std::fs::read(&b).unwrap();
+    let dead = format!("127.0.0.1:{}", free_port());
+    let args = ["--peer", dead.as_str(), "--timeout", "1"];
+    let o = rtc_exits(5, &args, &out, s.torrent.as_os_str());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("b.bin already exists, and the pieces it shares with")
+            && err.contains("a.bin cannot be checked while that file is missing"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&b).unwrap(), ours);
+    let repair = ["--peer", dead.as_str(), "--timeout", "1", "--repair"];
+    rtc_exits(4, &repair, &out, s.torrent.as_os_str());
+    assert_eq!(std::fs::read(&b).unwrap(), ours);
+}
