@@ -60,7 +60,7 @@ impl Lines {
                 let (t, selected) = (t, selected.as_slice());
                 let mut line = with_selection(t, selected);
                 line["metadata"] = true.into();
-                json::emit("start", line);
+                json::emit_with_files("start", line, json::files(t));
                 l.know(t, selected);
             }
             None => json::emit(
@@ -128,7 +128,7 @@ impl Lines {
             for i in sel {
                 flags[i] = true;
             }
-            json::emit("metadata", with_selection(&t, &flags));
+            json::emit_with_files("metadata", with_selection(&t, &flags), json::files(&t));
             self.know(&t, &flags);
         }
     }
@@ -223,7 +223,8 @@ impl Lines {
     }
 }
 
-/// The torrent object with the indices of the files being downloaded.
+/// The torrent object with the indices of the files being downloaded
+/// (its files go with it, see [`json::emit_with_files`]).
 fn with_selection(t: &crate::Torrent, selected: &[bool]) -> serde_json::Value {
     let mut line = json::torrent(t);
     line["selection"] = (0..t.files().len())

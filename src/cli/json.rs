@@ -67,6 +67,17 @@ pub(super) fn on() -> bool {
 /// reader has gone away (`| head -3`), lines are dropped from then on; the
 /// download itself goes on, and its exit code still tells the outcome.
 pub(super) fn emit(event: &str, fields: Value) {
+    write_line(event, fields, None);
+}
+
+/// [`emit`] of a line that also has a `files` array (see [`files`]),
+/// written item by item: a torrent of 100,000 files never becomes one
+/// tree of values (several hundred bytes a file) before it is text.
+pub(super) fn emit_with_files(event: &str, fields: Value, mut files: impl Iterator<Item = Value>) {
+    write_line(event, fields, Some(&mut files));
+}
+
+fn write_line(event: &str, fields: Value, files: Option<&mut dyn Iterator<Item = Value>>) {
     if GONE.load(Ordering::Relaxed) {
         return;
     }
@@ -77,6 +88,19 @@ pub(super) fn emit(event: &str, fields: Value) {
         line.extend(rest);
     }
     let mut text = Value::Object(line).to_string();
+    if let Some(files) = files {
+        // The object is never empty ("v" and "event"): its closing brace
+        // comes off, the array and the brace go on.
+        text.pop();
+        text.push_str(",\"files\":[");
+        for (n, file) in files.enumerate() {
+            if n > 0 {
+                text.push(',');
+            }
+            text.push_str(&file.to_string());
+        }
+        text.push_str("]}");
+    }
     text.push('\n');
     let mut out = std::io::stdout().lock();
     if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
@@ -105,16 +129,16 @@ pub(super) fn path(p: &Path) -> Value {
 }
 
 /// The files of `t`, with their index (what `--files` takes), path
-/// inside the torrent and length.
-pub(super) fn files(t: &Torrent) -> Value {
+/// inside the torrent and length, for [`emit_with_files`].
+pub(super) fn files(t: &Torrent) -> impl Iterator<Item = Value> + '_ {
     t.files()
         .iter()
         .enumerate()
         .map(|(i, f)| json!({ "index": i, "path": path(f.path()), "length": f.length() }))
-        .collect()
 }
 
-/// What `start` and `rtc info` say about a torrent.
+/// What `start` and `rtc info` say about a torrent, but its files (see
+/// [`files`]).
 pub(super) fn torrent(t: &Torrent) -> Value {
     json!({
         "info_hash": t.info_hash().to_string(),
@@ -123,7 +147,6 @@ pub(super) fn torrent(t: &Torrent) -> Value {
         "piece_length": t.piece_length(),
         "pieces": t.piece_count(),
         "private": t.private(),
-        "files": files(t),
         "trackers": t.trackers(),
         "comment": t.comment(),
     })

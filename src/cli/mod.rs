@@ -441,7 +441,7 @@ fn run() -> Result<(), Failure> {
                         })
                         .collect();
                 }
-                json::emit("info", line);
+                json::emit_with_files("info", line, json::files(&torrent));
                 return Ok(());
             }
             print_info(&torrent);
@@ -653,7 +653,7 @@ fn verify(
         .sum();
     let statuses = crate::verify::file_status(torrent, &storage, &have, &selected);
     if json::on() {
-        let files: Vec<serde_json::Value> = torrent
+        let files = torrent
             .files()
             .iter()
             .zip(&statuses)
@@ -676,9 +676,8 @@ fn verify(
                     "index": i, "path": json::path(f.path()), "length": f.length(),
                     "status": status, "pieces_ok": ok, "pieces": of,
                 })
-            })
-            .collect();
-        json::emit(
+            });
+        json::emit_with_files(
             "verify",
             serde_json::json!({
                 "info_hash": torrent.info_hash().to_string(),
@@ -687,9 +686,9 @@ fn verify(
                 "pieces_total": have.len(),
                 "verified_bytes": bytes,
                 "total_bytes": torrent.total_length(),
-                "files": files,
                 "missing": json::ranges(have.len(), |p| !have.has(crate::types::PieceIndex(p))),
             }),
+            files,
         );
     } else {
         outln!(
@@ -823,7 +822,7 @@ fn create(
     })?;
     write_new_file(out, &bytes)?;
     if json::on() {
-        json::emit(
+        json::emit_with_files(
             "created",
             serde_json::json!({
                 "path": json::path(out),
@@ -832,8 +831,8 @@ fn create(
                 "size": torrent.total_length(),
                 "piece_length": torrent.piece_length(),
                 "pieces": torrent.piece_count(),
-                "files": json::files(&torrent),
             }),
+            json::files(&torrent),
         );
     }
     if !quiet {
