@@ -188,6 +188,20 @@ fn selected_files_only_then_more_then_all() {
         statuses(&lines(&v.stdout)[0]),
         ["skipped", "complete", "skipped", "skipped", "complete"]
     );
+    // The human report counts the selected files' pieces.
+    let human = run_bounded(
+        rtc_cmd()
+            .args(["verify", "--files", "1", "--include", "*.txt", "-o"])
+            .arg(&out)
+            .arg(&s.torrent),
+        BOUND,
+    );
+    let report = String::from_utf8_lossy(&human.stdout);
+    assert_eq!(
+        report.lines().next(),
+        Some("dir: 2/2 pieces of the selected files verified (319.5 KiB of 319.5 KiB)"),
+        "pieces 1 and 7: {report}"
+    );
     let v = rtc_exits(6, &["verify"], &out, s.torrent.as_os_str());
     assert_eq!(
         statuses(&lines(&v.stdout)[0]),

@@ -646,12 +646,19 @@ fn verify(
         .map_err(io)?
         .have;
     let layout = torrent.layout();
-    let bytes: u64 = (0..have.len())
-        .map(crate::types::PieceIndex)
-        .filter(|&p| have.has(p))
-        .map(|p| layout.piece_len(p) as u64)
-        .sum();
+    // Bytes in the pieces of a set.
+    let bytes_of = |set: &crate::peer::message::Bitfield| -> u64 {
+        (0..set.len())
+            .map(crate::types::PieceIndex)
+            .filter(|&p| set.has(p))
+            .map(|p| u64::from(layout.piece_len(p)))
+            .sum()
+    };
+    let bytes = bytes_of(&have);
     let statuses = crate::verify::file_status(torrent, &storage, &have, &selected);
+    let selected_count = selected.iter().filter(|&&s| s).count();
+    let partial = selected_count < selected.len();
+    let wanted = crate::select::wanted_pieces(layout, &selected);
     if json::on() {
         let files = torrent
             .files()
@@ -691,13 +698,24 @@ fn verify(
             files,
         );
     } else {
+        // With a selection only the selected files' pieces are checked:
+        // the counts are of those.
+        let (of, of_bytes) = if partial {
+            (wanted.count(), bytes_of(&wanted))
+        } else {
+            (have.len(), torrent.total_length())
+        };
         outln!(
-            "{}: {}/{} pieces verified ({} of {})",
+            "{}: {}/{of} pieces{} verified ({} of {})",
             Escaped(torrent.name()),
             have.count(),
-            have.len(),
+            if partial {
+                " of the selected files"
+            } else {
+                ""
+            },
             human(bytes),
-            human(torrent.total_length())
+            human(of_bytes)
         );
         for (f, st) in torrent.files().iter().zip(&statuses) {
             let st = match *st {
@@ -717,9 +735,6 @@ fn verify(
     if short == 0 {
         Ok(())
     } else {
-        let selected_count = selected.iter().filter(|&&s| s).count();
-        let partial = selected_count < selected.len();
-        let wanted = crate::select::wanted_pieces(layout, &selected);
         let missing = (0..wanted.len())
             .map(crate::types::PieceIndex)
             .filter(|&p| wanted.has(p) && !have.has(p))
