@@ -688,6 +688,7 @@ impl Storage {
         owned: &[bool],
     ) -> Result<(), Error> {
         for (i, slot) in self.files.iter().enumerate() {
+            // The part file is rtc's own: never the user's data.
             if owned.get(i).copied().unwrap_or(false) || slot.part {
                 continue;
             }
@@ -699,7 +700,6 @@ impl Storage {
                     actual: slot.found_len,
                 });
             }
-            // The part file is rtc's own: never the user's data.
             let mut unchecked = self
                 .layout
                 .pieces_of_file(i)
@@ -709,7 +709,6 @@ impl Storage {
             if !slot.had_data || unchecked.peek().is_none() {
                 continue;
             }
-            let expected = self.layout.file_length(i);
             if !repair {
                 // Pieces that could not be checked because a file they
                 // share is missing say nothing against this one.
