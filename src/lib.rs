@@ -99,3 +99,9 @@ pub use session::{
 pub use storage::Error as StorageError;
 pub use tracker::Error as TrackerError;
 pub use types::{EntropyError, InfoHash, PeerId};
+
+// README's library example is compiled with the doctests (`no_run`), so
+// it cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExamples;
