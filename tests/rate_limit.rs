@@ -2,7 +2,8 @@
 //! budget for all of rtc's connections, measured from outside over more
 //! than 10 s and within 10 % of the limit. Two fast libtorrent seeders
 //! feed a limited download (a per-connection budget would double the
-//! rate); two libtorrent leechers share a limited seed.
+//! rate); a low limit holds on small pieces; two libtorrent leechers
+//! share a limited seed.
 
 mod common;
 
@@ -29,11 +30,17 @@ fn within_10_percent(bytes: usize, secs: f64, limit: f64, what: &str) {
     );
 }
 
-fn torrent_of(dir: &Path, len: usize, seed: u64) -> (std::path::PathBuf, std::path::PathBuf) {
+/// `len` random bytes in pieces of 2^`piece_log2`, and their torrent.
+fn torrent_of(
+    dir: &Path,
+    len: usize,
+    seed: u64,
+    piece_log2: u32,
+) -> (std::path::PathBuf, std::path::PathBuf) {
     let data = dir.join("seed/r.bin");
     random_file(&data, len, seed);
     let torrent = dir.join("r.torrent");
-    mktorrent(&data, &torrent, None, 18);
+    mktorrent(&data, &torrent, None, piece_log2);
     (data, torrent)
 }
 
@@ -41,7 +48,7 @@ fn torrent_of(dir: &Path, len: usize, seed: u64) -> (std::path::PathBuf, std::pa
 fn a_download_limit_holds_across_two_fast_seeders() {
     let dir = tempfile::tempdir().unwrap();
     let len = 12 * MIB;
-    let (data, torrent) = torrent_of(dir.path(), len, 41);
+    let (data, torrent) = torrent_of(dir.path(), len, 41, 18);
     let seed_dir = dir.path().join("seed");
     let a = Peer::libtorrent_seed(&torrent, &seed_dir, free_port(), "127.0.0.1");
     let b = Peer::libtorrent_seed(&torrent, &seed_dir, free_port(), "127.0.0.1");
@@ -66,6 +73,49 @@ fn a_download_limit_holds_across_two_fast_seeders() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_same_bytes(&data, &out.join("r.bin"));
     within_10_percent(len, secs, MIB as f64, "download, 2 seeders");
+}
+
+/// A low limit on a torrent of 16 KiB pieces (made by `rtc create`:
+/// mktorrent's smallest is 32 KiB): each read completes a piece, whose
+/// `have` reaches every connection as a command, and a command must not
+/// cut the limit's wait short (it did: 16 KiB/s measured 66 KiB/s).
+#[test]
+fn a_low_download_limit_holds_with_small_pieces() {
+    let dir = tempfile::tempdir().unwrap();
+    let len = 176 * 1024;
+    let data = dir.path().join("seed/r.bin");
+    random_file(&data, len, 43);
+    let torrent = dir.path().join("r.torrent");
+    let made = run_bounded(
+        rtc_cmd()
+            .args(["create", "-q", "--piece-length", "16384"])
+            .arg(&data)
+            .arg("-o")
+            .arg(&torrent),
+        BOUND,
+    );
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let seeder =
+        Peer::libtorrent_seed(&torrent, &dir.path().join("seed"), free_port(), "127.0.0.1");
+    let out = dir.path().join("out");
+    let t = Instant::now();
+    let o = run_bounded(
+        rtc_cmd()
+            .args(["-q", "--max-download-rate", "16K", "--port"])
+            .arg(free_port().to_string())
+            .args(["--peer", &seeder.addr().to_string(), "-o"])
+            .arg(&out)
+            .arg(&torrent),
+        BOUND,
+    );
+    let secs = t.elapsed().as_secs_f64();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_same_bytes(&data, &out.join("r.bin"));
+    within_10_percent(len, secs, 16.0 * 1024.0, "download, 16 KiB pieces");
 }
 
 /// `rtc seed` of `torrent`'s data, up once its port accepts and its check
@@ -96,7 +146,7 @@ fn rtc_seed(torrent: &Path, seed_dir: &Path, log: &Path, port: u16, rate: &str) 
 fn an_upload_limit_holds_across_two_leechers() {
     let dir = tempfile::tempdir().unwrap();
     let len = 6 * MIB;
-    let (data, torrent) = torrent_of(dir.path(), len, 42);
+    let (data, torrent) = torrent_of(dir.path(), len, 42, 18);
     let port = free_port();
     let log = dir.path().join("rtc.log");
     let mut seed = rtc_seed(&torrent, &dir.path().join("seed"), &log, port, "1M");

@@ -284,6 +284,11 @@ struct Conn {
     last_block: Instant,
     last_recv: Instant,
     last_send: Instant,
+    /// Under a download limit: no bytes are read before this (the debt of
+    /// what was read is paid first, even when a command cut a wait short).
+    read_after: Instant,
+    /// Under an upload limit: no more piece bytes are queued before this.
+    send_after: Instant,
     /// Time already waited for a block when the peer choked us: the stall
     /// clock resumes from there, so choke/unchoke games cannot reset it.
     stall_carry: Duration,
@@ -355,6 +360,8 @@ impl Conn {
             last_block: now,
             last_recv: now,
             last_send: now,
+            read_after: now,
+            send_after: now,
             stall_carry: Duration::ZERO,
             reported_choking: true,
             chokes: 0,
@@ -518,19 +525,22 @@ impl Conn {
             if !self.needless.is_full() && !self.download.is_choked() {
                 self.fill_pipeline()?;
             }
-            if self.upload.has_work() {
+            if self.upload.has_work() && Instant::now() >= self.send_after {
                 let budget = self.p.throttle.send_chunk().unwrap_or(SERVE_BUDGET);
                 let before = self.out.len();
                 self.upload
                     .serve(&self.p.storage, &mut self.out, budget)
                     .map_err(|e| Error::Storage(e.to_string()))?;
-                // Under an upload limit, the bytes queued wait their turn
-                // here, before they are sent.
+                // Under an upload limit these bytes go now, and the next
+                // ones once their cost is paid.
                 let wait = self.p.throttle.sending(self.out.len() - before);
-                self.wait_off(wait);
+                self.send_after = Instant::now() + wait;
             }
             let want = if self.upload.has_work() {
-                SERVING_POLL
+                // Waiting for the upload limit blocks in `read` until then.
+                self.send_after
+                    .saturating_duration_since(Instant::now())
+                    .clamp(SERVING_POLL, limits.poll)
             } else {
                 limits.poll
             };
@@ -564,6 +574,21 @@ impl Conn {
                 self.last_send = now;
             }
 
+            let now = Instant::now();
+            if now < self.read_after {
+                // Our download limit's debt is not paid yet (a command cut
+                // the wait short): nothing is read until it is, but
+                // commands and serving go on (serving as soon as the upload
+                // limit allows).
+                let mut until = self.read_after;
+                if self.upload.has_work() {
+                    until = until.min(self.send_after);
+                }
+                self.wait_off(until.saturating_duration_since(now));
+                // Time spent under our own limit is not the peer stalling.
+                self.last_block = Instant::now();
+                continue;
+            }
             // Under a download limit, reads are small so one never buys a
             // long wait.
             let chunk = self.p.throttle.read_chunk().unwrap_or(usize::MAX);
@@ -580,6 +605,7 @@ impl Conn {
                     self.handle_frames(&mut rx, max_frame)?;
                     let wait = self.p.throttle.received(n);
                     if !wait.is_zero() {
+                        self.read_after = Instant::now() + wait;
                         self.wait_off(wait);
                         // Time spent under our own limit is not the peer
                         // stalling.
@@ -652,7 +678,8 @@ impl Conn {
 
     /// Blocks for `d` (a rate limit's wait) in slices, returning early
     /// when the session sends a command, so a shutdown is never held up
-    /// by a slow limit; what is left of the debt stays in the bucket.
+    /// by a slow limit; the deadline (`read_after`, `send_after`) stays,
+    /// and the loop goes back to waiting once the command is handled.
     fn wait_off(&self, d: Duration) {
         let end = Instant::now() + d;
         loop {
