@@ -30,8 +30,9 @@ pub enum CreateError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// A file or directory name that is not UTF-8 or not a plain name.
-    BadName(PathBuf),
+    /// A file or directory name that is not UTF-8 or not a plain name
+    /// (one a torrent may not hold: a backslash, say), and why.
+    BadName(PathBuf, &'static str),
     /// No bytes to share (only empty files, or an empty directory).
     Empty,
     BadPieceLength(u32),
@@ -45,9 +46,11 @@ impl fmt::Display for CreateError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             CreateError::Io { path, source } => write!(f, "create: {}: {source}", path.display()),
-            CreateError::BadName(p) => {
-                write!(f, "create: {} is not a usable file name", p.display())
-            }
+            CreateError::BadName(p, why) => write!(
+                f,
+                "create: {} is not a usable file name ({why})",
+                crate::text::escaped_path(p)
+            ),
             CreateError::Empty => f.write_str("create: nothing to share (no non-empty files)"),
             CreateError::BadPieceLength(n) => write!(
                 f,
@@ -95,7 +98,9 @@ fn walk(root: &Path) -> Result<Vec<(Vec<String>, PathBuf, u64)>, CreateError> {
             let name = e
                 .file_name()
                 .into_string()
-                .map_err(|_| CreateError::BadName(path.clone()))?;
+                .map_err(|_| CreateError::BadName(path.clone(), "not UTF-8"))?;
+            crate::metainfo::check_component(&name)
+                .map_err(|why| CreateError::BadName(path.clone(), why))?;
             let ft = e.file_type().map_err(io(&path))?;
             let mut r = rel.clone();
             r.push(name);
@@ -124,8 +129,10 @@ pub fn create(
     let name = root
         .file_name()
         .and_then(|n| n.to_str())
-        .ok_or_else(|| CreateError::BadName(root.to_path_buf()))?
+        .ok_or_else(|| CreateError::BadName(root.to_path_buf(), "not UTF-8"))?
         .to_string();
+    crate::metainfo::check_component(&name)
+        .map_err(|why| CreateError::BadName(root.to_path_buf(), why))?;
     let files = walk(root)?;
     let total: u64 = files.iter().map(|f| f.2).sum();
     if total == 0 {

@@ -110,10 +110,15 @@ impl Magnet {
     ///   inclusive ranges `a-b` with `a <= b`, kept as given.
     ///
     /// Links longer than [`Magnet::MAX_LEN`] bytes are refused before
-    /// anything else is read.
+    /// anything else is read, and so are links holding a raw control
+    /// character (a newline joining two links, say: in a link they are
+    /// percent-escaped).
     pub fn parse(uri: &str) -> Result<Magnet, MagnetError> {
         if uri.len() > Magnet::MAX_LEN {
             return Err(MagnetError::TooLong { len: uri.len() });
+        }
+        if let Some(at) = uri.find(char::is_control) {
+            return Err(MagnetError::ControlCharacter { at });
         }
         let query = strip_prefix_ci(uri, "magnet:?")
             .ok_or_else(|| MagnetError::NotMagnet { text: excerpt(uri) })?;
@@ -324,6 +329,11 @@ pub enum MagnetError {
         /// Its length in bytes.
         len: usize,
     },
+    /// A raw control character (a newline, a tab) is in the link.
+    ControlCharacter {
+        /// Its byte offset in the link.
+        at: usize,
+    },
     /// No `xt` parameter holds a `urn:btih:` hash.
     NoInfoHash,
     /// The only hash is a BitTorrent v2 one (`urn:btmh:`); rtc speaks v1.
@@ -384,6 +394,11 @@ impl fmt::Display for MagnetError {
             MagnetError::NotMagnet { text } => {
                 write!(f, "'{}' does not begin with 'magnet:?'", Escaped(text))
             }
+            MagnetError::ControlCharacter { at } => write!(
+                f,
+                "a raw control character at byte {at} (give one link per line; in a link, \
+                 such characters are percent-escaped)"
+            ),
             MagnetError::TooLong { len } => write!(
                 f,
                 "{len} bytes, over rtc's limit of {} for a magnet link",
@@ -609,6 +624,7 @@ mod tests {
         match e {
             MagnetError::NotMagnet { .. } => "not-magnet",
             MagnetError::TooLong { .. } => "too-long",
+            MagnetError::ControlCharacter { .. } => "control",
             MagnetError::NoInfoHash => "no-hash",
             MagnetError::V2Only => "v2-only",
             MagnetError::HashLength { .. } => "hash-length",
@@ -791,8 +807,10 @@ mod tests {
 
     #[test]
     fn offending_text_is_escaped_and_cut_short() {
-        let msg = err("magnet:?xt=urn:btih:\u{1b}[31m\n").to_string();
-        assert!(msg.contains("'\\u{1b}[31m\\n'"), "{msg}");
+        // Raw control characters are refused before anything is quoted.
+        let e = err("magnet:?xt=urn:btih:\u{1b}[31m\n");
+        assert_eq!(e, MagnetError::ControlCharacter { at: 20 });
+        assert!(!e.to_string().chars().any(char::is_control));
         let msg = err(&format!("magnet:?xt=urn:btih:{}", "x".repeat(5000))).to_string();
         assert!(msg.contains(&format!("'{}...'", "x".repeat(60))), "{msg}");
         assert!(msg.contains("5000 characters"), "{msg}");

@@ -720,7 +720,7 @@ fn parse_file(entry: &Value<'_>, i: usize, name: &str) -> Result<RawFile, Metain
 /// A path component must be a plain file name on every platform we might
 /// write to: anything else could climb out of, or jump past, the download
 /// directory once joined onto it.
-fn check_component(c: &str) -> Result<(), &'static str> {
+pub(crate) fn check_component(c: &str) -> Result<(), &'static str> {
     if c.is_empty() {
         return Err("empty path component");
     }

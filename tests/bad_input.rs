@@ -2,9 +2,8 @@
 //! documented code and a one-line message, never panic, and write nothing
 //! (in particular nothing outside the output directory).
 
-#[path = "common/bencode.rs"]
-mod bencode;
-use bencode::{encode, Dict, Value};
+mod common;
+use common::bencode::{encode, Dict, Value};
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
@@ -208,6 +207,10 @@ fn usage_errors() {
         ),
         (&["-", "-"][..], "- (stdin) can be given once"),
         (&["-i", "-", "-"][..], "- (stdin) can be given once"),
+        (
+            &["--timeout", "0", "x.torrent"][..],
+            "--timeout must be at least 1",
+        ),
     ] {
         let out = rtc(args, dir.path());
         assert_eq!(out.status.code(), Some(USAGE), "{args:?}");
@@ -273,6 +276,24 @@ fn a_full_stdout_is_an_io_error() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains("cannot write to stdout"), "{stderr}");
     }
+    // Several torrents that find no peers (exit 4 each): the worst code
+    // wins, and stdout that could not be written is the worse one.
+    std::fs::write(
+        dir.path().join("u.torrent"),
+        torrent_with(multi_file_info(&[&[b"b"]], &[0; 20])),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_rtc"))
+        .args(["--json", "--no-dht", "--timeout", "1", "--port"])
+        .arg(common::free_port().to_string())
+        .args(["t.torrent", "u.torrent"])
+        .current_dir(dir.path())
+        .stdout(std::fs::File::create("/dev/full").unwrap())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(IO), "{stderr}");
+    assert!(stderr.contains("cannot write to stdout"), "{stderr}");
 }
 
 /// Names, paths, comments and tracker URLs are the torrent author's: `rtc
@@ -323,4 +344,33 @@ fn info_escapes_terminal_control_characters() {
     );
     // Every line is one of ours: no forged "fake: line" line.
     assert!(!text.lines().any(|l| l.starts_with("fake")), "{text}");
+}
+
+/// `rtc create` refuses names a torrent may not hold (a backslash) and
+/// names that are not UTF-8 with exit 5 and the name shown escaped, and
+/// writes no torrent.
+#[test]
+fn create_refuses_names_a_torrent_cannot_hold() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    for (name, says) in [
+        (
+            &b"a\\b"[..],
+            "bs/a\\\\b is not a usable file name ('\\' inside a path component)",
+        ),
+        (
+            &b"c\xffd"[..],
+            "bs/c\\xffd is not a usable file name (not UTF-8)",
+        ),
+    ] {
+        let data = dir.path().join("bs");
+        let _ = std::fs::remove_dir_all(&data);
+        std::fs::create_dir(&data).unwrap();
+        std::fs::write(data.join(std::ffi::OsStr::from_bytes(name)), b"x").unwrap();
+        let out = rtc(&["create", "bs", "-o", "bs.torrent"], dir.path());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(IO), "{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+        assert!(!dir.path().join("bs.torrent").exists());
+    }
 }

@@ -23,6 +23,7 @@ fn fragment(kind: &str) -> &'static str {
         "utf8" => "not UTF-8",
         "peer" => "bad peer address (x.pe)",
         "so" => "bad file selection (so)",
+        "control" => "raw control character",
         other => panic!("unknown kind {other} in the corpus"),
     }
 }
@@ -75,8 +76,14 @@ fn every_bad_magnet_is_rejected_with_one_line_naming_the_problem() {
         format!("magnet:?xt=urn:btih:{hex}&dn={}", "a".repeat(70_000)),
     ));
     cases.push((
-        "hash-length".into(),
+        "control".into(),
         "magnet:?xt=urn:btih:\u{1b}[2J\u{1b}[31m".into(),
+    ));
+    // Two links where one is read (stdin): not one link with a newline
+    // in its name.
+    cases.push((
+        "control".into(),
+        format!("magnet:?xt=urn:btih:{hex}&dn=a\nmagnet:?xt=urn:btih:{hex}&dn=b"),
     ));
     for (kind, link) in &cases {
         let needle = fragment(kind);

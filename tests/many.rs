@@ -145,3 +145,129 @@ fn several_torrents_refuse_save_torrent_and_one_only_commands() {
     let o = run_bounded(rtc_cmd().args(["info", "a.torrent", "b.torrent"]), BOUND);
     assert_eq!(o.status.code(), Some(2));
 }
+
+/// Torrents of one small file each under `dir/data`, complete there.
+fn complete(dir: &Path, names: &[&str]) -> Vec<(PathBuf, String)> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let content = dir.join("data").join(name);
+            random_file(&content.join("f.bin"), 40_000 + i, 70 + i as u64);
+            let torrent = dir.join(format!("{name}.torrent"));
+            mktorrent(&content, &torrent, None, 15);
+            let hash = info_hash_of(&torrent);
+            (torrent, hash)
+        })
+        .collect()
+}
+
+/// Entries that are already complete, read from a list: each has its
+/// `checked` line although it ended before the loop read its events; a
+/// torrent listed again is refused however soon its first copy ended; a
+/// failing entry's `source` is its list line byte for byte; a bad magnet
+/// is named on stderr.
+#[test]
+fn each_entry_of_a_list_is_reported_in_full() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = complete(dir.path(), &["x", "y", "z"]);
+    let odd = dir.path().join("we\\ird\t.torrent");
+    std::fs::write(&odd, b"not a torrent").unwrap();
+    let bad_magnet = "magnet:?xt=urn:btih:zz";
+    let mut list = String::new();
+    for line in [
+        t[0].0.display().to_string(),
+        t[1].0.display().to_string(),
+        t[0].0.display().to_string(),
+        odd.display().to_string(),
+        bad_magnet.to_string(),
+        t[2].0.display().to_string(),
+    ] {
+        list.push_str(&line);
+        list.push('\n');
+    }
+    let list_path = dir.path().join("list");
+    std::fs::write(&list_path, list).unwrap();
+    let o = run_bounded(
+        rtc_cmd()
+            .args(["--json", "--timeout", "5", "--port"])
+            .arg(free_port().to_string())
+            .arg("-i")
+            .arg(&list_path)
+            .arg("-o")
+            .arg(dir.path().join("data")),
+        BOUND,
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{stderr}");
+    assert!(stderr.contains("3 of 6 torrents failed"), "{stderr}");
+    assert!(stderr.contains(&format!("rtc: {bad_magnet}: ")), "{stderr}");
+    let lines = parse(&o.stdout);
+    for (_, hash) in &t {
+        let events = of(&lines, hash);
+        assert_eq!(events.first(), Some(&"start"), "{events:?}");
+        assert!(events.contains(&"checked"), "{events:?}");
+        assert_eq!(events.last(), Some(&"done"), "{events:?}");
+        assert_eq!(events.iter().filter(|&&e| e == "start").count(), 1);
+    }
+    let errors: Vec<(&Value, &Value)> = lines
+        .iter()
+        .filter(|l| l["event"] == "error" && l.get("source").is_some())
+        .map(|l| (&l["source"], &l["code"]))
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            (&Value::from(t[0].0.display().to_string()), &Value::from(2)),
+            (&Value::from(odd.display().to_string()), &Value::from(3)),
+            (&Value::from(bad_magnet), &Value::from(3)),
+        ]
+    );
+}
+
+/// SIGTERM while the list is still being read (its next entry a FIFO
+/// nobody writes, so the read blocks): rtc ends within a few seconds with
+/// exit 130 and an `error` line, not killed by the signal.
+#[test]
+fn a_signal_while_a_list_is_read_ends_with_130() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let t = complete(dir.path(), &["x"]);
+    let fifo = dir.path().join("fifo");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let list_path = dir.path().join("list");
+    std::fs::write(
+        &list_path,
+        format!("{}\n{}\n", t[0].0.display(), fifo.display()),
+    )
+    .unwrap();
+    let mut child = rtc_cmd()
+        .args(["--json", "-q", "--port"])
+        .arg(free_port().to_string())
+        .arg("-i")
+        .arg(&list_path)
+        .arg("-o")
+        .arg(dir.path().join("data"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).unwrap();
+    assert!(first.contains("\"start\""), "{first}");
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let rest: Vec<String> = out.lines().map(Result::unwrap).collect();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "{rest:?}");
+    let last: Value = serde_json::from_str(rest.last().unwrap()).unwrap();
+    assert_eq!(last["event"], "error");
+    assert_eq!(last["code"], 130);
+}

@@ -157,6 +157,14 @@ impl Lines {
         self.tick(dl);
     }
 
+    /// Handles the events waiting, without a tick: for a download that
+    /// ended before the loop read them (`checked` must not be lost).
+    pub(super) fn drain(&mut self, dl: &Download) {
+        while let Ok(ev) = dl.events().try_recv() {
+            self.on_event(dl, &ev);
+        }
+    }
+
     /// Called every turn of the download loop (at least every 200 ms).
     fn tick(&mut self, dl: &Download) {
         if !self.have_torrent {

@@ -7,9 +7,16 @@
 
 use super::{events, exit, json, load_source, session_failure, Failure};
 use crate::session::{AddOptions, Download, SeedUntil, Session, SessionOptions};
-use crate::text::Escaped;
+use std::ffi::{OsStr, OsString};
 use std::io::{IsTerminal, Write};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// After Ctrl-C or SIGTERM, how long the handler waits for the loop to
+/// take over before ending the process itself (the loop is blocked
+/// reading an input, say a FIFO nobody writes).
+const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// Lines of a `-i` list, and its size, beyond which it is refused.
 const MAX_LIST_LINES: usize = 10_000;
@@ -51,25 +58,28 @@ pub(super) fn read_list(file: &std::ffi::OsStr) -> Result<Vec<std::ffi::OsString
 
 /// One download of the run.
 struct Running {
-    input: String,
+    input: OsString,
     dl: Download,
     lines: Option<events::Lines>,
 }
 
-/// Reports one input's failure: on stderr (named) and as a JSON `error`
-/// line; returns its code. `info_hash` only for a download that started
+/// Reports one input's failure: on stderr (named by the input unless the
+/// message does already) and as a JSON `error` line; returns its code.
+/// `source` is the argument or list line as given (a path, losslessly:
+/// md/json.md, "Paths"). `info_hash` only for a download that started
 /// (its `start` line came first), so each torrent's lines still end with
 /// `done`, `stopped` or `error`; an entry refused before it started (a
-/// duplicate, say) is named by its `source` alone.
-fn report(input: &str, info_hash: Option<crate::InfoHash>, f: &Failure, named: bool) -> u8 {
-    if named {
+/// duplicate, a bad selection) is named by its `source` alone.
+fn report(input: &OsStr, info_hash: Option<crate::InfoHash>, f: &Failure) -> u8 {
+    let shown = crate::text::escaped(&input.to_string_lossy());
+    if f.message.contains(&shown) {
         eprintln!("rtc: {}", f.message);
     } else {
-        eprintln!("rtc: {}: {}", Escaped(input), f.message);
+        eprintln!("rtc: {}: {}", shown, f.message);
     }
     if json::on() {
         let mut line = serde_json::json!({
-            "source": input,
+            "source": json::path(std::path::Path::new(input)),
             "code": f.code,
             "message": f.message,
         });
@@ -93,14 +103,19 @@ pub(super) fn download_many(
     let mut worst = 0u8;
     let mut failed = 0usize;
     let session = Session::new(session_opts).map_err(session_failure)?;
-    let mut running = Vec::new();
-    for raw in inputs {
-        let input = crate::text::escaped(&raw.to_string_lossy());
-        let source = match load_source(&raw) {
+    let stop = Stop::install();
+    let mut running: Vec<Running> = Vec::new();
+    // Every info hash of the run, not only the running ones: a torrent
+    // listed twice is refused however soon its first copy finished.
+    let mut seen = std::collections::HashSet::new();
+    for input in inputs {
+        if stop.asked() {
+            break;
+        }
+        let source = match load_source(&input) {
             Ok(s) => s,
             Err(f) => {
-                // Reading or parsing failures name the input already.
-                worst = worst.max(report(&input, None, &f, true));
+                worst = worst.max(report(&input, None, &f));
                 failed += 1;
                 continue;
             }
@@ -109,28 +124,37 @@ pub(super) fn download_many(
             Ok(k) => k,
             Err(e) => {
                 let f = Failure::new(super::exit::USAGE, e.to_string());
-                worst = worst.max(report(&input, Some(source.info_hash()), &f, false));
+                worst = worst.max(report(&input, None, &f));
                 failed += 1;
                 continue;
             }
         };
+        if !seen.insert(source.info_hash()) {
+            let f = session_failure(crate::Error::AlreadyAdded(source.info_hash()));
+            worst = worst.max(report(&input, None, &f));
+            failed += 1;
+            continue;
+        }
         match session.add(source, opts.clone()) {
             Ok(dl) => {
                 let lines = json::on().then(|| events::Lines::new(&dl, known.as_ref(), seeding));
                 running.push(Running { input, dl, lines });
             }
             Err(e) => {
-                worst = worst.max(report(&input, None, &session_failure(e), false));
+                worst = worst.max(report(&input, None, &session_failure(e)));
                 failed += 1;
             }
         }
     }
-    let cancels: Vec<_> = running.iter().map(|r| r.dl.cancel_handle()).collect();
-    if let Err(e) = ctrlc::set_handler(move || cancels.iter().for_each(|c| c.cancel())) {
-        log::warn!("cannot install the Ctrl-C handler: {e}");
-    }
+    // From here the loop looks at `stop` at least every 100 ms.
+    stop.take_over();
     let show = !quiet && std::io::stderr().is_terminal();
+    let mut cancelled = false;
     while running.iter().any(|r| !r.dl.is_finished()) {
+        if stop.asked() && !cancelled {
+            cancelled = true;
+            running.iter().for_each(|r| r.dl.cancel_handle().cancel());
+        }
         // One download's events wake the loop; the others are read on each
         // turn (at least every 100 ms).
         let mut woke = false;
@@ -155,12 +179,17 @@ pub(super) fn download_many(
     }
     for mut r in running {
         let ih = r.dl.info_hash();
-        let name =
-            r.dl.torrent()
-                .map_or_else(|| r.input.clone(), |t| crate::text::escaped(t.name()));
+        let name = r.dl.torrent().map_or_else(
+            || crate::text::escaped(&r.input.to_string_lossy()),
+            |t| crate::text::escaped(t.name()),
+        );
         let last = r.dl.file_progress();
         let end = r.dl.progress();
         let verified = super::verified_text(&end);
+        if let Some(l) = r.lines.as_mut() {
+            // Events of a download that ended before the loop read them.
+            l.drain(&r.dl);
+        }
         match r.dl.wait() {
             Ok(summary) => {
                 if let Some(l) = r.lines.as_mut() {
@@ -176,7 +205,7 @@ pub(super) fn download_many(
                 }
             }
             Err(e) => {
-                worst = worst.max(report(&r.input, Some(ih), &session_failure(e), false));
+                worst = worst.max(report(&r.input, Some(ih), &session_failure(e)));
                 failed += 1;
             }
         }
@@ -189,6 +218,57 @@ pub(super) fn download_many(
             worst,
             format!("{failed} of {total} torrents failed"),
         ))
+    }
+}
+
+/// Ctrl-C and SIGTERM for a run of several torrents: the handler only
+/// raises a flag, which the loop reads between inputs and on every turn
+/// (and then cancels every download, so each ends cleanly with exit 130).
+/// While inputs are still being read, one read may block (a FIFO nobody
+/// writes): if the loop has not taken over `STOP_GRACE` after the signal,
+/// the handler ends the process itself, with the `error` line and exit
+/// 130; downloads started by then stop as a kill would stop them, their
+/// verified data kept for the next run.
+struct Stop {
+    asked: Arc<AtomicBool>,
+    loop_running: Arc<AtomicBool>,
+}
+
+impl Stop {
+    fn install() -> Stop {
+        let stop = Stop {
+            asked: Arc::new(AtomicBool::new(false)),
+            loop_running: Arc::new(AtomicBool::new(false)),
+        };
+        let (asked, loop_running) = (Arc::clone(&stop.asked), Arc::clone(&stop.loop_running));
+        let handler = move || {
+            asked.store(true, Ordering::SeqCst);
+            let deadline = Instant::now() + STOP_GRACE;
+            while !loop_running.load(Ordering::SeqCst) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if !loop_running.load(Ordering::SeqCst) {
+                let f = session_failure(crate::Error::Cancelled);
+                eprintln!("rtc: {}", f.message);
+                if json::on() {
+                    json::error(f.code, &f.message);
+                }
+                std::process::exit(i32::from(f.code));
+            }
+        };
+        if let Err(e) = ctrlc::set_handler(handler) {
+            log::warn!("cannot install the Ctrl-C handler: {e}");
+        }
+        stop
+    }
+
+    fn asked(&self) -> bool {
+        self.asked.load(Ordering::SeqCst)
+    }
+
+    /// The download loop runs: it will see the flag.
+    fn take_over(&self) {
+        self.loop_running.store(true, Ordering::SeqCst);
     }
 }
 

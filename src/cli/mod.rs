@@ -126,13 +126,19 @@ impl Failure {
 
 /// Runs the `rtc` command with the process's arguments; its exit code.
 pub fn main() -> ExitCode {
-    let result = run().and_then(|()| match json::write_error() {
-        Some(e) => Err(Failure::new(
+    // Stdout that could not be written is an I/O error, unless the run
+    // ended with a worse code already (several torrents: the worst wins).
+    let result = match (run(), json::write_error()) {
+        (result, None) => result,
+        (Ok(()), Some(e)) => Err(Failure::new(
             exit::IO,
             format!("cannot write to stdout: {e}"),
         )),
-        None => Ok(()),
-    });
+        (Err(f), Some(e)) => Err(Failure::new(
+            f.code.max(exit::IO),
+            format!("{}; cannot write to stdout: {e}", f.message),
+        )),
+    };
     match result {
         Ok(()) => ExitCode::from(exit::OK),
         Err(f) => {
@@ -382,6 +388,10 @@ fn run() -> Result<(), Failure> {
         opts.announce_timeout = Duration::from_secs(t);
     }
     if let Some(t) = timeout {
+        // 0 would give up before the first connection could finish.
+        if t == 0 {
+            return Err(usage("--timeout must be at least 1"));
+        }
         opts.no_peer_timeout = Duration::from_secs(t);
     }
     for p in peers {
@@ -950,6 +960,10 @@ fn download(
     let last = dl.file_progress();
     let end = dl.progress();
     let verified = verified_text(&end);
+    if let Some(l) = lines.as_mut() {
+        // Events of a download that ended before the loop read them.
+        l.drain(&dl);
+    }
     let summary = dl.wait().map_err(session_failure)?;
     if let Some(l) = lines.as_mut() {
         l.finish(ih, &last, &end, &summary);

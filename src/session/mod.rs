@@ -166,7 +166,8 @@ pub struct Progress {
     pub uploaded_bytes: u64,
     /// Piece bytes sent to peers per second, recently.
     pub upload_rate: u64,
-    /// Since the download was added.
+    /// Since the download was added; once it ended well, the time it
+    /// ran ([`Summary::elapsed`]).
     pub elapsed: Duration,
     /// Whether the download is paused.
     pub paused: bool,
@@ -869,7 +870,12 @@ impl Download {
 
     /// A snapshot of the download's progress.
     pub fn progress(&self) -> Progress {
-        self.shared.snapshot(self.started.elapsed())
+        // Once ended, the time it ran: the same as its `Summary`'s.
+        let elapsed = match self.entry.result.get() {
+            Some(Ok(summary)) => summary.elapsed,
+            _ => self.started.elapsed(),
+        };
+        self.shared.snapshot(elapsed)
     }
 
     /// Verified bytes of each file of the torrent, in the torrent's file
