@@ -59,7 +59,8 @@ USAGE:
     rtc info [--scrape] <FILE.torrent | MAGNET | ->   print what a torrent contains
                                          (--scrape: ask each tracker for swarm counts)
     rtc verify <FILE.torrent | -> [-o DIR]   check data on disk, piece by piece
-    rtc seed <FILE.torrent | -> [-o DIR]     verify the data in DIR and seed it (until Ctrl-C)
+    rtc seed <FILE.torrent | -> [-o DIR]     verify the data in DIR and seed it (until Ctrl-C);
+                                         pieces missing there are fetched first
     rtc create PATH -o OUT.torrent [--tracker URL]... [--piece-length N] [--private] [--comment TEXT]
     rtc magnet <FILE.torrent | ->            print the torrent's magnet link
 
