@@ -211,6 +211,8 @@ fn usage_errors() {
             &["--timeout", "0", "x.torrent"][..],
             "--timeout must be at least 1",
         ),
+        (&["info"][..], "info needs a torrent file"),
+        (&["create"][..], "create needs a file or directory"),
     ] {
         let out = rtc(args, dir.path());
         assert_eq!(out.status.code(), Some(USAGE), "{args:?}");

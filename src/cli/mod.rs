@@ -282,6 +282,14 @@ fn run() -> Result<(), Failure> {
     let first = lossy.first().map_or("", String::as_str);
     let (command, mut sources): (&str, Vec<std::ffi::OsString>) = match rest.as_slice() {
         [_, src] if ONE_ONLY.contains(&first) => (first, vec![src.clone()]),
+        [_] if ONE_ONLY.contains(&first) => {
+            let what = match first {
+                "create" => "a file or directory",
+                "info" => "a torrent file, a magnet link or - (stdin)",
+                _ => "a torrent file or - (stdin)",
+            };
+            return Err(usage(format!("{first} needs {what}")));
+        }
         [_, ..] if ONE_ONLY.contains(&first) => {
             return Err(usage(format!(
                 "unexpected arguments: {}",
