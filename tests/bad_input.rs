@@ -212,6 +212,10 @@ fn usage_errors() {
             "--timeout must be at least 1",
         ),
         (&["info"][..], "info needs a torrent file"),
+        (
+            &["--peer", "127.0.0.1:0", "x.torrent"][..],
+            "--peer 127.0.0.1:0: not HOST:PORT",
+        ),
         (&["create"][..], "create needs a file or directory"),
     ] {
         let out = rtc(args, dir.path());

@@ -405,9 +405,13 @@ fn run() -> Result<(), Failure> {
     }
     for p in peers {
         use std::net::ToSocketAddrs;
+        // Port 0 is no peer's (as in a magnet's x.pe).
+        if !valid_host_port(&p) {
+            return Err(usage(format!("--peer {}: not HOST:PORT", Escaped(&p))));
+        }
         let addrs = p
             .to_socket_addrs()
-            .map_err(|e| usage(format!("--peer {p}: {e}")))?;
+            .map_err(|e| usage(format!("--peer {}: {e}", Escaped(&p))))?;
         opts.peers.extend(addrs);
     }
     if source.is_empty() {
@@ -781,7 +785,6 @@ fn is_documented_flag(name: &str) -> bool {
     })
 }
 
-/// `90`, `90s`, `30m`, `2h`, `1d`.
 /// `HOST:PORT` (or `[v6]:PORT`) with a non-zero port.
 fn valid_host_port(s: &str) -> bool {
     match s.rsplit_once(':') {
