@@ -197,7 +197,7 @@ pub(super) struct Coordinator {
     /// them); `None` when every file is selected.
     unwanted: Option<Arc<Bitfield>>,
     shared: Arc<Shared>,
-    events: Sender<Event>,
+    events: super::EventSender,
     control: Receiver<Control>,
     /// Set with every cancel, for the one long step that does not read
     /// `control`: the check of data already on disk.
@@ -274,7 +274,7 @@ pub(super) struct Context {
     pub(super) control: Receiver<Control>,
     /// Set with every cancel (see `Coordinator::cancelled`).
     pub(super) cancelled: Arc<AtomicBool>,
-    pub(super) events: Sender<Event>,
+    pub(super) events: super::EventSender,
     pub(super) shared: Arc<Shared>,
     /// The channel connections and the listener (through the router)
     /// report on.
