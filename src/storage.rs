@@ -294,13 +294,14 @@ impl Slot {
 }
 
 /// Bytes of one positional write. The page cache sizes the folios it
-/// allocates by the write: 1 MiB writes take 1 MiB folios (order 8), and
-/// such allocations cost far more kernel time than small ones (measured,
-/// 1 GiB from a libtorrent seeder, cold page cache: 1.25-1.31 s of system
-/// time with one write per 1 MiB piece, 0.41-0.59 s with writes of 16 to
-/// 256 KiB, wall 1.9-2.2 s against 1.2-1.4 s; md/benchmarks.md). 64 KiB
-/// costs 16 calls a MiB.
-const WRITE_CHUNK: usize = 64 * 1024;
+/// allocates by the write, and on this benchmark machine (a VM that hands
+/// freed memory back to its host) large folios cost far more kernel time
+/// than small ones. 1 GiB from a libtorrent seeder, system time of the
+/// whole download: one write per 1 MiB piece 1.25-1.31 s (memory recently
+/// used) and 1.77-1.87 s (memory handed back); 64 KiB writes 0.41-0.46 and
+/// 0.65; 32 KiB 0.49 and 0.49-0.50; 16 KiB 0.50-0.57 and 0.49-0.58; 4 KiB
+/// 0.75-0.80 (the calls themselves). md/benchmarks.md has the runs.
+const WRITE_CHUNK: usize = 32 * 1024;
 
 /// Data files held open at once by one [`FileCache`] unless told
 /// otherwise. A torrent may have 100,000 files; the process may open about
