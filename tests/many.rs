@@ -271,3 +271,33 @@ fn a_signal_while_a_list_is_read_ends_with_130() {
     assert_eq!(last["event"], "error");
     assert_eq!(last["code"], 130);
 }
+
+/// A selection that does not fit an entry (file 3 of one-file torrents)
+/// refuses that entry before it starts: an `error` line with its source
+/// and no `info_hash`, and no `start` line for it.
+#[test]
+fn an_entry_the_selection_does_not_fit_never_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = complete(dir.path(), &["x", "y"]);
+    let o = run_bounded(
+        rtc_cmd()
+            .args(["--json", "-q", "--files", "3", "--port"])
+            .arg(free_port().to_string())
+            .arg(&t[0].0)
+            .arg(&t[1].0)
+            .arg("-o")
+            .arg(dir.path().join("data")),
+        BOUND,
+    );
+    assert_eq!(o.status.code(), Some(2));
+    let lines = parse(&o.stdout);
+    for (torrent, hash) in &t {
+        assert!(of(&lines, hash).is_empty(), "{lines:?}");
+        let refused = lines
+            .iter()
+            .find(|l| l["source"] == torrent.display().to_string().as_str())
+            .expect("an error line for each entry");
+        assert_eq!(refused["event"], "error");
+        assert_eq!(refused["code"], 2);
+    }
+}
