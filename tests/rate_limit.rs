@@ -44,6 +44,23 @@ fn torrent_of(
     (data, torrent)
 }
 
+/// `rtc --max-download-rate RATE` of `torrent` from `seeders` into
+/// `out`, which must succeed; its wall time in seconds.
+fn limited_download(torrent: &Path, seeders: &[&Peer], out: &Path, rate: &str) -> f64 {
+    let mut cmd = rtc_cmd();
+    cmd.args(["-q", "--max-download-rate", rate, "--port"])
+        .arg(free_port().to_string());
+    for s in seeders {
+        cmd.args(["--peer", &s.addr().to_string()]);
+    }
+    cmd.arg("-o").arg(out).arg(torrent);
+    let t = Instant::now();
+    let o = run_bounded(&mut cmd, BOUND);
+    let secs = t.elapsed().as_secs_f64();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    secs
+}
+
 #[test]
 fn a_download_limit_holds_across_two_fast_seeders() {
     let dir = tempfile::tempdir().unwrap();
@@ -53,24 +70,7 @@ fn a_download_limit_holds_across_two_fast_seeders() {
     let a = Peer::libtorrent_seed(&torrent, &seed_dir, free_port(), "127.0.0.1");
     let b = Peer::libtorrent_seed(&torrent, &seed_dir, free_port(), "127.0.0.1");
     let out = dir.path().join("out");
-    let t = Instant::now();
-    let o = run_bounded(
-        rtc_cmd()
-            .args(["-q", "--max-download-rate", "1M", "--port"])
-            .arg(free_port().to_string())
-            .args([
-                "--peer",
-                &a.addr().to_string(),
-                "--peer",
-                &b.addr().to_string(),
-            ])
-            .arg("-o")
-            .arg(&out)
-            .arg(&torrent),
-        BOUND,
-    );
-    let secs = t.elapsed().as_secs_f64();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let secs = limited_download(&torrent, &[&a, &b], &out, "1M");
     assert_same_bytes(&data, &out.join("r.bin"));
     within_10_percent(len, secs, MIB as f64, "download, 2 seeders");
 }
@@ -102,18 +102,7 @@ fn a_low_download_limit_holds_with_small_pieces() {
     let seeder =
         Peer::libtorrent_seed(&torrent, &dir.path().join("seed"), free_port(), "127.0.0.1");
     let out = dir.path().join("out");
-    let t = Instant::now();
-    let o = run_bounded(
-        rtc_cmd()
-            .args(["-q", "--max-download-rate", "16K", "--port"])
-            .arg(free_port().to_string())
-            .args(["--peer", &seeder.addr().to_string(), "-o"])
-            .arg(&out)
-            .arg(&torrent),
-        BOUND,
-    );
-    let secs = t.elapsed().as_secs_f64();
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let secs = limited_download(&torrent, &[&seeder], &out, "16K");
     assert_same_bytes(&data, &out.join("r.bin"));
     within_10_percent(len, secs, 16.0 * 1024.0, "download, 16 KiB pieces");
 }
