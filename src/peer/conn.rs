@@ -576,10 +576,10 @@ impl Conn {
 
             let now = Instant::now();
             if now < self.read_after {
-                // Our download limit's debt is not paid yet (a command cut
-                // the wait short): nothing is read until it is, but
-                // commands and serving go on (serving as soon as the upload
-                // limit allows).
+                // Our download limit's debt is not paid yet: nothing is
+                // read until it is, but commands (which cut the wait short)
+                // and serving go on (serving as soon as the upload limit
+                // allows).
                 let mut until = self.read_after;
                 if self.upload.has_work() {
                     until = until.min(self.send_after);
@@ -603,14 +603,9 @@ impl Conn {
                     rx.filled(n);
                     self.last_recv = Instant::now();
                     self.handle_frames(&mut rx, max_frame)?;
-                    let wait = self.p.throttle.received(n);
-                    if !wait.is_zero() {
-                        self.read_after = Instant::now() + wait;
-                        self.wait_off(wait);
-                        // Time spent under our own limit is not the peer
-                        // stalling.
-                        self.last_block = Instant::now();
-                    }
+                    // The debt, if any, is waited off before the next
+                    // read (above).
+                    self.read_after = Instant::now() + self.p.throttle.received(n);
                 }
                 Err(e)
                     if matches!(
